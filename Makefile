@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine:
+#   make run    create .venv, install tokenforge, run the whole pipeline on the embedded default
+#   make test   the same set-up with test extras, then the test suite
+VENV ?= .venv
+RUN ?= default
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test test-fast lint dag report clean install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: install
+	snakemake --workflow-profile workflow/profiles/default --config run=$(RUN)
+	tokenforge summary results/$(RUN)
+
+test: install
+	python -m pytest -q
+
+test-fast: install
+	python -m pytest -q -m "not slow"
+
+lint: install
+	snakemake --lint
+
+dag: install
+	snakemake --dag | tee results/dag.dot
+
+report: install
+	snakemake --report results/$(RUN)/snakemake-report.html --config run=$(RUN)
+
+clean:
+	rm -rf results .snakemake

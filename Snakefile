@@ -1,0 +1,61 @@
+# tokenforge: class-incremental ViT training on VQ tokens with core-token replay memories.
+#
+# Results of a run live in <results>/<run>/ (results/default/ for the embedded default):
+#   shard/       WebDataset tar shards + index.parquet          (workflow/rules/10_shard.smk)
+#   tokenizer/   VQ autoencoder weights (safetensors) + stats   (20_tokenizer.smk)
+#   tokens/      token grids as Parquet, bytes per image        (30_tokenize.smk)
+#   synonyms/    k nearest codes per code                       (40_synonyms.smk)
+#   split/       one manifest per task                          (50_split.smk)
+#   train/task-<t>/  model + replay memory after task t         (60_train.smk)
+#   evaluate/    row t of the accuracy matrix                   (70_evaluate.smk)
+#   package/     metrics, plots, report.html, final model; tokenforge-results.tar.gz (80_package.smk)
+#   mlflow.db, mlartifacts/, mlflow/parent.json: the MLflow store; logs/, benchmarks/: per job
+#
+# Named partial targets: shards, tokens, and task_<k> (everything up to task k).
+
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+wildcard_constraints:
+    task=r"\d+",
+
+
+
+include: "workflow/rules/common.smk"
+# MLflow: one parent run per invocation (not on dry runs); every job logs a child run under it.
+onstart:
+    # A new parent MLflow run for this invocation, with the resolved config as params.
+    os.makedirs(R, exist_ok=True)
+    with open(f"{R}/config.resolved.yaml", "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    shell(f"tokenforge track start {R} --config {R}/config.resolved.yaml {tracking_flags()} -q || true")
+
+
+onsuccess:
+    shell(f"tokenforge track end {R} --status FINISHED -q || true")
+
+
+onerror:
+    shell(f"tokenforge track end {R} --status FAILED -q || true")
+
+
+include: "workflow/rules/10_shard.smk"
+include: "workflow/rules/20_tokenizer.smk"
+include: "workflow/rules/30_tokenize.smk"
+include: "workflow/rules/40_synonyms.smk"
+include: "workflow/rules/50_split.smk"
+include: "workflow/rules/60_train.smk"
+include: "workflow/rules/70_evaluate.smk"
+include: "workflow/rules/80_package.smk"
+
+
+rule all:
+    input:
+        f"{R}/package/metrics.json",
+        f"{R}/tokenforge-results.tar.gz",
+    default_target: True

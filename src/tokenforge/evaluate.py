@@ -1,0 +1,74 @@
+"""Evaluate the model after task t on every task's test set: one row of the accuracy matrix.
+
+  tokenforge evaluate --model train/task-2 --tokens tokens/test.parquet --split split/ --task 2 \
+      --out evaluate/task-2.json
+
+Predictions are restricted to the classes seen up to task t (class-incremental evaluation: the
+model is not told which task a test image belongs to). Tasks not learned yet score near 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TokenforgeError
+from .io import read_json, write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="a `tokenforge train` output directory")
+    parser.add_argument("--tokens", type=Path, required=True, help="test token Parquet from `tokenforge tokenize`")
+    parser.add_argument("--split", type=Path, required=True, help="directory of task manifests")
+    parser.add_argument("--task", type=int, required=True, help="the task the model was last trained on")
+    parser.add_argument("--out", type=Path, required=True, help="output JSON with this row of the accuracy matrix")
+    parser.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
+
+
+def predict(model, ids: np.ndarray, seen: list[int], batch_size: int = 512) -> np.ndarray:
+    """Class predictions among the `seen` classes for token grids `ids` (N, h, w)."""
+    import torch
+
+    allowed = torch.zeros(model.config.num_classes, dtype=torch.bool)
+    allowed[seen] = True
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(ids), batch_size):
+            logits = model(torch.from_numpy(ids[i : i + batch_size]))
+            preds.append(logits.masked_fill(~allowed, float("-inf")).argmax(1).numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def run(args, tracker) -> None:
+    from .model import load_model
+    from .tokenize import load_tokens
+
+    start = time.perf_counter()
+    tasks = read_json(args.split / "tasks.json")["tasks"]
+    if not 0 <= args.task < len(tasks):
+        raise TokenforgeError(f"--task {args.task}: the split has tasks 0..{len(tasks) - 1}")
+    seen = [c for t in tasks[: args.task + 1] for c in t["classes"]]
+    model = load_model(args.model)
+    test = load_tokens(args.tokens)
+    preds = predict(model, test.ids, seen, args.batch_size)
+    accuracy, counts = [], []
+    for t in tasks:
+        mask = np.isin(test.labels, t["classes"])
+        if not mask.any():
+            raise TokenforgeError(f"{args.tokens}: no test samples for task {t['task']}'s classes {t['classes']}")
+        accuracy.append(float((preds[mask] == test.labels[mask]).mean()))
+        counts.append(int(mask.sum()))
+    row = {
+        "task": args.task,
+        "accuracy": accuracy,
+        "num_test": counts,
+        "seen_classes": seen,
+        "average_accuracy": float(np.mean(accuracy[: args.task + 1])),
+        "wall_s": time.perf_counter() - start,
+    }
+    write_json(args.out, row)
+    tracker.log_metrics({f"accuracy_task_{j}": a for j, a in enumerate(accuracy)} | {"average_accuracy": row["average_accuracy"]})
+    print(f"after task {args.task}: " + " ".join(f"{a:.3f}" for a in accuracy) + f" (average {row['average_accuracy']:.3f})")

@@ -1,0 +1,33 @@
+"""Small shared pieces of every stage: seeding, progress bars."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so the same config and seed give the same results on a CPU."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs) -> "Iterable[T]":
+    """A tqdm bar on stderr; updates once per second when stderr is a log file, not a terminal.
+
+    `tokenforge -q` (or TQDM_DISABLE=1) turns bars off.
+    """
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("mininterval", 0.1 if sys.stderr.isatty() else 5.0)
+    kwargs.setdefault("disable", os.environ.get("TQDM_DISABLE") == "1")
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, file=sys.stderr, **kwargs)

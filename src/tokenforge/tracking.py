@@ -1,0 +1,246 @@
+"""MLflow tracking: one parent run per pipeline run, one child run per job.
+
+The parent run's identity lives in `RESULTS_DIR/mlflow/parent.json`, so every job (also on other
+machines) attaches its child run to it. The default store is a SQLite file inside the results
+directory (no server needed); `MLFLOW_TRACKING_URI` points elsewhere. Tracking must never cost a
+training run: any tracking failure prints one warning and turns the tracker into a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = Path("mlflow") / "parent.json"
+DEFAULT_EXPERIMENT = "tokenforge"
+# Parameter names that look like credentials are never logged.
+_SECRET = re.compile(r"secret|password|passwd|api[_-]?key|credential|auth|private[_-]?key", re.I)
+# CLI arguments that are plumbing, not parameters of the experiment.
+_NOT_PARAMS = {"func", "track", "tag", "quiet", "command"}
+
+
+class NullTracker:
+    """The do-nothing twin: stages call it unconditionally, so they never branch on tracking."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict) -> None: ...
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: dict) -> None: ...
+
+
+class MlflowTracker:
+    """Logs to one MLflow run through a client; the first failure warns once and disables it."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.enabled = True
+
+    def _call(self, method: str, *args, **kwargs) -> None:
+        if not self.enabled:
+            return
+        try:
+            _retry_locked(getattr(self.client, method), *args, **kwargs)
+        except Exception as exc:  # tracking must never kill the job
+            self.enabled = False
+            log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if not _SECRET.search(k)]
+        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self._call("log_batch", self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in sorted(metrics.items())
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if items:
+            self._call("log_batch", self.run_id, metrics=items)
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict) -> None:
+        for key, value in tags.items():
+            self._call("set_tag", self.run_id, key, str(value))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    return str(value)[:500]
+
+
+def _retry_locked(fn, *args, **kwargs):
+    """Parallel jobs share one SQLite file: retry briefly when it is momentarily locked."""
+    for attempt in range(8):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if "locked" not in str(exc).lower() or attempt == 7:
+                raise
+            time.sleep(0.25 * 2**attempt)
+
+
+def tracking_uri_for(results_dir: str | os.PathLike, uri: str | None = None) -> str:
+    """The explicit URI, else $MLFLOW_TRACKING_URI, else a SQLite file inside the results directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: nested config as MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def base_tags() -> dict[str, str]:
+    """Tags every run carries: where and from which code it ran."""
+    tags = {"host": socket.gethostname()}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        tags["git_commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        tags["git_commit"] = "unknown"
+    if os.environ.get("SLURM_JOB_ID"):
+        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return tags
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_parent(
+    results_dir: str | os.PathLike,
+    experiment: str = DEFAULT_EXPERIMENT,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+    params: dict | None = None,
+    tags: dict | None = None,
+) -> dict:
+    """Create the experiment (if new) and a parent run; record it in RESULTS_DIR/mlflow/parent.json."""
+    results_dir = Path(results_dir)
+    uri = tracking_uri_for(results_dir, tracking_uri)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:"):  # keep artifacts beside the SQLite store, not in ./mlruns
+            location = (results_dir.resolve() / "mlartifacts").as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = exp.experiment_id
+    run = client.create_run(
+        experiment_id, run_name=run_name or results_dir.name, tags={**base_tags(), **(tags or {})}
+    )
+    info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run.info.run_id}
+    if params:
+        MlflowTracker(client, run.info.run_id).log_params(params)
+    write_json(results_dir / PARENT_FILE, info)
+    return info
+
+
+def end_parent(results_dir: str | os.PathLike, status: str = "FINISHED") -> None:
+    info = read_json(Path(results_dir) / PARENT_FILE)
+    _client(info["tracking_uri"]).set_terminated(info["parent_run_id"], status=status)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def parent_info(results_dir: str | os.PathLike) -> dict:
+    """The pipeline's parent run; created on first use when no `tokenforge track start` ran."""
+    results_dir = Path(results_dir)
+    with _locked(results_dir / "mlflow" / ".lock"):
+        if not (results_dir / PARENT_FILE).exists():
+            return start_parent(results_dir)
+    return read_json(results_dir / PARENT_FILE)
+
+
+def public_params(args) -> dict:
+    """The CLI arguments of a job as params: plumbing and anything that looks like a secret dropped."""
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if k not in _NOT_PARAMS and v is not None and not _SECRET.search(k)
+    }
+
+
+@contextlib.contextmanager
+def child_run(results_dir, rule: str, tags: dict, args) -> Iterator[NullTracker | MlflowTracker]:
+    """A child run of the pipeline's parent for one job; a NullTracker when `results_dir` is None."""
+    if results_dir is None:
+        yield NullTracker()
+        return
+    try:
+        info = parent_info(results_dir)
+        client = _client(info["tracking_uri"])
+        name = "-".join([rule] + [f"{v}" for k, v in sorted(tags.items()) if k in ("task", "split")])
+        run = _retry_locked(
+            client.create_run,
+            info["experiment_id"],
+            run_name=name,
+            tags={"mlflow.parentRunId": info["parent_run_id"], "rule": rule, **base_tags(), **tags},
+        )
+        tracker: NullTracker | MlflowTracker = MlflowTracker(client, run.info.run_id)
+    except Exception as exc:
+        log.warning("MLflow tracking unavailable, the job goes on without it: %s", _one_line(exc))
+        tracker = NullTracker()
+    tracker.log_params(public_params(args))
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        if isinstance(tracker, MlflowTracker):
+            tracker._call("set_terminated", tracker.run_id, status=status)

@@ -1,0 +1,227 @@
+"""Train the token ViT on one task through a DeepSpeed engine, replaying the earlier tasks' memory.
+
+  tokenforge train --tokens tokens/train.parquet --tokenizer tokenizer/ --split split/ --task 1 \
+      --previous train/task-0 --deepspeed-config config/deepspeed.json --out train/task-1
+
+Task 0 starts from a seeded initialisation; task t > 0 starts from task t-1's model and replays its
+memory: every step adds CE(memory batch) to CE(current batch), with memory samples fed as short
+sequences of their kept tokens. Logits are restricted to the classes seen so far. After training,
+this task's memory is built and appended. On a CPU it runs as one process with gloo; under
+`torchrun`/`deepspeed` the same code runs one process per GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TokenforgeError
+from .io import atomic_dir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--tokens", type=Path, required=True, help="train token Parquet from `tokenforge tokenize`")
+    data.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (for the codebook)")
+    data.add_argument("--split", type=Path, required=True, help="directory of task manifests from `tokenforge split`")
+    data.add_argument("--task", type=int, required=True, help="index of the task to train (0-based)")
+    data.add_argument("--previous", type=Path, default=None, help="task t-1's output directory (model + memory); required for t > 0")
+    data.add_argument("--out", type=Path, required=True, help="output directory: model, memory.parquet, stats.json")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=30, help="epochs over the current task's data")
+    opt.add_argument("--batch-size", type=int, default=64, help="micro-batch size per process (current task)")
+    opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (cosine decay, linear warm-up)")
+    opt.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    opt.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs")
+    opt.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and memory sampling")
+    opt.add_argument("--deepspeed-config", type=Path, default=None, help="DeepSpeed JSON config (ZeRO stage, bf16, ...)")
+    arch = parser.add_argument_group("model (task 0 only; later tasks inherit it)")
+    arch.add_argument("--embed-dim", type=int, default=64, help="ViT width")
+    arch.add_argument("--depth", type=int, default=4, help="ViT blocks")
+    arch.add_argument("--num-heads", type=int, default=4, help="attention heads")
+    arch.add_argument("--mlp-ratio", type=float, default=2.0, help="MLP hidden size / width")
+    mem = parser.add_argument_group("memory")
+    mem.add_argument("--memory-samples-per-class", type=int, default=20, help="samples kept per class after the task (0: no memory)")
+    mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="fraction of each kept sample's tokens stored, in (0, 1]")
+    mem.add_argument("--replay-batch-size", type=int, default=64, help="memory samples replayed per step")
+
+
+def _ensure_distributed_env() -> None:
+    """One plain process still needs the rendezvous variables, or DeepSpeed falls back to mpi4py."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _deepspeed_config(path: Path | None, batch_size: int) -> dict:
+    config = read_json(path) if path else {}
+    if not isinstance(config, dict):
+        raise TokenforgeError(f"{path}: a DeepSpeed config must be a JSON object")
+    config = {k: v for k, v in config.items() if k not in ("train_batch_size", "optimizer", "scheduler")}
+    config["train_micro_batch_size_per_gpu"] = batch_size
+    config.setdefault("gradient_accumulation_steps", 1)
+    config.setdefault("steps_per_print", 10**9)
+    return config
+
+
+def _engine(model, args, steps: int):
+    import deepspeed
+    import torch
+
+    _ensure_distributed_env()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # A torch optimizer: DeepSpeed's own Adam would JIT-compile a fused kernel first.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    warmup = max(1, int(args.warmup_epochs * steps / max(args.epochs, 1)))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=_deepspeed_config(args.deepspeed_config, args.batch_size),
+        dist_init_required=True,
+    )
+    return engine
+
+
+def _task_info(split_dir: Path, task: int) -> tuple[list[int], list[int], int]:
+    manifest = read_json(split_dir / "tasks.json")
+    tasks = manifest["tasks"]
+    if not 0 <= task < len(tasks):
+        raise TokenforgeError(f"--task {task}: the split has tasks 0..{len(tasks) - 1}")
+    seen = [c for t in tasks[: task + 1] for c in t["classes"]]
+    return tasks[task]["classes"], seen, manifest["num_classes"]
+
+
+def _initial_model(args, num_classes: int):
+    from .model import ModelConfig, TokenViT, load_model
+    from .tokenizer import load_tokenizer
+
+    if args.task > 0:
+        if args.previous is None:
+            raise TokenforgeError(f"--previous: required for task {args.task} (task {args.task - 1}'s output)")
+        return load_model(args.previous)
+    codebook = load_tokenizer(args.tokenizer).codebook
+    config = ModelConfig(
+        grid=tuple(read_json(args.tokenizer / "config.json")["grid"]),
+        codebook_size=codebook.shape[0],
+        code_dim=codebook.shape[1],
+        num_classes=num_classes,
+        embed_dim=args.embed_dim,
+        depth=args.depth,
+        num_heads=args.num_heads,
+        mlp_ratio=args.mlp_ratio,
+    )
+    return TokenViT(config, codebook)
+
+
+def run(args, tracker) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from .memory import Memory, build_task_memory, read_memory, select_random, write_memory
+    from .model import save_model
+    from .runtime import progress, seed_everything
+    from .tokenize import load_tokens
+
+    start = time.perf_counter()
+    if not 0 < args.memory_token_fraction <= 1:
+        raise TokenforgeError(f"--memory-token-fraction: must be in (0, 1], got {args.memory_token_fraction}")
+    seed_everything(args.seed + args.task)
+    classes, seen, num_classes = _task_info(args.split, args.task)
+    tokens = load_tokens(args.tokens)
+    mask = np.isin(tokens.labels, classes)
+    if not mask.any():
+        raise TokenforgeError(f"{args.tokens}: no training samples for task {args.task}'s classes {classes}")
+    ids = torch.from_numpy(tokens.ids[mask])
+    labels = torch.from_numpy(tokens.labels[mask])
+    model = _initial_model(args, num_classes)
+    memory = read_memory(args.previous / "memory.parquet") if args.task > 0 else Memory.empty()
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = torch.arange(len(ids))[rank::world]  # each rank trains on its own slice
+    steps_per_epoch = max(1, math.ceil(len(local) / args.batch_size))
+    engine = _engine(model, args, steps_per_epoch * args.epochs)
+    unseen = torch.ones(num_classes, dtype=torch.bool)
+    unseen[seen] = False
+    gen = torch.Generator().manual_seed(args.seed * 1000 + args.task)
+    mem_ids, mem_pos = torch.from_numpy(memory.ids), torch.from_numpy(memory.positions)
+    mem_labels = torch.from_numpy(memory.labels)
+
+    engine.train()
+    step, seen_samples, loss_sum = 0, 0, 0.0
+    t_train = time.perf_counter()
+    bar = progress(range(args.epochs), desc=f"task {args.task}", unit="epoch")
+    for epoch in bar:
+        order = local[torch.randperm(len(local), generator=gen)]
+        loss_sum, correct = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+            logits = engine(ids[idx]).masked_fill(unseen, float("-inf"))
+            loss = F.cross_entropy(logits.float(), labels[idx])
+            correct += int((logits.argmax(1) == labels[idx]).sum())
+            if len(memory):
+                m = torch.randint(len(memory), (args.replay_batch_size,), generator=gen)
+                mem_logits = engine(mem_ids[m], mem_pos[m]).masked_fill(unseen, float("-inf"))
+                loss = loss + F.cross_entropy(mem_logits.float(), mem_labels[m])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss) * len(idx)
+            seen_samples += len(idx)
+            step += 1
+        epoch_loss, epoch_acc = loss_sum / len(local), correct / len(local)
+        rate = seen_samples / (time.perf_counter() - t_train)
+        bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{epoch_acc:.3f}")
+        tracker.log_metrics(
+            {"loss": epoch_loss, "train_accuracy": epoch_acc, "lr": engine.get_lr()[0], "samples_per_s": rate},
+            step=epoch,
+        )
+
+    model = engine.module.eval()
+    pick = select_random(labels.numpy(), args.memory_samples_per_class, seed=args.seed * 1000 + args.task)
+    keys = [k for k, m in zip(tokens.keys, mask) if m]
+    new = build_task_memory(
+        model, [keys[i] for i in pick], labels.numpy()[pick], ids.numpy()[pick], args.task, args.memory_token_fraction
+    )
+    memory = memory.concat(new)
+    with atomic_dir(args.out) as tmp:
+        save_model(model, tmp)
+        memory_bytes = write_memory(memory, tmp / "memory.parquet", model.config.codebook_size, model.num_tokens)
+        stats = {
+            "task": args.task,
+            "classes": classes,
+            "train_samples": int(len(ids)),
+            "steps": step,
+            "final_loss": epoch_loss,
+            "final_train_accuracy": epoch_acc,
+            "samples_per_s": rate,
+            "memory_bytes": memory_bytes,
+            "memory_samples": len(memory),
+            "memory_tokens_per_sample": int(memory.ids.shape[1]) if len(memory) else 0,
+            "world_size": world,
+            "wall_s": time.perf_counter() - start,
+        }
+        write_json(tmp / "stats.json", stats)
+    tracker.log_metrics({k: v for k, v in stats.items() if k in ("final_loss", "memory_bytes", "memory_samples")})
+    print(
+        f"task {args.task}: loss {epoch_loss:.3f}, train accuracy {epoch_acc:.3f}, "
+        f"memory {len(memory)} samples x {stats['memory_tokens_per_sample']} tokens = {memory_bytes} bytes"
+    )

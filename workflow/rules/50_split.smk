@@ -1,0 +1,24 @@
+rule split:
+    input:
+        classes=rules.shard.output.classes,
+    output:
+        tasks=f"{R}/split/tasks.json",
+        manifests=expand(f"{R}/split/task-{{task}}.json", task=TASKS),
+    log:
+        f"{R}/logs/split.log",
+    benchmark:
+        f"{R}/benchmarks/split.tsv"
+    params:
+        args=cli_args(config["split"]),
+        outdir=dirname("output.tasks"),
+        seed=config["seed"],
+        track=track(),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/tokenforge.yaml"
+    shell:
+        "tokenforge split --classes {input} --out {params.outdir} {params.args} --seed {params.seed}"
+        " {params.track} > {log} 2>&1"

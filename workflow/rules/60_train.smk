@@ -1,0 +1,45 @@
+rule train:
+    input:
+        tokens=rules.tokenize.output.train,
+        tokenizer=rules.tokenizer.output.weights,
+        split=rules.split.output.tasks,
+        deepspeed=config["train"]["deepspeed_config"],
+        previous=previous_task,
+    output:
+        model=f"{R}/train/task-{{task}}/model.safetensors",
+        model_config=f"{R}/train/task-{{task}}/model.json",
+        memory=f"{R}/train/task-{{task}}/memory.parquet",
+        stats=f"{R}/train/task-{{task}}/stats.json",
+    log:
+        f"{R}/logs/train/task-{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/task-{{task}}.tsv"
+    params:
+        args=cli_args(config["train"]),
+        memory=cli_args(config["memory"], prefix="memory-").replace("--memory-replay-", "--replay-"),
+        previous=previous_flag,
+        tokenizer=dirname("input.tokenizer"),
+        split=dirname("input.split"),
+        outdir=dirname("output.model"),
+        seed=config["seed"],
+        track=lambda w: track(f"--tag task={w.task}"),
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../../envs/tokenforge.yaml"
+    shell:
+        "tokenforge train --tokens {input.tokens} --tokenizer {params.tokenizer} --split {params.split}"
+        " --task {wildcards.task} {params.previous} --out {params.outdir} {params.args} {params.memory}"
+        " --seed {params.seed} --threads {threads} {params.track} > {log} 2>&1"
+
+
+# Named partial targets task_0 ... task_<N-1>: train and evaluate up to task k, e.g. `snakemake task_2`.
+for _t in TASKS:
+
+    rule:
+        name:
+            f"task_{_t}"
+        input:
+            f"{R}/evaluate/task-{_t}.json",

@@ -1,0 +1,25 @@
+rule evaluate:
+    input:
+        model=rules.train.output.model,
+        tokens=rules.tokenize.output.test,
+        split=rules.split.output.tasks,
+    output:
+        f"{R}/evaluate/task-{{task}}.json",
+    log:
+        f"{R}/logs/evaluate/task-{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/task-{{task}}.tsv"
+    params:
+        args=cli_args(config["evaluate"]),
+        model=dirname("input.model"),
+        split=dirname("input.split"),
+        track=lambda w: track(f"--tag task={w.task}"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/tokenforge.yaml"
+    shell:
+        "tokenforge evaluate --model {params.model} --tokens {input.tokens} --split {params.split}"
+        " --task {wildcards.task} --out {output} {params.args} {params.track} > {log} 2>&1"

@@ -1,0 +1,41 @@
+STAGE_STATS = {
+    "shard": rules.shard.output.stats,
+    "tokenizer": rules.tokenizer.output.stats,
+    "tokenize": rules.tokenize.output.stats,
+    **{f"train-{t}": f"{R}/train/task-{t}/stats.json" for t in TASKS},
+    **{f"evaluate-{t}": f"{R}/evaluate/task-{t}.json" for t in TASKS},
+}
+
+
+rule package:
+    input:
+        evaluations=expand(f"{R}/evaluate/task-{{t}}.json", t=TASKS),
+        stats=list(STAGE_STATS.values()),
+        synonyms=rules.synonyms.output,
+        model=f"{R}/train/task-{LAST}/model.safetensors",
+    output:
+        metrics=f"{R}/package/metrics.json",
+        matrix=report(f"{R}/package/accuracy_matrix.png", caption="../report/accuracy_matrix.rst", category="Results"),
+        curve=report(f"{R}/package/average_accuracy.png", caption="../report/average_accuracy.rst", category="Results"),
+        html=f"{R}/package/report.html",
+        archive=f"{R}/tokenforge-results.tar.gz",
+    log:
+        f"{R}/logs/package.log",
+    benchmark:
+        f"{R}/benchmarks/package.tsv"
+    params:
+        stats=" ".join(f"{name}={path}" for name, path in STAGE_STATS.items()),
+        outdir=dirname("output.metrics"),
+        config=f"{R}/config.resolved.yaml",
+        title=f"tokenforge run '{config['run']}'",
+        track=track(),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/tokenforge.yaml"
+    shell:
+        "tokenforge package --evaluations {input.evaluations} --stats {params.stats} --model {input.model}"
+        " --config {params.config} --out {params.outdir} --archive {output.archive} --title {params.title:q}"
+        " {params.track} > {log} 2>&1"

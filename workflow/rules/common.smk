@@ -1,0 +1,68 @@
+# Shared helpers used by every stage file: config validation, the results prefix, CLI arguments, MLflow flags.
+import json
+import shlex
+
+import snakemake
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as exc:
+    # Keep the error to the line that names the bad key and value.
+    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+    first = next((l for l in lines if "Failed validating" not in l and "Error validating" not in l), lines[0])
+    path = next((l for l in lines if l.startswith("On instance")), "On instance")
+    raise WorkflowError(f"config is invalid: {first} ({path.rstrip(':')})") from None
+
+R = f"{config['results']}/{config['run']}"  # every output of this run lives under here
+TASKS = list(range(config["split"]["tasks"]))
+LAST = TASKS[-1]
+
+
+def dirname(key):
+    """A params function: the directory of the named input or output file (for --out DIR flags)."""
+    kind, _, name = key.partition(".")
+    return lambda wildcards, input, output: os.path.dirname((input if kind == "input" else output)[name])
+
+
+def cli_args(section, prefix=""):
+    """A config section as CLI flags: {'batch_size': 8} -> '--batch-size 8'; None is left out."""
+    out = []
+    for key, value in section.items():
+        flag = f"--{prefix}{key.replace('_', '-')}"
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out.append(flag if value else f"--no-{prefix}{key.replace('_', '-')}")
+        elif isinstance(value, list):
+            out.append(f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}")
+        else:
+            out.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(out)
+
+
+def track(rule_tags=""):
+    """The MLflow flags every job passes: attach to this run's parent, with the run name as a tag."""
+    return f"--track {R} --tag run={config['run']} --tag snakemake_version={snakemake.__version__} {rule_tags}"
+
+
+def previous_task(wildcards):
+    """Task t's training starts from task t-1's model and memory: this draws the chain in the DAG."""
+    t = int(wildcards.task)
+    if t == 0:
+        return []
+    return expand(f"{R}/train/task-{{t}}/{{f}}", t=t - 1, f=["model.safetensors", "memory.parquet"])
+
+
+def previous_flag(wildcards):
+    t = int(wildcards.task)
+    return f"--previous {R}/train/task-{t - 1}" if t > 0 else ""
+
+
+def tracking_flags():
+    uri = config["mlflow"].get("tracking_uri")
+    return f"--experiment {shlex.quote(config['mlflow']['experiment'])}" + (
+        f" --tracking-uri {shlex.quote(uri)}" if uri else ""
+    )
