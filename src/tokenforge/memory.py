@@ -130,7 +130,7 @@ def _small_uint(max_value: int) -> pa.DataType:
 
 def write_memory(memory: Memory, path: Path, num_codes: int, num_positions: int) -> int:
     """Write the memory as zstd Parquet with the smallest integer types; return its bytes on disk."""
-    k = memory.ids.shape[1] if len(memory) else 0
+    k = memory.ids.shape[1] if len(memory) else 1  # an empty memory still needs a valid list width
     table = pa.table(
         {
             "key": pa.array(memory.keys, pa.string()),

@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mem.add_argument("--memory-samples-per-class", type=int, default=20, help="samples kept per class after the task (0: no memory)")
     mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="fraction of each kept sample's tokens stored, in (0, 1]")
     mem.add_argument("--replay-batch-size", type=int, default=64, help="memory samples replayed per step")
+    mem.add_argument(
+        "--input-dropout",
+        type=float,
+        default=0.5,
+        help="share of current-task batches fed as random subsets of as many tokens as a memory sample keeps, "
+        "so the model learns partial inputs and cannot tell replayed samples by their length (0: off)",
+    )
 
 
 def _ensure_distributed_env() -> None:
@@ -137,14 +144,14 @@ def run(args, tracker) -> None:
     import torch
     import torch.nn.functional as F
 
-    from .memory import Memory, build_task_memory, read_memory, select_random, write_memory
+    from .memory import Memory, build_task_memory, keep_count, read_memory, select_random, write_memory
     from .model import save_model
     from .runtime import progress, seed_everything
     from .tokenize import load_tokens
 
     start = time.perf_counter()
-    if not 0 < args.memory_token_fraction <= 1:
-        raise TokenforgeError(f"--memory-token-fraction: must be in (0, 1], got {args.memory_token_fraction}")
+    if not 0 <= args.input_dropout <= 1:
+        raise TokenforgeError(f"--input-dropout: must be in [0, 1], got {args.input_dropout}")
     seed_everything(args.seed + args.task)
     classes, seen, num_classes = _task_info(args.split, args.task)
     tokens = load_tokens(args.tokens)
@@ -155,6 +162,7 @@ def run(args, tracker) -> None:
     labels = torch.from_numpy(tokens.labels[mask])
     model = _initial_model(args, num_classes)
     memory = read_memory(args.previous / "memory.parquet") if args.task > 0 else Memory.empty()
+    keep = keep_count(model.num_tokens, args.memory_token_fraction)  # tokens per memory sample
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = torch.arange(len(ids))[rank::world]  # each rank trains on its own slice
@@ -175,7 +183,13 @@ def run(args, tracker) -> None:
         loss_sum, correct = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * args.batch_size : (b + 1) * args.batch_size]
-            logits = engine(ids[idx]).masked_fill(unseen, float("-inf"))
+            if torch.rand((), generator=gen) < args.input_dropout:
+                # A random subset of each sample's tokens, as short as a replayed memory sample.
+                pos = torch.rand(len(idx), model.num_tokens, generator=gen).argsort(1)[:, :keep].sort(1).values
+                logits = engine(ids[idx].flatten(1).gather(1, pos), pos)
+            else:
+                logits = engine(ids[idx])
+            logits = logits.masked_fill(unseen, float("-inf"))
             loss = F.cross_entropy(logits.float(), labels[idx])
             correct += int((logits.argmax(1) == labels[idx]).sum())
             if len(memory):
@@ -184,12 +198,12 @@ def run(args, tracker) -> None:
                 loss = loss + F.cross_entropy(mem_logits.float(), mem_labels[m])
             engine.backward(loss)
             engine.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             seen_samples += len(idx)
             step += 1
         epoch_loss, epoch_acc = loss_sum / len(local), correct / len(local)
         rate = seen_samples / (time.perf_counter() - t_train)
-        bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{epoch_acc:.3f}")
+        bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{epoch_acc:.3f}", refresh=False)
         tracker.log_metrics(
             {"loss": epoch_loss, "train_accuracy": epoch_acc, "lr": engine.get_lr()[0], "samples_per_s": rate},
             step=epoch,

@@ -1,0 +1,372 @@
+"""Train the VQ tokenizer: a small convolutional VQ autoencoder that turns an image into a grid of code ids.
+
+  tokenforge tokenizer --shards results/shard --out results/tokenizer --codebook-size 64 --downsample 2
+
+The encoder shrinks the image by --downsample with stride-2 convolutions to a grid of --code-dim vectors; a
+`vector_quantize_pytorch.VectorQuantize` layer (EMA codebook, k-means init, dead-code restarts) replaces
+each vector by its nearest codebook entry; a mirrored decoder rebuilds the image. Loss: pixel MSE plus the
+VQ commitment loss. It trains on the shards' train split and reports reconstruction PSNR on the test split.
+
+Writes into --out: model.safetensors (weights), config.json (shape of the model), stats.json (mse, psnr,
+codebook usage and perplexity, wall_s). Later stages call `load_tokenizer(dir)` and its `encode`/`decode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import TokenforgeError
+from .io import atomic_dir, read_json, require_file, write_json
+from .runtime import progress, seed_everything
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEYS = ("image_size", "channels", "downsample", "grid", "codebook_size", "code_dim", "hidden_dim", "seed")
+# Token ids are stored as uint8/uint16 by `tokenforge tokenize`.
+MAX_CODES = 65536
+# VectorQuantize settings that only shape training, not the weights: a few k-means iterations on the first
+# batch seed the codebook from real encoder outputs; a code whose EMA cluster size falls below 1 vector
+# per batch is restarted from a random encoder output, which keeps most of a small codebook in use.
+KMEANS_ITERS = 5
+EMA_DECAY = 0.8
+DEAD_CODE_THRESHOLD = 1.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", type=Path, required=True, help="directory written by `tokenforge shard`")
+    parser.add_argument("--out", type=Path, required=True, help="output directory for the trained tokenizer")
+    parser.add_argument("--codebook-size", type=int, default=64, help="number of codes (vocabulary size)")
+    parser.add_argument("--code-dim", type=int, default=16, help="dimension of each codebook vector")
+    parser.add_argument("--hidden-dim", type=int, default=64, help="channels of the conv encoder and decoder")
+    parser.add_argument(
+        "--downsample", type=int, default=2, help="image pixels per token side; a power of 2 dividing the image size"
+    )
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the train split")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per optimiser step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    parser.add_argument("--commitment", type=float, default=0.25, help="weight of the VQ commitment loss")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, k-means init and batch order")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def make_config(
+    image_size: tuple[int, int],
+    channels: int,
+    downsample: int,
+    codebook_size: int,
+    code_dim: int,
+    hidden_dim: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The model's shape as stored in config.json; raises TokenforgeError naming the bad option."""
+    height, width = (int(s) for s in image_size)
+    if downsample < 1 or downsample & (downsample - 1) or height % downsample or width % downsample:
+        raise TokenforgeError(
+            f"--downsample {downsample}: must be a power of 2 that divides the image size {height}x{width}"
+        )
+    if not 2 <= codebook_size <= MAX_CODES:
+        raise TokenforgeError(f"--codebook-size {codebook_size}: must be between 2 and {MAX_CODES}")
+    for option, value in (("--code-dim", code_dim), ("--hidden-dim", hidden_dim), ("channels", channels)):
+        if value < 1:
+            raise TokenforgeError(f"{option} {value}: must be at least 1")
+    return {
+        "image_size": [height, width],
+        "channels": int(channels),
+        "downsample": int(downsample),
+        "grid": [height // downsample, width // downsample],
+        "codebook_size": int(codebook_size),
+        "code_dim": int(code_dim),
+        "hidden_dim": int(hidden_dim),
+        "seed": int(seed),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def __getattr__(name: str):
+    # `VQTokenizer` subclasses torch's nn.Module, so it is built on first use: importing this module (as
+    # `tokenforge --help` does for every stage) must not import torch. The class is made once and cached,
+    # so isinstance checks and pickling see one class.
+    if name == "VQTokenizer":
+        return _model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _model_class() -> type:
+    import torch
+    from torch import nn
+    from vector_quantize_pytorch import VectorQuantize
+
+    class VQTokenizer(nn.Module):
+        """Conv encoder -> VectorQuantize -> conv decoder. `config` is the dict from `make_config`.
+
+        The encoder's output has `code_dim` channels, the codebook's dimension, so VectorQuantize needs no
+        projection and `codebook` is exactly what `encode` quantises against.
+        """
+
+        def __init__(self, config: dict[str, Any], commitment: float = 0.25) -> None:
+            super().__init__()
+            self.config = dict(config)
+            channels, hidden, code_dim = config["channels"], config["hidden_dim"], config["code_dim"]
+            steps = int(math.log2(config["downsample"]))
+            act = nn.GELU
+            encoder: list[nn.Module] = [nn.Conv2d(channels, hidden, 3, padding=1), act()]
+            decoder: list[nn.Module] = [nn.Conv2d(code_dim, hidden, 3, padding=1), act()]
+            for _ in range(steps):
+                encoder += [nn.Conv2d(hidden, hidden, 4, stride=2, padding=1), act()]
+                decoder += [nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1), act()]
+            encoder += [nn.Conv2d(hidden, hidden, 3, padding=1), act(), nn.Conv2d(hidden, code_dim, 1)]
+            decoder += [nn.Conv2d(hidden, hidden, 3, padding=1), act(), nn.Conv2d(hidden, channels, 3, padding=1)]
+            self.encoder = nn.Sequential(*encoder)
+            self.decoder = nn.Sequential(*decoder, nn.Sigmoid())
+            self.vq = VectorQuantize(
+                dim=code_dim,
+                codebook_size=config["codebook_size"],
+                decay=EMA_DECAY,
+                kmeans_init=True,
+                kmeans_iters=KMEANS_ITERS,
+                threshold_ema_dead_code=DEAD_CODE_THRESHOLD,
+                commitment_weight=commitment,  # shapes training only, so it is not in config.json
+                accept_image_fmap=True,
+            )
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """Training pass on float NCHW in [0,1]: (reconstruction, ids (N,h,w), VQ loss)."""
+            quantized, ids, vq_loss = self.vq(self.encoder(x))
+            return self.decoder(quantized), ids, vq_loss
+
+        @property
+        def codebook(self) -> torch.Tensor:
+            """(codebook_size, code_dim) float: a detached copy of the vectors `encode` picks from."""
+            return self.vq.codebook.detach().clone().float()
+
+        @torch.no_grad()
+        def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+            """uint8 NHWC images -> LongTensor (N, h, w) of code ids. Never changes the codebook."""
+            z = self.encoder(self._to_input(images))
+            n, d, h, w = z.shape
+            flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+            embed = self.vq.codebook.to(flat.dtype)
+            # Squared distances, as VectorQuantize computes them, without its training-time EMA updates.
+            dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.T + embed.pow(2).sum(1)
+            return dist.argmin(dim=1).reshape(n, h, w)
+
+        @torch.no_grad()
+        def decode(self, ids: torch.Tensor) -> torch.Tensor:
+            """LongTensor (N, h, w) of code ids -> float images (N, C, H, W) in [0,1]."""
+            ids = torch.as_tensor(ids, dtype=torch.long)
+            size = self.config["codebook_size"]
+            if ids.ndim != 3 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+                raise TokenforgeError(f"ids: expected (N, h, w) ids in [0, {size}), got shape {tuple(ids.shape)}")
+            vectors = self.vq.codebook[ids].permute(0, 3, 1, 2)
+            return self.decoder(vectors)
+
+        def _to_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+            x = torch.as_tensor(images)
+            want = (*self.config["image_size"], self.config["channels"])
+            if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != want:
+                raise TokenforgeError(
+                    f"images: expected uint8 (N, {want[0]}, {want[1]}, {want[2]}), got {x.dtype} {tuple(x.shape)}"
+                )
+            return to_float(x)
+
+    VQTokenizer.__module__, VQTokenizer.__qualname__ = __name__, "VQTokenizer"  # where pickle finds it
+    return VQTokenizer
+
+
+def to_float(images):
+    """uint8 NHWC (array or tensor) -> float32 NCHW in [0,1]."""
+    import torch
+
+    return torch.as_tensor(images).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def build_model(config: dict[str, Any], commitment: float = 0.25):
+    """A fresh VQTokenizer for `config` (initialised from torch's global RNG)."""
+    return _model_class()(config, commitment)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_tokenizer(
+    images: np.ndarray,
+    config: dict[str, Any],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    commitment: float = 0.25,
+    tracker=None,
+):
+    """Train a VQTokenizer on uint8 NHWC `images`; returns (model in eval mode, mean loss per epoch).
+
+    Seeded by config["seed"]: same images, config and arguments give the same weights on a CPU.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr)):
+        if value <= 0:
+            raise TokenforgeError(f"{option} {value}: must be positive")
+    seed_everything(config["seed"])
+    model = build_model(config, commitment).train()
+    x_all = to_float(images)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(config["seed"])
+    losses = []
+    bar = progress(range(epochs), total=epochs, desc="tokenizer", unit="epoch")
+    for epoch in bar:
+        total, seen = 0.0, 0
+        for idx in torch.randperm(len(x_all), generator=order).split(batch_size):
+            x = x_all[idx]
+            recon, _, vq_loss = model(x)
+            loss = F.mse_loss(recon, x) + vq_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        losses.append(total / seen)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if tracker is not None:
+            tracker.log_metrics({"train_loss": losses[-1]}, step=epoch)
+    return model.eval(), losses
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def encode_all(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Code ids (N, h, w) int64 of every image, encoded in batches."""
+    parts = [model.encode(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, *model.config["grid"]), dtype=np.int64)
+
+
+def reconstruction_mse(model, images: np.ndarray, batch_size: int = 512) -> float:
+    """Mean squared error of decode(encode(x)) against x, both in [0,1], over all pixels."""
+    total, count = 0.0, 0
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size]
+        recon = model.decode(model.encode(batch))
+        total += float((recon - to_float(batch)).pow(2).sum())
+        count += recon.numel()
+    if count == 0:
+        raise TokenforgeError("images: no images to evaluate the tokenizer on")
+    return total / count
+
+
+def psnr(mse: float) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0,1]."""
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def code_stats(ids: np.ndarray, codebook_size: int) -> dict[str, float]:
+    """How much of the codebook `ids` use: fraction and count of codes used, perplexity of their frequencies."""
+    counts = np.bincount(np.asarray(ids).ravel(), minlength=codebook_size).astype(np.float64)
+    freq = counts / max(counts.sum(), 1.0)
+    nonzero = freq[freq > 0]
+    return {
+        "codebook_usage": float((counts > 0).mean()),
+        "used_codes": int((counts > 0).sum()),
+        "perplexity": float(np.exp(-(nonzero * np.log(nonzero)).sum())),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+
+
+def save_tokenizer(model, out_dir: Path) -> None:
+    """Write model.safetensors and config.json into `out_dir` (an existing directory)."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"))
+    write_json(out_dir / "config.json", model.config)
+
+
+def load_tokenizer(path: str | Path):
+    """The VQTokenizer saved in directory `path`, in eval mode. Reads only safetensors, never pickles."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config_path = path / "config.json"
+    config = read_json(config_path)
+    missing = [key for key in CONFIG_KEYS if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise TokenforgeError(f"{config_path}: missing key(s) {', '.join(missing)}")
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TokenforgeError(f"{config_path}: invalid model config ({exc})") from None
+    weights = require_file(path / "model.safetensors", "tokenizer weights")
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()
+        reason = " ".join(line.strip() for line in first[:3])
+        raise TokenforgeError(f"{weights}: weights do not match {config_path.name} ({reason})") from None
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+def _load_splits(shards: Path):
+    """(train, test or None) ImageSets of the shard stage; its stats.json says whether there is a test split."""
+    from .shard import load_split
+
+    stats_path = shards / "stats.json"
+    stats = read_json(stats_path)
+    counts = stats.get("counts") if isinstance(stats, dict) else None
+    if not isinstance(counts, dict):
+        raise TokenforgeError(f"{stats_path}: missing key counts")
+    train = load_split(shards, "train")
+    test = load_split(shards, "test") if counts.get("test") else None
+    if test is None:
+        log.warning("%s: no test split; reporting reconstruction on the train split", shards)
+    return train, test
+
+
+def run(args: argparse.Namespace, tracker) -> None:
+    start = time.perf_counter()
+    train, test = _load_splits(args.shards)
+    if len(train.keys) == 0:
+        raise TokenforgeError(f"{args.shards}: the train split has no images")
+    _, height, width, channels = train.images.shape
+    config = make_config(
+        (height, width), channels, args.downsample, args.codebook_size, args.code_dim, args.hidden_dim, args.seed
+    )
+    hyper = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "commitment": args.commitment}
+    tracker.log_params({**config, **hyper})
+    model, losses = train_tokenizer(train.images, config, **hyper, tracker=tracker)
+    eval_set = test if test is not None else train
+    mse = reconstruction_mse(model, eval_set.images)
+    stats = {
+        "mse": mse,
+        "psnr": psnr(mse),
+        "eval_split": "test" if test is not None else "train",
+        **code_stats(encode_all(model, train.images), config["codebook_size"]),
+        "epochs": args.epochs,
+        "final_loss": losses[-1],
+    }
+    with atomic_dir(args.out) as tmp:
+        save_tokenizer(model, tmp)
+        stats["wall_s"] = time.perf_counter() - start
+        write_json(tmp / "stats.json", stats)
+    tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+    for name in ("config.json", "stats.json"):
+        tracker.log_artifact(args.out / name)
+    log.info("tokenizer: psnr %.2f dB, %d/%d codes used", stats["psnr"], stats["used_codes"], config["codebook_size"])

@@ -1,0 +1,314 @@
+"""Tests of the image sources: digits, shapes, imagefolder and (fake, tiny) CIFAR pickles."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tokenforge.errors import TokenforgeError
+from tokenforge.sources import (
+    RestrictedUnpickler,
+    load_pickle,
+    max_shape_classes,
+    open_source,
+    shape_classes,
+)
+
+
+def make_imagefolder(root: Path, classes: dict[str, int], size=(12, 10), seed=0) -> Path:
+    """root/<class>/<k>.png with random RGB pixels; returns root."""
+    rng = np.random.default_rng(seed)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"img{k}.png")
+    return root
+
+
+def fake_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> Path:
+    """A tiny cifar-10-batches-py folder: bytes keys, as Python 2 pickles load with encoding='bytes'."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [n.encode() for n in "airplane automobile bird cat deer dog frog horse ship truck".split()]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
+            b"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{k}.png".encode() for k in range(per_batch)],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+def fake_cifar100(root: Path, n_train: int = 6, n_test: int = 3, seed: int = 1) -> Path:
+    """A tiny cifar-100-python folder (fine and coarse labels, str keys as a Python 3 pickle has)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    with open(folder / "meta", "wb") as f:
+        meta = {"fine_label_names": [f"c{k}" for k in range(100)], "coarse_label_names": [f"s{k}" for k in range(20)]}
+        pickle.dump(meta, f)
+    for name, n in (("train", n_train), ("test", n_test)):
+        batch = {
+            "fine_labels": rng.integers(0, 100, size=n).tolist(),
+            "coarse_labels": rng.integers(0, 20, size=n).tolist(),
+            "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+# --- spec -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["xyz", "mnist", "imagefolder", "cifar", "folder:/tmp"])
+def test_unknown_source(spec):
+    with pytest.raises(TokenforgeError) as err:
+        open_source(spec)
+    assert str(err.value) == f"source '{spec}': unknown source; expected digits, shapes, imagefolder:PATH or cifar:PATH"
+
+
+def test_missing_path_after_kind():
+    with pytest.raises(TokenforgeError, match="missing PATH"):
+        open_source("imagefolder:")
+
+
+# --- digits -----------------------------------------------------------------------------------
+
+
+def test_digits_scaled_to_uint8():
+    from sklearn.datasets import load_digits
+
+    source = open_source("digits")
+    assert len(source) == 1797 and source.mode == "L" and source.splits is None
+    assert source.class_names == [str(c) for c in range(10)]
+    raw = load_digits().images
+    for i in (0, 5, 1796):
+        image = np.asarray(source.image(i))
+        assert image.dtype == np.uint8 and image.shape == (8, 8)
+        np.testing.assert_array_equal(image, np.rint(raw[i] * 255 / 16).astype(np.uint8))
+    assert max(int(np.asarray(source.image(i)).max()) for i in range(20)) == 255
+    sample = source.sample(3)
+    assert sample.label == source.labels[3] and sample.source_id == "digits/3" and sample.split is None
+
+
+# --- shapes -----------------------------------------------------------------------------------
+
+
+def test_shapes_deterministic_per_seed():
+    a = open_source("shapes", seed=3, shapes_count=12, shapes_classes=4, shapes_size=16)
+    b = open_source("shapes", seed=3, shapes_count=12, shapes_classes=4, shapes_size=16)
+    c = open_source("shapes", seed=4, shapes_count=12, shapes_classes=4, shapes_size=16)
+    for i in range(12):
+        image = np.asarray(a.image(i))
+        assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+        np.testing.assert_array_equal(image, np.asarray(b.image(i)))
+    assert any(not np.array_equal(np.asarray(a.image(i)), np.asarray(c.image(i))) for i in range(12))
+    assert np.bincount(a.labels).tolist() == [3, 3, 3, 3]
+
+
+def test_shapes_image_independent_of_count():
+    small = open_source("shapes", seed=0, shapes_count=5, shapes_classes=3, shapes_size=16)
+    large = open_source("shapes", seed=0, shapes_count=50, shapes_classes=3, shapes_size=16)
+    np.testing.assert_array_equal(np.asarray(small.image(4)), np.asarray(large.image(4)))
+
+
+def test_shape_classes_unique_and_varied():
+    classes = shape_classes(max_shape_classes())
+    assert len(set(classes)) == max_shape_classes() >= 300
+    first = shape_classes(10)
+    assert len({kind for kind, _, _ in first}) == 10 and len({colour for _, colour, _ in first}) == 10
+    names = open_source("shapes", shapes_count=0, shapes_classes=max_shape_classes()).class_names
+    assert names[0] == "red-circle" and len(set(names)) == len(names)
+    # every style renders something visible
+    source = open_source("shapes", shapes_count=max_shape_classes(), shapes_classes=max_shape_classes(), shapes_size=16)
+    for i in (0, 105, 230):
+        assert np.asarray(source.image(i)).std() > 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"shapes_classes": 0}, "--shapes-classes 0"),
+        ({"shapes_classes": 10_000}, "--shapes-classes 10000"),
+        ({"shapes_size": 4}, "--shapes-size 4"),
+        ({"shapes_count": -1}, "--shapes-count -1"),
+    ],
+)
+def test_shapes_bad_options(kwargs, message):
+    with pytest.raises(TokenforgeError, match=message):
+        open_source("shapes", **kwargs)
+
+
+# --- imagefolder ------------------------------------------------------------------------------
+
+
+def test_imagefolder_flat(tmp_path):
+    root = make_imagefolder(tmp_path / "data", {"zebra": 2, "ant": 3})
+    (root / "ant" / ".hidden.png").write_bytes(b"not an image")  # hidden: skipped
+    (root / "ant" / "notes.txt").write_text("not an image")  # not an image extension: ignored
+    (root / ".cache").mkdir()  # hidden folder: not a class
+    source = open_source(f"imagefolder:{root}")
+    assert source.class_names == ["ant", "zebra"]
+    assert source.labels.tolist() == [0, 0, 0, 1, 1]
+    assert source.ids[0] == "ant/img0.png" and source.splits is None and source.mode == "RGB"
+    expected = np.asarray(Image.open(root / "zebra" / "img1.png"))
+    np.testing.assert_array_equal(np.asarray(source.image(4)), expected)
+
+
+def test_imagefolder_train_test(tmp_path):
+    root = tmp_path / "data"
+    make_imagefolder(root / "train", {"a": 3, "b": 2})
+    make_imagefolder(root / "val", {"b": 1}, seed=1)
+    source = open_source(f"imagefolder:{root}")
+    assert source.class_names == ["a", "b"]
+    assert source.splits == ["train"] * 5 + ["test"]
+    assert source.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert source.ids[-1] == "val/b/img0.png"
+
+
+def test_imagefolder_train_only(tmp_path):
+    root = tmp_path / "data"
+    make_imagefolder(root / "train", {"a": 2, "b": 1})
+    source = open_source(f"imagefolder:{root}")
+    assert source.class_names == ["a", "b"] and source.splits is None
+    assert source.ids[0] == "train/a/img0.png"
+
+
+def test_imagefolder_test_class_not_in_train(tmp_path):
+    root = tmp_path / "data"
+    make_imagefolder(root / "train", {"a": 1})
+    make_imagefolder(root / "test", {"x": 1})
+    with pytest.raises(TokenforgeError, match="class not in"):
+        open_source(f"imagefolder:{root}")
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(TokenforgeError, match="no such directory"):
+        open_source(f"imagefolder:{tmp_path / 'missing'}")
+    root = make_imagefolder(tmp_path / "data", {"a": 1})
+    (root / "empty").mkdir()
+    with pytest.raises(TokenforgeError) as err:
+        open_source(f"imagefolder:{root}")
+    assert str(err.value) == f"{root / 'empty'}: class has no images"
+    (root / "empty" / "x.png").write_bytes(b"\x89PNG garbage")
+    source = open_source(f"imagefolder:{root}")
+    with pytest.raises(TokenforgeError) as err:
+        source.image(1)
+    assert str(err.value).startswith(f"{root / 'empty' / 'x.png'}: cannot read image (")
+    assert "\n" not in str(err.value)
+
+
+# --- cifar ------------------------------------------------------------------------------------
+
+
+def test_cifar10(tmp_path):
+    folder = fake_cifar10(tmp_path, per_batch=4)
+    for spec in (f"cifar:{tmp_path}", f"cifar:{folder}"):  # the parent or the batches folder
+        source = open_source(spec)
+        assert len(source) == 24 and source.class_names[0] == "airplane" and len(source.class_names) == 10
+        assert source.splits == ["train"] * 20 + ["test"] * 4
+        assert source.ids[4] == "data_batch_2/0"
+    with open(folder / "data_batch_2", "rb") as f:
+        batch = pickle.load(f)
+    row = batch[b"data"][1]
+    image = np.asarray(source.image(5))
+    assert image.shape == (32, 32, 3)
+    np.testing.assert_array_equal(image[..., 0].ravel(), row[:1024])  # red plane first
+    np.testing.assert_array_equal(image[..., 2].ravel(), row[2048:])
+    assert source.labels[5] == batch[b"labels"][1]
+
+
+def test_cifar100_fine_labels(tmp_path):
+    folder = fake_cifar100(tmp_path)
+    source = open_source(f"cifar:{folder}")
+    assert len(source.class_names) == 100 and source.class_names[7] == "c7"
+    assert source.splits == ["train"] * 6 + ["test"] * 3
+    with open(folder / "test", "rb") as f:
+        assert source.labels[6:].tolist() == pickle.load(f)["fine_labels"]
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_refused(tmp_path):
+    folder = fake_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [_Exploit(marker)]}, f)
+    with pytest.raises(TokenforgeError) as err:
+        open_source(f"cifar:{folder}")
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'data_batch_3'}: refusing to unpickle global '")
+    assert "system" in message and not marker.exists()
+
+
+@pytest.mark.parametrize("value", [1.5, (1, 2), {1, 2}, None])
+def test_pickle_plain_types_only(tmp_path, value):
+    path = tmp_path / "batch"
+    with open(path, "wb") as f:
+        pickle.dump({"data": value}, f)
+    with pytest.raises(TokenforgeError, match="refusing|unexpected"):
+        load_pickle(path)
+
+
+def test_pickle_object_array_refused(tmp_path):
+    path = tmp_path / "batch"
+    with open(path, "wb") as f:
+        pickle.dump({"data": np.array([1, "x"], dtype=object)}, f)
+    with pytest.raises(TokenforgeError, match="refusing"):
+        load_pickle(path)
+
+
+def test_pickle_protocol5_arrays_load(tmp_path):
+    path = tmp_path / "batch"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.arange(6, dtype=np.uint8).reshape(2, 3)}, f, protocol=5)
+    np.testing.assert_array_equal(load_pickle(path)["data"], np.arange(6).reshape(2, 3))
+
+
+def test_cifar_errors(tmp_path):
+    with pytest.raises(TokenforgeError, match="no such directory"):
+        open_source(f"cifar:{tmp_path / 'missing'}")
+    with pytest.raises(TokenforgeError, match="not a CIFAR folder"):
+        open_source(f"cifar:{tmp_path}")
+    folder = fake_cifar10(tmp_path)
+    (folder / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(TokenforgeError, match="test_batch: not a readable CIFAR pickle"):
+        open_source(f"cifar:{folder}")
+    (folder / "data_batch_5").unlink()
+    with pytest.raises(TokenforgeError, match="data_batch_5: CIFAR file not found"):
+        open_source(f"cifar:{folder}")
+
+
+def test_cifar_bad_rows(tmp_path):
+    folder = fake_cifar10(tmp_path)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(TokenforgeError, match="3072"):
+        open_source(f"cifar:{folder}")
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, f)
+    with pytest.raises(TokenforgeError, match="out of range"):
+        open_source(f"cifar:{folder}")
+
+
+def test_restricted_unpickler_is_a_pickle_unpickler():
+    assert issubclass(RestrictedUnpickler, pickle.Unpickler)
