@@ -1,5 +1,6 @@
 # Shared helpers used by every stage file: config validation, the results prefix, CLI arguments, MLflow flags.
 import json
+import re
 import shlex
 
 import snakemake
@@ -10,11 +11,14 @@ from snakemake.utils import validate
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as exc:
-    # Keep the error to the line that names the bad key and value.
-    lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
-    first = next((l for l in lines if "Failed validating" not in l and "Error validating" not in l), lines[0])
-    path = next((l for l in lines if l.startswith("On instance")), "On instance")
-    raise WorkflowError(f"config is invalid: {first} ({path.rstrip(':')})") from None
+    # One line naming the bad key: "config key train.epochs: 'abc' is not of type 'integer'".
+    text = str(exc)
+    found = re.search(r"ValidationError: (.*?)$", text, re.M)
+    where = re.search(r"On instance((?:\[[^\]]*\])*)", text)
+    key = ".".join(re.findall(r"\['?([^'\]]*)'?\]", where.group(1))) if where else ""
+    raise WorkflowError(
+        f"config key {key or '(top level)'}: {found.group(1) if found else text.splitlines()[0]}"
+    ) from None
 
 R = f"{config['results']}/{config['run']}"  # every output of this run lives under here
 TASKS = list(range(config["split"]["tasks"]))

@@ -1,0 +1,132 @@
+"""Workflow tests: the real Snakemake DAG. The end-to-end case runs every stage on a tiny config."""
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = """
+run: tiny
+tokenizer: {codebook_size: 32, code_dim: 8, hidden_dim: 16, epochs: 2}
+split: {tasks: 2, classes_per_task: 2}
+train: {epochs: 2, embed_dim: 32, depth: 2}
+memory: {samples_per_class: 5, token_fraction: 0.5}
+"""
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    return tmp_path
+
+
+def write_config(workdir: Path, text: str) -> str:
+    path = workdir / "extra.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_dry_run_shows_the_task_chain(workdir):
+    out = snakemake(workdir, "-n").stdout
+    assert "train" in out and "evaluate" in out
+    dag = snakemake(workdir, "--dag").stdout
+    # task t's training takes task t-1's model and memory: the DAG has the edge train t-1 -> train t
+    train = dict(re.findall(r'(\d+)\[label = "train\\ntask: (\d+)"', dag))
+    node = {int(task): job for job, task in train.items()}
+    edges = set(re.findall(r"(\d+) -> (\d+)", dag))
+    assert sorted(node) == [0, 1, 2, 3, 4]
+    for t in range(1, 5):
+        assert (node[t - 1], node[t]) in edges
+
+
+def test_lint_is_clean(workdir):
+    proc = snakemake(workdir, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("train: {epochs: abc}", "train.epochs"),
+        ("memory: {token_fraction: 1.5}", "memory.token_fraction"),
+        ("memory: {token_fraction: 0}", "memory.token_fraction"),
+        ("shard: {source: 'ftp:x'}", "shard.source"),
+        ("split: {tasks: 2, order: [1, 1]}", "split.order"),
+        ("trian: {epochs: 2}", "(top level)"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_job(workdir, text, key):
+    proc = snakemake(workdir, "--configfile", write_config(workdir, text), check=False)
+    assert proc.returncode != 0
+    assert f"config key {key}" in proc.stderr + proc.stdout
+    assert not (workdir / "results").exists()
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_pipeline(workdir):
+    from mlflow import MlflowClient
+
+    cfg = write_config(workdir, TINY)
+    snakemake(workdir, "--configfile", cfg)
+    run = workdir / "results" / "tiny"
+    metrics = json.loads((run / "package" / "metrics.json").read_text())
+    assert len(metrics["accuracy_matrix"]) == 2
+    assert 0 <= metrics["final_average_accuracy"] <= 1
+    assert metrics["bytes"]["memory"] == (run / "train" / "task-1" / "memory.parquet").stat().st_size
+    for name in ("report.html", "accuracy_matrix.png", "average_accuracy.png", "accuracy_matrix.csv"):
+        assert (run / "package" / name).is_file()
+    assert (run / "tokenforge-results.tar.gz").is_file()
+
+    # MLflow: one parent, one child per job, each with its metrics
+    info = json.loads((run / "mlflow" / "parent.json").read_text())
+    assert info["tracking_uri"].startswith("sqlite:///")
+    client = MlflowClient(info["tracking_uri"])
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["train.epochs"] == "2"
+    children = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'"
+    )
+    rules = sorted(c.data.tags["rule"] for c in children)
+    assert rules == sorted(
+        ["shard", "tokenizer", "tokenize", "synonyms", "split", "train", "train", "evaluate", "evaluate", "package"]
+    )
+    by_rule = {(c.data.tags["rule"], c.data.tags.get("task")): c for c in children}
+    assert "loss" in by_rule[("train", "1")].data.metrics
+    assert "accuracy_task_0" in by_rule[("evaluate", "1")].data.metrics
+    assert "psnr" in by_rule[("tokenizer", None)].data.metrics
+    assert all(c.info.status == "FINISHED" for c in children)
+
+    # nothing left to do; a report builds
+    assert "Nothing to be done" in snakemake(workdir, "--configfile", cfg, "-n").stdout + snakemake(
+        workdir, "--configfile", cfg, "-n"
+    ).stderr
+    snakemake(workdir, "--configfile", cfg, "--report", str(workdir / "report.html"))
+    assert (workdir / "report.html").stat().st_size > 10_000
+
+    summary = subprocess.run(
+        [str(BIN / "tokenforge"), "summary", str(run)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "final average accuracy" in summary and "report.html" in summary
