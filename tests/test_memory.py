@@ -102,3 +102,15 @@ def test_token_fraction_range():
     assert keep_count(16, 0.5) == 8 and keep_count(16, 0.01) == 1 and keep_count(16, 1.0) == 16
     with pytest.raises(TokenforgeError, match="token_fraction"):
         keep_count(16, 0.0)
+
+
+def test_random_scorer_is_seeded_and_unknown_scorer_fails():
+    model = tiny()
+    ids = np.random.default_rng(0).integers(0, 32, (4, 4, 4))
+    args = (model, list("abcd"), np.zeros(4, np.int64), ids, 0, 0.5)
+    a = build_task_memory(*args, scorer="random", seed=3)
+    b = build_task_memory(*args, scorer="random", seed=3)
+    assert np.array_equal(a.positions, b.positions)
+    assert not np.array_equal(a.positions, build_task_memory(*args, scorer="random", seed=4).positions)
+    with pytest.raises(TokenforgeError, match="unknown scorer"):
+        build_task_memory(*args, scorer="gradcam")

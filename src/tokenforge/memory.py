@@ -2,7 +2,8 @@
 
 Policy (what to keep) is separate from replay (how the trainer uses it). This first version picks
 samples at random per class and ranks each sample's tokens by attention rollout (head-averaged
-attention plus identity, row-normalised, multiplied across layers; the CLS row). The memory stores
+attention plus identity, row-normalised, multiplied across layers; the CLS row), or at random as a
+control. The memory stores
 only key, label, task, kept positions and kept ids, as a zstd Parquet file; its size is the file's
 bytes on disk, counted after writing.
 """
@@ -105,17 +106,36 @@ def keep_count(num_tokens: int, token_fraction: float) -> int:
     return max(1, int(round(num_tokens * token_fraction)))
 
 
+SCORERS = ("rollout", "random")
+
+
+def token_scores(model, ids: np.ndarray, scorer: str, seed: int, batch_size: int = 256) -> torch.Tensor:
+    """A relevance score per grid token (M, h*w): attention rollout, or random (the control)."""
+    if scorer == "random":
+        return torch.rand(len(ids), ids.shape[1] * ids.shape[2], generator=torch.Generator().manual_seed(seed))
+    if scorer != "rollout":
+        raise TokenforgeError(f"memory.scorer: unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
+    model.eval()
+    return torch.cat(
+        [attention_rollout(model, torch.from_numpy(ids[i : i + batch_size])) for i in range(0, len(ids), batch_size)]
+    )
+
+
 def build_task_memory(
-    model, keys: list[str], labels: np.ndarray, ids: np.ndarray, task: int, token_fraction: float, batch_size: int = 256
+    model,
+    keys: list[str],
+    labels: np.ndarray,
+    ids: np.ndarray,
+    task: int,
+    token_fraction: float,
+    scorer: str = "rollout",
+    seed: int = 0,
 ) -> Memory:
-    """Keep the top tokens (by attention rollout) of the given samples (ids: (M, h, w))."""
+    """Keep the top tokens (by `scorer`) of the given samples (ids: (M, h, w))."""
     if len(keys) == 0:
         return Memory.empty()
     k = keep_count(ids.shape[1] * ids.shape[2], token_fraction)
-    model.eval()
-    scores = torch.cat(
-        [attention_rollout(model, torch.from_numpy(ids[i : i + batch_size])) for i in range(0, len(ids), batch_size)]
-    )
+    scores = token_scores(model, ids, scorer, seed)
     # Stable sort on the negated score: ties go to the earlier position, so results are deterministic.
     top = torch.argsort(-scores, dim=1, stable=True)[:, :k]
     positions = torch.sort(top, dim=1).values.numpy().astype(np.int64)

@@ -51,12 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--mlp-ratio", type=float, default=2.0, help="MLP hidden size / width")
     mem = parser.add_argument_group("memory")
     mem.add_argument("--memory-samples-per-class", type=int, default=20, help="samples kept per class after the task (0: no memory)")
+    mem.add_argument(
+        "--memory-scorer",
+        choices=["rollout", "random"],
+        default="rollout",
+        help="how a kept sample's tokens are ranked: attention rollout, or random tokens (a control)",
+    )
     mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="fraction of each kept sample's tokens stored, in (0, 1]")
     mem.add_argument("--replay-batch-size", type=int, default=64, help="memory samples replayed per step")
     mem.add_argument(
         "--input-dropout",
         type=float,
-        default=0.5,
+        default=1.0,
         help="share of current-task batches fed as random subsets of as many tokens as a memory sample keeps, "
         "so the model learns partial inputs and cannot tell replayed samples by their length (0: off)",
     )
@@ -213,7 +219,14 @@ def run(args, tracker) -> None:
     pick = select_random(labels.numpy(), args.memory_samples_per_class, seed=args.seed * 1000 + args.task)
     keys = [k for k, m in zip(tokens.keys, mask) if m]
     new = build_task_memory(
-        model, [keys[i] for i in pick], labels.numpy()[pick], ids.numpy()[pick], args.task, args.memory_token_fraction
+        model,
+        [keys[i] for i in pick],
+        labels.numpy()[pick],
+        ids.numpy()[pick],
+        args.task,
+        args.memory_token_fraction,
+        scorer=args.memory_scorer,
+        seed=args.seed * 1000 + args.task,
     )
     memory = memory.concat(new)
     with atomic_dir(args.out) as tmp:

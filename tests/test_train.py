@@ -1,0 +1,67 @@
+"""The train stage through DeepSpeed (one process, gloo): determinism, the task chain, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tokenforge.cli import main
+from tokenforge.memory import read_memory
+from tokenforge.tokenize import TokenSet, save_tokens
+from tokenforge.tokenizer import build_model, make_config, save_tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tokenizer (codebook only matters), a token set with 4 classes whose grids differ, a 2-task split."""
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    (root / "tokenizer").mkdir()
+    save_tokenizer(build_model(make_config((8, 8), 1, 2, 16, 8, 8, 0)), root / "tokenizer")
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 24)
+    ids = rng.integers(0, 16, (len(labels), 4, 4))
+    ids[:, 0, 0] = labels * 4  # a class-revealing token
+    save_tokens(root / "train.parquet", TokenSet([f"k{i:03d}" for i in range(len(labels))], labels, ids), 16)
+    (root / "split").mkdir()
+    tasks = [{"task": 0, "classes": [0, 1], "class_names": ["a", "b"]}, {"task": 1, "classes": [2, 3], "class_names": ["c", "d"]}]
+    (root / "split" / "tasks.json").write_text(json.dumps({"num_classes": 4, "tasks": tasks}))
+    return root
+
+
+def train(data, out, task, *extra):
+    args = ["train", "--tokens", str(data / "train.parquet"), "--tokenizer", str(data / "tokenizer")]
+    args += ["--split", str(data / "split"), "--task", str(task), "--out", str(out), "--epochs", "2"]
+    args += ["--embed-dim", "16", "--depth", "1", "--batch-size", "16", "--memory-samples-per-class", "3", "-q"]
+    return main(args + list(extra))
+
+
+def test_same_seed_same_model_and_memory(data, tmp_path):
+    assert train(data, tmp_path / "a", 0) == 0
+    assert train(data, tmp_path / "b", 0) == 0
+    for name in ("model.safetensors", "memory.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert train(data, tmp_path / "c", 0, "--seed", "1") == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "c" / "model.safetensors").read_bytes()
+
+
+def test_chain_grows_memory_and_counts_its_bytes(data, tmp_path):
+    assert train(data, tmp_path / "t0", 0) == 0
+    assert train(data, tmp_path / "t1", 1, "--previous", str(tmp_path / "t0")) == 0
+    memory = read_memory(tmp_path / "t1" / "memory.parquet")
+    assert sorted(np.bincount(memory.labels).tolist()) == [3, 3, 3, 3]
+    assert sorted(set(memory.tasks.tolist())) == [0, 1]
+    assert memory.ids.shape == (12, 8)  # half of the 16 tokens
+    stats = json.loads((tmp_path / "t1" / "stats.json").read_text())
+    assert stats["memory_bytes"] == (tmp_path / "t1" / "memory.parquet").stat().st_size
+    assert stats["memory_samples"] == 12
+
+
+def test_later_task_needs_previous(data, tmp_path, capsys):
+    assert train(data, tmp_path / "x", 1) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "--previous" in err[0]
+    assert not (tmp_path / "x").exists()
