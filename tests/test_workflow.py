@@ -98,6 +98,9 @@ def test_end_to_end_tiny_pipeline(workdir):
     for name in ("report.html", "accuracy_matrix.png", "average_accuracy.png", "accuracy_matrix.csv"):
         assert (run / "package" / name).is_file()
     assert (run / "tokenforge-results.tar.gz").is_file()
+    from tokenforge.model import load_model
+
+    assert load_model(run / "package").config.num_classes == 10  # the bundled final model loads on its own
 
     # MLflow: one parent, one child per job, each with its metrics
     info = json.loads((run / "mlflow" / "parent.json").read_text())

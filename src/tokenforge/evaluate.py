@@ -1,4 +1,4 @@
-"""Evaluate the model after task t on every task's test set: one row of the accuracy matrix.
+r"""Evaluate the model after task t on every task's test set: one row of the accuracy matrix.
 
   tokenforge evaluate --model train/task-2 --tokens tokens/test.parquet --split split/ --task 2 \
       --out evaluate/task-2.json
@@ -70,5 +70,6 @@ def run(args, tracker) -> None:
         "wall_s": time.perf_counter() - start,
     }
     write_json(args.out, row)
+    tracker.log_artifact(args.out)
     tracker.log_metrics({f"accuracy_task_{j}": a for j, a in enumerate(accuracy)} | {"average_accuracy": row["average_accuracy"]})
     print(f"after task {args.task}: " + " ".join(f"{a:.3f}" for a in accuracy) + f" (average {row['average_accuracy']:.3f})")

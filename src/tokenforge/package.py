@@ -8,7 +8,7 @@ tokens vs the replay memory) and the wall time per stage, and writes into --out:
     accuracy_matrix.csv     R, one row per trained task
     accuracy_matrix.png     R as a heatmap; average_accuracy.png: the learning curve
     report.html             one self-contained page (plots embedded) to read or mail
-    model.safetensors, config.yaml, versions.json, stats.json
+    model.safetensors (+ model.json beside it), config.yaml, versions.json, stats.json
 
 then the same files (minus this stage's own stats.json, whose wall time changes run to run) as a
 deterministic --archive. Example:
@@ -249,6 +249,8 @@ def write_bundle(out: Path, result: dict, versions: dict, model: Path, config: P
     plot_accuracy_matrix(np.asarray(result["accuracy_matrix"]), out / "accuracy_matrix.png")
     plot_average_accuracy(result["average_accuracy"], out / "average_accuracy.png")
     shutil.copyfile(model, out / "model.safetensors")
+    if (model.parent / "model.json").is_file():  # the architecture, so `tokenforge.model.load_model` can read it
+        shutil.copyfile(model.parent / "model.json", out / "model.json")
     shutil.copyfile(config, out / "config.yaml")
     page = render_report(title, result, versions, config.read_text(errors="replace"), out)
     (out / "report.html").write_text(page, encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Train the token ViT on one task through a DeepSpeed engine, replaying the earlier tasks' memory.
+r"""Train the token ViT on one task through a DeepSpeed engine, replaying the earlier tasks' memory.
 
   tokenforge train --tokens tokens/train.parquet --tokenizer tokenizer/ --split split/ --task 1 \
       --previous train/task-0 --deepspeed-config config/deepspeed.json --out train/task-1
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how a kept sample's tokens are ranked: attention rollout, or random tokens (a control)",
     )
     mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="fraction of each kept sample's tokens stored, in (0, 1]")
-    mem.add_argument("--replay-batch-size", type=int, default=64, help="memory samples replayed per step")
+    mem.add_argument("--memory-replay-batch-size", type=int, default=64, help="memory samples replayed per step")
     mem.add_argument(
         "--input-dropout",
         type=float,
@@ -199,7 +199,7 @@ def run(args, tracker) -> None:
             loss = F.cross_entropy(logits.float(), labels[idx])
             correct += int((logits.argmax(1) == labels[idx]).sum())
             if len(memory):
-                m = torch.randint(len(memory), (args.replay_batch_size,), generator=gen)
+                m = torch.randint(len(memory), (args.memory_replay_batch_size,), generator=gen)
                 mem_logits = engine(mem_ids[m], mem_pos[m]).masked_fill(unseen, float("-inf"))
                 loss = loss + F.cross_entropy(mem_logits.float(), mem_labels[m])
             engine.backward(loss)
@@ -248,6 +248,8 @@ def run(args, tracker) -> None:
         }
         write_json(tmp / "stats.json", stats)
     tracker.log_metrics({k: v for k, v in stats.items() if k in ("final_loss", "memory_bytes", "memory_samples")})
+    for name in ("stats.json", "model.json"):
+        tracker.log_artifact(args.out / name)
     print(
         f"task {args.task}: loss {epoch_loss:.3f}, train accuracy {epoch_acc:.3f}, "
         f"memory {len(memory)} samples x {stats['memory_tokens_per_sample']} tokens = {memory_bytes} bytes"

@@ -16,7 +16,7 @@ rule train:
         f"{R}/benchmarks/train/task-{{task}}.tsv"
     params:
         args=cli_args(config["train"]),
-        memory=cli_args(config["memory"], prefix="memory-").replace("--memory-replay-", "--replay-"),
+        memory=cli_args(config["memory"], prefix="memory-"),
         previous=previous_flag,
         tokenizer=dirname("input.tokenizer"),
         split=dirname("input.split"),
