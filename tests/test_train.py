@@ -65,3 +65,26 @@ def test_later_task_needs_previous(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and "--previous" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_pixel_baseline_trains_and_evaluates_on_the_same_grid(tmp_path):
+    shards = tmp_path / "shard"
+    assert main(["shard", "--source", "shapes", "--shapes-count", "80", "--shapes-classes", "4",
+                 "--shapes-size", "8", "--out", str(shards), "-q"]) == 0
+    torch.manual_seed(0)
+    (tmp_path / "tokenizer").mkdir()
+    save_tokenizer(build_model(make_config((8, 8), 3, 2, 16, 8, 8, 0)), tmp_path / "tokenizer")
+    (tmp_path / "split").mkdir()
+    tasks = [{"task": 0, "classes": [0, 1, 2, 3], "class_names": list("abcd")}]
+    (tmp_path / "split" / "tasks.json").write_text(json.dumps({"num_classes": 4, "tasks": tasks}))
+    common = ["--tokenizer", str(tmp_path / "tokenizer"), "--split", str(tmp_path / "split"), "--task", "0"]
+    assert main(["train", "--input", "pixels", "--shards", str(shards), *common, "--out", str(tmp_path / "m"),
+                 "--epochs", "1", "--embed-dim", "16", "--depth", "1", "-q"]) == 0
+    model_cfg = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert model_cfg["input"] == "pixels" and model_cfg["grid"] == [4, 4] and model_cfg["code_dim"] == 2 * 2 * 3
+    memory = read_memory(tmp_path / "m" / "memory.parquet")
+    assert memory.ids.shape[1:] == (8, 12) and memory.ids.dtype == np.uint8  # kept pixel patches
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--shards", str(shards), "--split",
+                 str(tmp_path / "split"), "--task", "0", "--out", str(out), "-q"]) == 0
+    assert 0 <= json.loads(out.read_text())["accuracy"][0] <= 1

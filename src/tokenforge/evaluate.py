@@ -21,7 +21,8 @@ from .io import read_json, write_json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="a `tokenforge train` output directory")
-    parser.add_argument("--tokens", type=Path, required=True, help="test token Parquet from `tokenforge tokenize`")
+    parser.add_argument("--tokens", type=Path, default=None, help="test token Parquet (models trained on tokens)")
+    parser.add_argument("--shards", type=Path, default=None, help="WebDataset shard directory (models trained on pixels)")
     parser.add_argument("--split", type=Path, required=True, help="directory of task manifests")
     parser.add_argument("--task", type=int, required=True, help="the task the model was last trained on")
     parser.add_argument("--out", type=Path, required=True, help="output JSON with this row of the accuracy matrix")
@@ -44,7 +45,7 @@ def predict(model, ids: np.ndarray, seen: list[int], batch_size: int = 512) -> n
 
 def run(args, tracker) -> None:
     from .model import load_model
-    from .tokenize import load_tokens
+    from .train import load_units
 
     start = time.perf_counter()
     tasks = read_json(args.split / "tasks.json")["tasks"]
@@ -52,14 +53,14 @@ def run(args, tracker) -> None:
         raise TokenforgeError(f"--task {args.task}: the split has tasks 0..{len(tasks) - 1}")
     seen = [c for t in tasks[: args.task + 1] for c in t["classes"]]
     model = load_model(args.model)
-    test = load_tokens(args.tokens)
-    preds = predict(model, test.ids, seen, args.batch_size)
+    _, labels, units = load_units(model.config.input, args.tokens, args.shards, "test", model.config.patch)
+    preds = predict(model, units, seen, args.batch_size)
     accuracy, counts = [], []
     for t in tasks:
-        mask = np.isin(test.labels, t["classes"])
+        mask = np.isin(labels, t["classes"])
         if not mask.any():
-            raise TokenforgeError(f"{args.tokens}: no test samples for task {t['task']}'s classes {t['classes']}")
-        accuracy.append(float((preds[mask] == test.labels[mask]).mean()))
+            raise TokenforgeError(f"{args.tokens or args.shards}: no test samples for task {t['task']}'s classes {t['classes']}")
+        accuracy.append(float((preds[mask] == labels[mask]).mean()))
         counts.append(int(mask.sum()))
     row = {
         "task": args.task,

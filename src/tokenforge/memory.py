@@ -29,7 +29,7 @@ class Memory:
     labels: np.ndarray  # int64 (M,)
     tasks: np.ndarray  # int64 (M,)
     positions: np.ndarray  # int64 (M, k): kept token positions in the row-major grid
-    ids: np.ndarray  # int64 (M, k): the code ids at those positions
+    ids: np.ndarray  # int64 (M, k): the code ids at those positions (pixel baseline: uint8 patches (M, k, F))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -139,8 +139,9 @@ def build_task_memory(
     # Stable sort on the negated score: ties go to the earlier position, so results are deterministic.
     top = torch.argsort(-scores, dim=1, stable=True)[:, :k]
     positions = torch.sort(top, dim=1).values.numpy().astype(np.int64)
-    flat = ids.reshape(len(ids), -1)
-    kept = np.take_along_axis(flat, positions, axis=1).astype(np.int64)
+    flat = ids.reshape(len(ids), ids.shape[1] * ids.shape[2], -1)  # (M, h*w, F): F = 1 for code ids
+    kept = np.take_along_axis(flat, positions[:, :, None], axis=1)
+    kept = kept[:, :, 0].astype(np.int64) if ids.ndim == 3 else kept
     return Memory(list(keys), labels.astype(np.int64), np.full(len(keys), task, np.int64), positions, kept)
 
 
@@ -149,19 +150,23 @@ def _small_uint(max_value: int) -> pa.DataType:
 
 
 def write_memory(memory: Memory, path: Path, num_codes: int, num_positions: int) -> int:
-    """Write the memory as zstd Parquet with the smallest integer types; return its bytes on disk."""
-    k = memory.ids.shape[1] if len(memory) else 1  # an empty memory still needs a valid list width
+    """Write the memory as zstd Parquet with the smallest integer types; return its bytes on disk.
+
+    `num_codes` bounds the stored values (the codebook size; 256 for pixel patches), `num_positions`
+    the positions (h*w)."""
+    k = memory.positions.shape[1] if len(memory) else 1  # an empty memory still needs a valid list width
+    unit = memory.ids.shape[2] if memory.ids.ndim == 3 else 1  # pixel patches: values per unit
     table = pa.table(
         {
             "key": pa.array(memory.keys, pa.string()),
             "label": pa.array(memory.labels, pa.int16()),
             "task": pa.array(memory.tasks, pa.int16()),
             "positions": pa.FixedSizeListArray.from_arrays(
-                pa.array(memory.positions.reshape(-1), _small_uint(num_positions)), k
+                pa.array(memory.positions.reshape(-1), _small_uint(num_positions - 1)), k
             ),
-            "ids": pa.FixedSizeListArray.from_arrays(pa.array(memory.ids.reshape(-1), _small_uint(num_codes)), k),
+            "ids": pa.FixedSizeListArray.from_arrays(pa.array(memory.ids.reshape(-1), _small_uint(num_codes - 1)), k * unit),
         }
-    )
+    ).replace_schema_metadata({b"unit_size": str(unit).encode()})
     pq.write_table(table, path, compression="zstd", compression_level=19)
     return Path(path).stat().st_size
 
@@ -184,10 +189,14 @@ def read_memory(path: Path) -> Memory:
         arr = table.column(col).combine_chunks()
         return arr.flatten().to_numpy().astype(np.int64).reshape(table.num_rows, -1)
 
+    unit = int((table.schema.metadata or {}).get(b"unit_size", b"1"))
+    ids = grid("ids")
+    if unit > 1:  # pixel patches stay uint8 (M, k, F)
+        ids = ids.reshape(table.num_rows, -1, unit).astype(np.uint8)
     return Memory(
         table.column("key").to_pylist(),
         table.column("label").to_numpy().astype(np.int64),
         table.column("task").to_numpy().astype(np.int64),
         grid("positions"),
-        grid("ids"),
+        ids,
     )

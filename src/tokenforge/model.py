@@ -1,10 +1,17 @@
-"""A timm VisionTransformer that reads VQ token grids instead of pixels.
+"""A timm VisionTransformer that reads VQ token grids (or, as a baseline, pixel patches).
 
-Each token id is looked up in the frozen tokenizer codebook (SeiT's input), the (D, h, w) embedding
-map goes through timm's patch embedding with patch size 1 (a per-token linear projection), and the
-rest is timm's ViT unchanged. `forward(ids, positions)` also takes a *subset* of tokens with their
-grid positions: a replayed memory sample is a short sequence of only its kept tokens, with their own
-positional embeddings, so replay costs less compute than a full image.
+Every input is a grid of h x w *units*, one per ViT token:
+- `input="tokens"`: a unit is a code id; it is looked up in the frozen tokenizer codebook (SeiT's
+  input), giving a (D, h, w) embedding map;
+- `input="pixels"`: a unit is one uint8 patch of `patch` x `patch` x C pixels (the same grid as the
+  tokenizer's, so both models have the same size and sequence length).
+The map goes through timm's patch embedding with patch size 1 (a linear projection per unit) and the
+rest is timm's ViT unchanged.
+
+`forward(units, positions)` also takes a *subset* of units with their grid positions: a replayed
+memory sample is a short sequence of only its kept units, with their own positional embeddings, so
+replay costs less compute than a full image. A float `units` tensor is taken as an already embedded
+map (B, D, h, w) or sequence (B, k, D): token augmentations work on embeddings.
 """
 
 from __future__ import annotations
@@ -19,33 +26,40 @@ from torch import nn
 
 from .errors import TokenforgeError
 
+INPUTS = ("tokens", "pixels")
+
 
 @dataclass
 class ModelConfig:
-    grid: tuple[int, int]  # token grid (h, w) from the tokenizer
-    codebook_size: int
-    code_dim: int
+    grid: tuple[int, int]  # unit grid (h, w): the tokenizer's token grid
+    codebook_size: int  # tokens: codes in the codebook; pixels: 0
+    code_dim: int  # features per unit: codebook vector size (tokens) or patch*patch*channels (pixels)
     num_classes: int
     embed_dim: int = 64  # width; tiny because digits grids are 4x4
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 2.0
     drop_path: float = 0.0
+    input: str = "tokens"
+    patch: int = 1  # pixels only: patch side in pixels (the tokenizer's downsample factor)
 
 
 class TokenViT(nn.Module):
-    def __init__(self, config: ModelConfig, codebook: torch.Tensor):
+    def __init__(self, config: ModelConfig, codebook: torch.Tensor | None = None):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
 
-        if tuple(codebook.shape) != (config.codebook_size, config.code_dim):
-            raise TokenforgeError(
-                f"codebook shape {tuple(codebook.shape)} does not match the model config "
-                f"({config.codebook_size}, {config.code_dim})"
-            )
+        if config.input not in INPUTS:
+            raise TokenforgeError(f"input: unknown input {config.input!r}; expected one of {', '.join(INPUTS)}")
         self.config = config
-        # Frozen: the codebook is the dataset's vocabulary, not a parameter to train.
-        self.register_buffer("codebook", codebook.detach().clone().float())
+        if config.input == "tokens":
+            if codebook is None or tuple(codebook.shape) != (config.codebook_size, config.code_dim):
+                shape = None if codebook is None else tuple(codebook.shape)
+                raise TokenforgeError(
+                    f"codebook shape {shape} does not match the model config ({config.codebook_size}, {config.code_dim})"
+                )
+            # Frozen: the codebook is the dataset's vocabulary, not a parameter to train.
+            self.register_buffer("codebook", codebook.detach().clone().float())
         self.vit = VisionTransformer(
             img_size=tuple(config.grid),
             patch_size=1,
@@ -64,18 +78,32 @@ class TokenViT(nn.Module):
     def num_tokens(self) -> int:
         return self.config.grid[0] * self.config.grid[1]
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for token grids `ids` (B, h, w), or for token subsets `ids` (B, k) at `positions` (B, k)."""
-        if positions is None:
-            emb = self.codebook[ids].permute(0, 3, 1, 2)  # (B, D, h, w)
-            return self.vit(emb)
-        return self.vit.forward_head(self.forward_features_partial(ids, positions))
+    def embed(self, units: torch.Tensor) -> torch.Tensor:
+        """Units -> features (..., D): codebook vectors of ids, or pixel patches scaled to [0, 1]."""
+        if units.is_floating_point():
+            return units
+        if self.config.input == "tokens":
+            return self.codebook[units]
+        return units.float() / 255.0
 
-    def forward_features_partial(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """timm's forward_features for a subset of tokens; equals the full path when all are given."""
+    def forward(self, units: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for full grids, or for unit subsets at `positions` (B, k).
+
+        Full grids: ids (B, h, w), pixel patches (B, h, w, F) or an embedded map (B, D, h, w).
+        Subsets: ids (B, k), patches (B, k, F) or embeddings (B, k, D).
+        """
+        if positions is None:
+            emb = self.embed(units)
+            if not units.is_floating_point():
+                emb = emb.permute(0, 3, 1, 2)  # (B, D, h, w)
+            return self.vit(emb)
+        return self.vit.forward_head(self.forward_features_partial(units, positions))
+
+    def forward_features_partial(self, units: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """timm's forward_features for a subset of units; equals the full path when all are given."""
         vit = self.vit
-        proj = vit.patch_embed.proj  # Conv2d with kernel 1 == a linear map per token
-        x = F.linear(self.codebook[ids], proj.weight.flatten(1), proj.bias)
+        proj = vit.patch_embed.proj  # Conv2d with kernel 1 == a linear map per unit
+        x = F.linear(self.embed(units), proj.weight.flatten(1), proj.bias)
         x = vit.patch_embed.norm(x)
         pos = vit.pos_embed[0]  # (prefix + h*w, E): class token first
         x = x + pos[vit.num_prefix_tokens + positions]
@@ -84,6 +112,15 @@ class TokenViT(nn.Module):
         x = vit.norm_pre(x)
         x = vit.blocks(x)
         return vit.norm(x)
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """uint8 images (N, H, W, C) -> pixel units (N, H/patch, W/patch, patch*patch*C), still uint8."""
+    n, height, width, c = images.shape
+    if height % patch or width % patch:
+        raise TokenforgeError(f"images of {height}x{width} do not split into {patch}x{patch} patches")
+    x = images.reshape(n, height // patch, patch, width // patch, patch, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(n, height // patch, width // patch, patch * patch * c)
 
 
 def save_model(model: TokenViT, directory: Path) -> None:
@@ -111,7 +148,7 @@ def load_model(directory: Path) -> TokenViT:
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise TokenforgeError(f"{cfg_path}: not a tokenforge model config ({exc})") from None
     state = load_file(str(weights))
-    model = TokenViT(config, state["codebook"])
+    model = TokenViT(config, state.get("codebook"))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -7,8 +7,16 @@ The encoder shrinks the image by --downsample with stride-2 convolutions to a gr
 each vector by its nearest codebook entry; a mirrored decoder rebuilds the image. Loss: pixel MSE plus the
 VQ commitment loss. It trains on the shards' train split and reports reconstruction PSNR on the test split.
 
-Writes into --out: model.safetensors (weights), config.json (shape of the model), stats.json (mse, psnr,
-codebook usage and perplexity, wall_s). Later stages call `load_tokenizer(dir)` and its `encode`/`decode`.
+After training, the codebook is pruned to the codes that encoding the train split actually uses (SeiT pruned
+8192 -> 391), in ascending order of their trained id, and ids are renumbered 0..K'-1: `encode` picks the
+nearest kept code and returns its new id, `decode` and `codebook` take new ids. --no-prune keeps every code.
+
+Writes into --out: model.safetensors (weights, with the kept codes' trained ids as the `kept_codes` buffer),
+config.json (shape of the model; "codebook_size" is the pruned K' every later stage sees,
+"trained_codebook_size" the K it was trained with), codebook.safetensors ({"codebook": (K', code_dim)
+float32}, read by `load_codebook`), reconstructions.png (up to 16 test images by key above their
+reconstructions) and stats.json (mse, psnr, codebook usage, used codes, perplexity, wall_s). Later stages call
+`load_tokenizer(dir)` and its `encode`/`decode`, or just `load_codebook(dir)`.
 """
 
 from __future__ import annotations
@@ -29,9 +37,17 @@ from .runtime import progress, seed_everything
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("image_size", "channels", "downsample", "grid", "codebook_size", "code_dim", "hidden_dim", "seed")
-# Token ids are stored as uint8/uint16 by `tokenforge tokenize`.
+CONFIG_KEYS = (
+    "image_size", "channels", "downsample", "grid", "codebook_size", "trained_codebook_size", "code_dim",
+    "hidden_dim", "seed",
+)
+# Tokenizers written before pruning existed have no trained_codebook_size (and no kept_codes): all codes kept.
+OPTIONAL_KEYS = ("trained_codebook_size",)
+# `tokenforge tokenize` packs ids with at most 16 bits each.
 MAX_CODES = 65536
+# The reconstruction grid: this many test images, each scaled up (nearest neighbour) to at least GRID_TILE px.
+GRID_IMAGES = 16
+GRID_TILE = 64
 # VectorQuantize settings that only shape training, not the weights: a few k-means iterations on the first
 # batch seed the codebook from real encoder outputs; a code whose EMA cluster size falls below 1 vector
 # per batch is restarted from a random encoder output, which keeps most of a small codebook in use.
@@ -54,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     parser.add_argument("--commitment", type=float, default=0.25, help="weight of the VQ commitment loss")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, k-means init and batch order")
+    parser.add_argument(
+        "--prune",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep only the codes used on the train split and renumber them 0..K'-1 (--no-prune keeps all)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -85,6 +107,7 @@ def make_config(
         "downsample": int(downsample),
         "grid": [height // downsample, width // downsample],
         "codebook_size": int(codebook_size),
+        "trained_codebook_size": int(codebook_size),
         "code_dim": int(code_dim),
         "hidden_dim": int(hidden_dim),
         "seed": int(seed),
@@ -113,7 +136,9 @@ def _model_class() -> type:
         """Conv encoder -> VectorQuantize -> conv decoder. `config` is the dict from `make_config`.
 
         The encoder's output has `code_dim` channels, the codebook's dimension, so VectorQuantize needs no
-        projection and `codebook` is exactly what `encode` quantises against.
+        projection. VectorQuantize holds all `trained_codebook_size` codes; the `kept_codes` buffer lists the
+        trained ids of the `codebook_size` codes in use (all of them until `prune`), and `codebook`, `encode`
+        and `decode` see only those, numbered 0..codebook_size-1.
         """
 
         def __init__(self, config: dict[str, Any], commitment: float = 0.25) -> None:
@@ -133,7 +158,7 @@ def _model_class() -> type:
             self.decoder = nn.Sequential(*decoder, nn.Sigmoid())
             self.vq = VectorQuantize(
                 dim=code_dim,
-                codebook_size=config["codebook_size"],
+                codebook_size=trained_size(config),
                 decay=EMA_DECAY,
                 kmeans_init=True,
                 kmeans_iters=KMEANS_ITERS,
@@ -141,24 +166,40 @@ def _model_class() -> type:
                 commitment_weight=commitment,  # shapes training only, so it is not in config.json
                 accept_image_fmap=True,
             )
+            # Sized by the config so that loading a pruned checkpoint into the wrong config fails on its shape.
+            self.register_buffer("kept_codes", torch.arange(config["codebook_size"], dtype=torch.long))
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """Training pass on float NCHW in [0,1]: (reconstruction, ids (N,h,w), VQ loss)."""
+            """Training pass on float NCHW in [0,1] over all trained codes: (reconstruction, trained ids, VQ loss)."""
             quantized, ids, vq_loss = self.vq(self.encoder(x))
             return self.decoder(quantized), ids, vq_loss
 
         @property
         def codebook(self) -> torch.Tensor:
-            """(codebook_size, code_dim) float: a detached copy of the vectors `encode` picks from."""
-            return self.vq.codebook.detach().clone().float()
+            """(codebook_size, code_dim) float: a detached copy of the kept vectors, row i is code id i."""
+            return self._kept_vectors().detach().clone().float()
+
+        def _kept_vectors(self) -> torch.Tensor:
+            return self.vq.codebook[self.kept_codes]
+
+        @torch.no_grad()
+        def prune(self, kept: np.ndarray | torch.Tensor) -> None:
+            """Keep only the codes with trained ids `kept` (strictly increasing); they become ids 0..len(kept)-1.
+
+            Ascending order keeps ties in `encode` going to the same vector as before pruning.
+            """
+            kept = torch.as_tensor(np.asarray(kept), dtype=torch.long).reshape(-1)
+            check_kept_codes(kept, trained_size(self.config), "kept codes")
+            self.kept_codes = kept.clone()
+            self.config["codebook_size"] = len(kept)
 
         @torch.no_grad()
         def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-            """uint8 NHWC images -> LongTensor (N, h, w) of code ids. Never changes the codebook."""
+            """uint8 NHWC images -> LongTensor (N, h, w) of code ids (nearest kept code). Never changes the codebook."""
             z = self.encoder(self._to_input(images))
             n, d, h, w = z.shape
             flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-            embed = self.vq.codebook.to(flat.dtype)
+            embed = self._kept_vectors().to(flat.dtype)
             # Squared distances, as VectorQuantize computes them, without its training-time EMA updates.
             dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.T + embed.pow(2).sum(1)
             return dist.argmin(dim=1).reshape(n, h, w)
@@ -170,7 +211,7 @@ def _model_class() -> type:
             size = self.config["codebook_size"]
             if ids.ndim != 3 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
                 raise TokenforgeError(f"ids: expected (N, h, w) ids in [0, {size}), got shape {tuple(ids.shape)}")
-            vectors = self.vq.codebook[ids].permute(0, 3, 1, 2)
+            vectors = self._kept_vectors()[ids].permute(0, 3, 1, 2)
             return self.decoder(vectors)
 
         def _to_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -184,6 +225,18 @@ def _model_class() -> type:
 
     VQTokenizer.__module__, VQTokenizer.__qualname__ = __name__, "VQTokenizer"  # where pickle finds it
     return VQTokenizer
+
+
+def trained_size(config: dict[str, Any]) -> int:
+    """Codes the tokenizer was trained with (config.json from before pruning has only codebook_size)."""
+    return int(config.get("trained_codebook_size", config["codebook_size"]))
+
+
+def check_kept_codes(kept, trained: int, where: str) -> None:
+    """`kept` must be strictly increasing trained ids in [0, trained), at least one."""
+    kept = np.asarray(kept)
+    if kept.ndim != 1 or not len(kept) or kept[0] < 0 or kept[-1] >= trained or np.any(np.diff(kept) <= 0):
+        raise TokenforgeError(f"{where}: expected strictly increasing code ids in [0, {trained}), at least one")
 
 
 def to_float(images):
@@ -288,12 +341,26 @@ def code_stats(ids: np.ndarray, codebook_size: int) -> dict[str, float]:
 
 
 def save_tokenizer(model, out_dir: Path) -> None:
-    """Write model.safetensors and config.json into `out_dir` (an existing directory)."""
+    """Write model.safetensors, codebook.safetensors and config.json into `out_dir` (an existing directory)."""
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(out_dir / "model.safetensors"))
+    save_file({"codebook": model.codebook.contiguous()}, str(out_dir / "codebook.safetensors"))
     write_json(out_dir / "config.json", model.config)
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    config = read_json(config_path)
+    required = [key for key in CONFIG_KEYS if key not in OPTIONAL_KEYS]
+    missing = [key for key in required if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise TokenforgeError(f"{config_path}: missing key(s) {', '.join(missing)}")
+    return config
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
 
 
 def load_tokenizer(path: str | Path):
@@ -303,22 +370,81 @@ def load_tokenizer(path: str | Path):
 
     path = Path(path)
     config_path = path / "config.json"
-    config = read_json(config_path)
-    missing = [key for key in CONFIG_KEYS if not isinstance(config, dict) or key not in config]
-    if missing:
-        raise TokenforgeError(f"{config_path}: missing key(s) {', '.join(missing)}")
+    config = _read_config(config_path)
     try:
         model = build_model(config)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TokenforgeError(f"{config_path}: invalid model config ({exc})") from None
     weights = require_file(path / "model.safetensors", "tokenizer weights")
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        state = load_file(str(weights))
+        if "trained_codebook_size" not in config:  # written before pruning existed: every code is kept
+            state.setdefault("kept_codes", model.kept_codes)
+        model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        first = str(exc).strip().splitlines()
-        reason = " ".join(line.strip() for line in first[:3])
-        raise TokenforgeError(f"{weights}: weights do not match {config_path.name} ({reason})") from None
+        raise TokenforgeError(f"{weights}: weights do not match {config_path.name} ({_one_line(exc)})") from None
+    check_kept_codes(model.kept_codes.numpy(), trained_size(config), f"{weights}: kept_codes")
     return model.eval()
+
+
+def load_codebook(path: str | Path):
+    """The (codebook_size, code_dim) float32 codebook from codebook.safetensors.
+
+    `path` is the tokenizer directory or the file itself; config.json beside it must agree on the shape.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path / "codebook.safetensors" if path.is_dir() else path
+    require_file(file, "codebook")
+    config_path = file.parent / "config.json"
+    config = _read_config(config_path)
+    try:
+        codebook = load_file(str(file)).get("codebook")
+    except (SafetensorError, OSError) as exc:
+        raise TokenforgeError(f"{file}: not a readable safetensors file ({_one_line(exc)})") from None
+    want = (config["codebook_size"], config["code_dim"])
+    if codebook is None or tuple(codebook.shape) != tuple(want) or not codebook.is_floating_point():
+        got = "no 'codebook' tensor" if codebook is None else f"codebook {codebook.dtype} {tuple(codebook.shape)}"
+        raise TokenforgeError(
+            f"{file}: {got}, but {config_path.name} says codebook_size {want[0]}, code_dim {want[1]}"
+        )
+    return codebook.float()
+
+
+# ---------------------------------------------------------------------------------------------- grid
+
+
+def reconstruction_grid(model, images: np.ndarray) -> np.ndarray:
+    """uint8 (H', W', C) picture: `images` (uint8 NHWC) in a row on top, their reconstructions below.
+
+    Each image is scaled up by nearest neighbour to at least GRID_TILE px, so 8x8 digits stay visible;
+    2 px grey gaps separate them.
+    """
+    import torch
+
+    recon = model.decode(model.encode(images)).permute(0, 2, 3, 1).mul(255).round().clamp(0, 255)
+    recon = recon.to(torch.uint8).numpy()
+    n, h, w, c = images.shape
+    scale, gap = max(1, -(-GRID_TILE // max(h, w))), 2
+    th, tw = h * scale, w * scale
+    canvas = np.full((2 * th + 3 * gap, n * (tw + gap) + gap, c), 128, dtype=np.uint8)
+    for row, batch in enumerate((images, recon)):
+        y = gap + row * (th + gap)
+        for i, image in enumerate(batch):
+            x = gap + i * (tw + gap)
+            canvas[y : y + th, x : x + tw] = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    return canvas
+
+
+def save_reconstruction_grid(model, image_set, path: Path) -> None:
+    """reconstructions.png of the first GRID_IMAGES images of `image_set` by key (the caller makes it atomic)."""
+    from PIL import Image
+
+    first = sorted(range(len(image_set.keys)), key=image_set.keys.__getitem__)[:GRID_IMAGES]
+    canvas = reconstruction_grid(model, image_set.images[first])
+    Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas).save(path, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -340,6 +466,27 @@ def _load_splits(shards: Path):
     return train, test
 
 
+def prune_to_used(model, images: np.ndarray, prune: bool = True) -> dict[str, float]:
+    """Prune `model` (trained, not yet pruned) to the codes encoding `images` uses; return the usage stats.
+
+    codebook_usage and used_codes count the trained codes in use; perplexity is that of the new ids (a
+    renumbering, so the same as before pruning). With prune=False every code is kept.
+    """
+    trained = trained_size(model.config)
+    ids = encode_all(model, images)
+    kept = np.unique(ids) if prune else np.arange(trained)
+    model.prune(kept)
+    used = code_stats(ids, trained)
+    pruned = code_stats(np.searchsorted(kept, ids), len(kept))
+    return {
+        "codebook_usage": used["codebook_usage"],
+        "used_codes": used["used_codes"],
+        "perplexity": pruned["perplexity"],
+        "codebook_size": len(kept),
+        "trained_codebook_size": trained,
+    }
+
+
 def run(args: argparse.Namespace, tracker) -> None:
     start = time.perf_counter()
     train, test = _load_splits(args.shards)
@@ -350,23 +497,28 @@ def run(args: argparse.Namespace, tracker) -> None:
         (height, width), channels, args.downsample, args.codebook_size, args.code_dim, args.hidden_dim, args.seed
     )
     hyper = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "commitment": args.commitment}
-    tracker.log_params({**config, **hyper})
+    tracker.log_params({**config, **hyper, "prune": args.prune})
     model, losses = train_tokenizer(train.images, config, **hyper, tracker=tracker)
+    usage = prune_to_used(model, train.images, args.prune)
     eval_set = test if test is not None else train
-    mse = reconstruction_mse(model, eval_set.images)
+    mse = reconstruction_mse(model, eval_set.images)  # with the pruned codebook: what later stages get
     stats = {
         "mse": mse,
         "psnr": psnr(mse),
         "eval_split": "test" if test is not None else "train",
-        **code_stats(encode_all(model, train.images), config["codebook_size"]),
+        **usage,
         "epochs": args.epochs,
         "final_loss": losses[-1],
     }
     with atomic_dir(args.out) as tmp:
         save_tokenizer(model, tmp)
+        save_reconstruction_grid(model, eval_set, tmp / "reconstructions.png")
         stats["wall_s"] = time.perf_counter() - start
         write_json(tmp / "stats.json", stats)
     tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
-    for name in ("config.json", "stats.json"):
+    for name in ("config.json", "stats.json", "reconstructions.png"):
         tracker.log_artifact(args.out / name)
-    log.info("tokenizer: psnr %.2f dB, %d/%d codes used", stats["psnr"], stats["used_codes"], config["codebook_size"])
+    log.info(
+        "tokenizer: psnr %.2f dB, %d of %d codes used (kept %d)",
+        stats["psnr"], stats["used_codes"], stats["trained_codebook_size"], stats["codebook_size"],
+    )

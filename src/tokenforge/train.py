@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--tokens", type=Path, required=True, help="train token Parquet from `tokenforge tokenize`")
-    data.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (for the codebook)")
+    data.add_argument(
+        "--input",
+        choices=["tokens", "pixels"],
+        default="tokens",
+        help="train on VQ tokens, or on pixel patches of the same grid (the baseline; needs --shards)",
+    )
+    data.add_argument("--tokens", type=Path, default=None, help="train token Parquet from `tokenforge tokenize` (input tokens)")
+    data.add_argument("--shards", type=Path, default=None, help="WebDataset shard directory (input pixels)")
+    data.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (codebook and token grid)")
     data.add_argument("--split", type=Path, required=True, help="directory of task manifests from `tokenforge split`")
     data.add_argument("--task", type=int, required=True, help="index of the task to train (0-based)")
     data.add_argument("--previous", type=Path, default=None, help="task t-1's output directory (model + memory); required for t > 0")
@@ -124,6 +131,25 @@ def _task_info(split_dir: Path, task: int) -> tuple[list[int], list[int], int]:
     return tasks[task]["classes"], seen, manifest["num_classes"]
 
 
+def load_units(kind: str, tokens: Path | None, shards: Path | None, split: str, patch: int):
+    """(keys, labels, units) of a split: code ids (N, h, w), or uint8 pixel patches (N, h, w, F)."""
+    import torch
+
+    from .model import patchify
+    from .shard import load_split
+    from .tokenize import load_tokens
+
+    if kind == "tokens":
+        if tokens is None:
+            raise TokenforgeError("--tokens: required with --input tokens")
+        data = load_tokens(tokens)
+        return data.keys, data.labels, data.ids
+    if shards is None:
+        raise TokenforgeError("--shards: required with --input pixels")
+    images = load_split(shards, split)
+    return images.keys, images.labels, patchify(torch.from_numpy(images.images), patch).numpy()
+
+
 def _initial_model(args, num_classes: int):
     from .model import ModelConfig, TokenViT, load_model
     from .tokenizer import load_tokenizer
@@ -131,12 +157,21 @@ def _initial_model(args, num_classes: int):
     if args.task > 0:
         if args.previous is None:
             raise TokenforgeError(f"--previous: required for task {args.task} (task {args.task - 1}'s output)")
-        return load_model(args.previous)
-    codebook = load_tokenizer(args.tokenizer).codebook
+        model = load_model(args.previous)
+        if model.config.input != args.input:
+            raise TokenforgeError(f"--previous {args.previous}: a model of input {model.config.input!r}, not {args.input!r}")
+        return model
+    tok = read_json(args.tokenizer / "config.json")
+    if args.input == "tokens":
+        codebook = load_tokenizer(args.tokenizer).codebook
+        sizes = {"codebook_size": codebook.shape[0], "code_dim": codebook.shape[1]}
+    else:  # the same grid as the tokens: one patch of downsample x downsample pixels per token
+        codebook = None
+        sizes = {"codebook_size": 0, "code_dim": tok["downsample"] ** 2 * tok["channels"], "patch": tok["downsample"]}
     config = ModelConfig(
-        grid=tuple(read_json(args.tokenizer / "config.json")["grid"]),
-        codebook_size=codebook.shape[0],
-        code_dim=codebook.shape[1],
+        grid=tuple(tok["grid"]),
+        input=args.input,
+        **sizes,
         num_classes=num_classes,
         embed_dim=args.embed_dim,
         depth=args.depth,
@@ -146,6 +181,14 @@ def _initial_model(args, num_classes: int):
     return TokenViT(config, codebook)
 
 
+def subset(units, positions):
+    """The units (B, h, w[, F]) at `positions` (B, k) -> (B, k[, F])."""
+    flat = units.flatten(1, 2)
+    if flat.dim() == 2:
+        return flat.gather(1, positions)
+    return flat.gather(1, positions[:, :, None].expand(-1, -1, flat.shape[2]))
+
+
 def run(args, tracker) -> None:
     import torch
     import torch.nn.functional as F
@@ -153,20 +196,18 @@ def run(args, tracker) -> None:
     from .memory import Memory, build_task_memory, keep_count, read_memory, select_random, write_memory
     from .model import save_model
     from .runtime import progress, seed_everything
-    from .tokenize import load_tokens
-
     start = time.perf_counter()
     if not 0 <= args.input_dropout <= 1:
         raise TokenforgeError(f"--input-dropout: must be in [0, 1], got {args.input_dropout}")
     seed_everything(args.seed + args.task)
     classes, seen, num_classes = _task_info(args.split, args.task)
-    tokens = load_tokens(args.tokens)
-    mask = np.isin(tokens.labels, classes)
-    if not mask.any():
-        raise TokenforgeError(f"{args.tokens}: no training samples for task {args.task}'s classes {classes}")
-    ids = torch.from_numpy(tokens.ids[mask])
-    labels = torch.from_numpy(tokens.labels[mask])
     model = _initial_model(args, num_classes)
+    all_keys, all_labels, units = load_units(args.input, args.tokens, args.shards, "train", model.config.patch)
+    mask = np.isin(all_labels, classes)
+    if not mask.any():
+        raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {classes}")
+    ids = torch.from_numpy(units[mask])
+    labels = torch.from_numpy(all_labels[mask])
     memory = read_memory(args.previous / "memory.parquet") if args.task > 0 else Memory.empty()
     keep = keep_count(model.num_tokens, args.memory_token_fraction)  # tokens per memory sample
 
@@ -192,7 +233,7 @@ def run(args, tracker) -> None:
             if torch.rand((), generator=gen) < args.input_dropout:
                 # A random subset of each sample's tokens, as short as a replayed memory sample.
                 pos = torch.rand(len(idx), model.num_tokens, generator=gen).argsort(1)[:, :keep].sort(1).values
-                logits = engine(ids[idx].flatten(1).gather(1, pos), pos)
+                logits = engine(subset(ids[idx], pos), pos)
             else:
                 logits = engine(ids[idx])
             logits = logits.masked_fill(unseen, float("-inf"))
@@ -217,7 +258,7 @@ def run(args, tracker) -> None:
 
     model = engine.module.eval()
     pick = select_random(labels.numpy(), args.memory_samples_per_class, seed=args.seed * 1000 + args.task)
-    keys = [k for k, m in zip(tokens.keys, mask) if m]
+    keys = [k for k, m in zip(all_keys, mask) if m]
     new = build_task_memory(
         model,
         [keys[i] for i in pick],
@@ -231,7 +272,7 @@ def run(args, tracker) -> None:
     memory = memory.concat(new)
     with atomic_dir(args.out) as tmp:
         save_model(model, tmp)
-        memory_bytes = write_memory(memory, tmp / "memory.parquet", model.config.codebook_size, model.num_tokens)
+        memory_bytes = write_memory(memory, tmp / "memory.parquet", model.config.codebook_size or 256, model.num_tokens)
         stats = {
             "task": args.task,
             "classes": classes,

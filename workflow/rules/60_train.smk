@@ -1,6 +1,7 @@
 rule train:
     input:
         tokens=rules.tokenize.output.train,
+        shards=rules.shard.output.stats,
         tokenizer=rules.tokenizer.output.weights,
         split=rules.split.output.tasks,
         deepspeed=config["train"]["deepspeed_config"],
@@ -19,6 +20,7 @@ rule train:
         memory=cli_args(config["memory"], prefix="memory-"),
         previous=previous_flag,
         tokenizer=dirname("input.tokenizer"),
+        shards=dirname("input.shards"),
         split=dirname("input.split"),
         outdir=dirname("output.model"),
         seed=config["seed"],
@@ -30,7 +32,7 @@ rule train:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge train --tokens {input.tokens} --tokenizer {params.tokenizer} --split {params.split}"
+        "tokenforge train --tokens {input.tokens} --shards {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.previous} --out {params.outdir} {params.args} {params.memory}"
         " --seed {params.seed} --threads {threads} {params.track} > {log} 2>&1"
 

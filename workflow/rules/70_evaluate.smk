@@ -2,6 +2,7 @@ rule evaluate:
     input:
         model=rules.train.output.model,
         tokens=rules.tokenize.output.test,
+        shards=rules.shard.output.stats,
         split=rules.split.output.tasks,
     output:
         f"{R}/evaluate/task-{{task}}.json",
@@ -13,6 +14,7 @@ rule evaluate:
         args=cli_args(config["evaluate"]),
         model=dirname("input.model"),
         split=dirname("input.split"),
+        shards=dirname("input.shards"),
         track=lambda w: track(f"--tag task={w.task}"),
     threads: 1
     resources:
@@ -21,5 +23,5 @@ rule evaluate:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge evaluate --model {params.model} --tokens {input.tokens} --split {params.split}"
+        "tokenforge evaluate --model {params.model} --tokens {input.tokens} --shards {params.shards} --split {params.split}"
         " --task {wildcards.task} --out {output} {params.args} {params.track} > {log} 2>&1"
