@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
 
 from tokenforge import cli
 from tokenforge.errors import TokenforgeError
 from tokenforge.seit import MAX_ID, decode_stream, encode_ids, read_seit, write_seit
 from tokenforge.synonyms import synonyms_json
 from tokenforge.tokenize import TokenSet, load_tokens, save_tokens
-from tokenforge.tokenizer import build_model, make_config, save_tokenizer
+from tokenforge.tokenizer import build_model, load_tokenizer, make_config, save_tokenizer
 
 # ------------------------------------------------------------------------------- a release built by hand
 
@@ -154,19 +155,29 @@ def test_write_checks_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_checkpoint_is_never_unpickled(tmp_path):
-    root = hand_release(tmp_path / "rel")
-    torch.save({"codebook": torch.ones(510, 2), "note": Evil()}, root / "codebook.ckpt")
-    with pytest.raises(TokenforgeError, match="codebook.ckpt: not a weights-only torch checkpoint"):
-        read_seit(root, "hand-train")
-    assert not Evil.loaded
+UNPICKLED = []
+
+
+def _run_on_load():
+    UNPICKLED.append(True)
+    return torch.ones(510, 2)
 
 
 class Evil:
-    loaded = False
+    """Unpickling it calls _run_on_load: what a hostile checkpoint would do with os.system."""
 
-    def __setstate__(self, state):
-        Evil.loaded = True
+    def __reduce__(self):
+        return _run_on_load, ()
+
+
+def test_checkpoint_is_never_unpickled(tmp_path):
+    root = hand_release(tmp_path / "rel")
+    torch.save({"codebook": Evil()}, root / "codebook.ckpt")
+    with pytest.raises(TokenforgeError, match="codebook.ckpt: not a weights-only torch checkpoint"):
+        read_seit(root, "hand-train")
+    assert UNPICKLED == []
+    torch.load(root / "codebook.ckpt", weights_only=False)  # the unsafe load would have run it
+    assert UNPICKLED == [True]
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -188,8 +199,8 @@ def token_dir(tmp_path):
     rng = np.random.default_rng(1)
     for split, n in (("train", 12), ("test", 5)):
         ids = rng.integers(0, 16, (n, 4, 4))
-        save_tokens(root / f"{split}.parquet", TokenSet([f"{split}{i}" for i in range(n)], rng.integers(0, 3, n), ids),
-                    16)
+        keys = [f"{split}{i}" for i in range(n)]
+        save_tokens(root / f"{split}.parquet", TokenSet(keys, rng.integers(0, 3, n), ids), 16)
     (root / "synonyms.json").write_text(json.dumps({str(i): [(i + 1) % 16] for i in range(16)}))
     return root
 
@@ -205,10 +216,6 @@ def test_export_then_import_round_trip(tokenforge, token_dir, tmp_path):
         ours, theirs = load_tokens(token_dir / f"{split}.parquet"), load_tokens(back / f"{split}.parquet")
         assert np.array_equal(ours.ids, theirs.ids) and np.array_equal(ours.labels, theirs.labels)
         assert theirs.keys[:2] == [f"{split}_000000", f"{split}_000001"]
-    from safetensors.numpy import load_file
-
-    from tokenforge.tokenizer import load_tokenizer
-
     codebook = load_file(str(back / "codebook.safetensors"))["codebook"]
     assert np.array_equal(codebook, load_tokenizer(token_dir / "tokenizer").codebook.numpy())
     meta = json.loads((back / "tokenizer.json").read_text())
@@ -229,8 +236,10 @@ def test_import_then_export_round_trip(tokenforge, tmp_path):
     assert np.array_equal(load_tokens(ours / "train.parquet").ids, HAND_IDS)
     assert np.array_equal(load_tokens(ours / "test.parquet").ids, HAND_IDS[::-1])
     train = load_tokens(ours / "train.parquet")
-    write_seit(tmp_path / "again", "hand-train", train.ids, train.labels, read_seit(src, "hand-train").codebook, None)
+    codebook = load_file(str(ours / "codebook.safetensors"))["codebook"]
     again = tmp_path / "again"
+    write_seit(again, "hand-train", train.ids, train.labels, codebook, None)
+    assert torch.equal(torch.load(again / "codebook.ckpt", weights_only=True), torch.load(src / "codebook.ckpt"))
     assert (again / "hand-train-label.txt").read_bytes() == (src / "hand-train-label.txt").read_bytes()
     for suffix in ("-token.data.bin.gz", "-token.index.npy.gz"):  # same decompressed bytes as the hand-built files
         assert gzip.decompress((again / f"hand-train{suffix}").read_bytes()) == \
@@ -257,6 +266,8 @@ def two_splits(root, **kwargs):
         ({"images": [HAND_BYTES[0], HAND_BYTES[1][:-1] + b"\xff", HAND_BYTES[2]]}, [],
          "image 1 ends in an escape byte 255 (truncated stream)"),
         ({"index": [0, 6, 11, 20]}, [], "hand-train-token.data.bin.gz: truncated stream: image 2 runs past its end"),
+        ({"index": [0, 20], "labels": "1\n"}, [], "hand-train-token.data.bin.gz: truncated stream: image 0 runs"),
+        ({"index": [0, 6, 11]}, [], "hand-train-token.data.bin.gz: index ends at byte 11 of a 17-byte stream"),
         ({"index": [0, 11, 6, 17]}, [], "hand-train-token.index.npy.gz: index not increasing at entry 2"),
         ({"labels": "3\n1\n"}, [], "hand-train-label.txt: 2 labels for the 3 images of hand-train-token.index.npy.gz"),
         ({"labels": "3\nx\n4\n"}, [], "hand-train-label.txt: line 2 is not an integer label"),

@@ -186,7 +186,8 @@ def square_pairs(n: int, height: int, width: int, side: int, generator: torch.Ge
     those partners, so every ordered pair is equally likely without listing all pairs.
     """
     device = generator.device
-    ys, xs = torch.meshgrid(torch.arange(height - side + 1, device=device), torch.arange(width - side + 1, device=device), indexing="ij")
+    starts_y, starts_x = torch.arange(height - side + 1, device=device), torch.arange(width - side + 1, device=device)
+    ys, xs = torch.meshgrid(starts_y, starts_x, indexing="ij")
     corners = torch.stack([ys.flatten(), xs.flatten()], dim=1)  # (P, 2)
     # Squares overlap iff they overlap along both axes, so the overlap counts multiply.
     overlaps = (_overlapping(height, side, device)[:, None] * _overlapping(width, side, device)[None, :]).flatten()
@@ -404,7 +405,8 @@ class TokenAugmenter:
         """(B, h, w) ids and (B, C) targets -> (B, D, h, w) float embedding maps and (B, C) float targets."""
         ids = self._check_ids(ids)
         if targets.ndim != 2 or len(targets) != len(ids):
-            raise TokenforgeError(f"augment: targets must be (batch, classes) for {len(ids)} samples, got {tuple(targets.shape)}")
+            shape = tuple(targets.shape)
+            raise TokenforgeError(f"augment: targets must be (batch, classes) for {len(ids)} samples, got {shape}")
         cfg, gen = self.config, self.generator
         codebook = self.codebook.to(ids.device)
         targets = targets.float()
@@ -427,7 +429,8 @@ class TokenAugmenter:
     def _check_ids(self, ids: Tensor) -> Tensor:
         """`ids` as int64 after checking it is a (B, h, w) integer grid of codes of this codebook."""
         if ids.ndim != 3 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TokenforgeError(f"augment: ids must be an integer (batch, h, w) grid, got {ids.dtype} {tuple(ids.shape)}")
+            got = f"{ids.dtype} {tuple(ids.shape)}"
+            raise TokenforgeError(f"augment: ids must be an integer (batch, h, w) grid, got {got}")
         ids = ids.to(self.codebook.device, torch.int64)  # where the generator draws
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.codebook)):
             raise TokenforgeError(f"augment: ids out of range [0, {len(self.codebook)}) of the codebook")
@@ -440,7 +443,8 @@ def _check_synonyms(synonyms: Tensor | None, config: AugmentConfig, size: int) -
         raise TokenforgeError("augment.synonym_p: > 0 needs a synonyms table (tokenforge synonyms)")
     if synonyms.ndim != 2 or synonyms.shape[0] != size or synonyms.shape[1] < config.synonym_k:
         raise TokenforgeError(
-            f"synonyms: expected ({size}, >= {config.synonym_k}) for a {size}-code codebook, got {tuple(synonyms.shape)}"
+            f"synonyms: expected ({size}, >= {config.synonym_k}) for a {size}-code codebook, "
+            f"got {tuple(synonyms.shape)}"
         )
     synonyms = synonyms[:, : config.synonym_k].long()
     if int(synonyms.min()) < 0 or int(synonyms.max()) >= size:

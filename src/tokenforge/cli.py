@@ -24,6 +24,7 @@ STAGES = (
     "tokenizer",
     "tokenize",
     "synonyms",
+    "seit",
     "split",
     "train",
     "evaluate",

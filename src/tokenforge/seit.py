@@ -1,4 +1,4 @@
-"""Read and write SeiT's released token format: a SeiT token release becomes a token set, ours becomes a release.
+r"""Read and write SeiT's released token format: a SeiT token release becomes a token set, ours becomes a release.
 
   tokenforge seit export --tokens results/tokenize --tokenizer results/tokenizer \
       --synonyms results/synonyms.json --out seit
@@ -76,16 +76,18 @@ class SeitSet:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("export", "import"), help="export our tokens, or import a SeiT release")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--name", default=None, help="release name: files NAME-train-token.data.bin.gz, ... "
-                        "(export default: tokenforge; import default: the one name found in --src)")
+    parser.add_argument("--name", default=None, help="release name: files NAME-train-token.data.bin.gz, ...; "
+                        "without it, export uses tokenforge and import the one name found in --src")
     export = parser.add_argument_group("export")
     export.add_argument("--tokens", type=Path, help="directory written by `tokenforge tokenize`")
     export.add_argument("--tokenizer", type=Path, help="directory written by `tokenforge tokenizer`")
-    export.add_argument("--synonyms", type=Path, help="JSON written by `tokenforge synonyms` (default: none)")
+    export.add_argument(
+        "--synonyms", type=Path, help="JSON written by `tokenforge synonyms`; without it the release has no synonyms"
+    )
     imp = parser.add_argument_group("import")
     imp.add_argument("--src", type=Path, help="directory of a SeiT token release")
     imp.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"),
-                     help="token grid per image (default: the release's grid file, else a square)")
+                     help="token grid per image; without it: the release's grid file, else a square")
 
 
 # ---------------------------------------------------------------------------------------------- byte format
@@ -299,6 +301,7 @@ def read_seit(directory: str | Path, prefix: str, grid: tuple[int, int] | None =
     paths = _paths(directory, prefix)
     data = _gunzip(require_file(paths["data"], "SeiT token file"))
     offsets = _read_index(require_file(paths["index"], "SeiT index file"))
+    check_offsets(offsets, len(data), str(paths["data"]))  # a truncated stream first, before guessing a grid from it
     labels = _read_labels(require_file(paths["labels"], "SeiT label file"), len(offsets) - 1, paths["index"])
     grid = _resolve_grid(grid, paths["grid"], data, offsets, str(paths["data"]))
     ids = decode_stream(data, offsets, grid, str(paths["data"]))
@@ -323,7 +326,7 @@ def _read_index(path: Path) -> np.ndarray:
             offsets = np.load(f, allow_pickle=False)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise TokenforgeError(f"{path}: not a gzipped .npy index ({exc})") from None
-    return check_offsets(offsets, None, str(path))  # its length against the stream: decode_stream checks
+    return check_offsets(offsets, None, str(path))  # the end against the stream's length: read_seit checks
 
 
 def _read_labels(path: Path, count: int, index: Path) -> np.ndarray:
