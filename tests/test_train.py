@@ -88,3 +88,23 @@ def test_pixel_baseline_trains_and_evaluates_on_the_same_grid(tmp_path):
     assert main(["evaluate", "--model", str(tmp_path / "m"), "--shards", str(shards), "--split",
                  str(tmp_path / "split"), "--task", "0", "--out", str(out), "-q"]) == 0
     assert 0 <= json.loads(out.read_text())["accuracy"][0] <= 1
+
+
+def test_training_with_every_augmentation_on(data, tmp_path):
+    from tokenforge.synonyms import nearest_codes
+    from tokenforge.tokenizer import load_tokenizer
+
+    neighbours = nearest_codes(load_tokenizer(data / "tokenizer").codebook.numpy(), 3)
+    synonyms = tmp_path / "synonyms.json"
+    synonyms.write_text(json.dumps({str(i): row.tolist() for i, row in enumerate(neighbours)}))
+    on = ["--synonyms", str(synonyms), "--augment-synonym-p", "1", "--augment-synonym-k", "3"]
+    for name in ("swap", "crop", "flip", "noise", "cutmix", "coloradapt"):
+        on += [f"--augment-{name}-p", "0.5"]
+    assert train(data, tmp_path / "aug", 0, *on, "--input-dropout", "0.5") == 0
+    stats = json.loads((tmp_path / "aug" / "stats.json").read_text())
+    assert np.isfinite(stats["final_loss"])
+
+
+def test_synonym_augmentation_needs_the_synonyms_file(data, tmp_path, capsys):
+    assert train(data, tmp_path / "x", 0, "--augment-synonym-p", "0.5") == 2
+    assert "--synonyms" in capsys.readouterr().err

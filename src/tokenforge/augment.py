@@ -91,6 +91,24 @@ class AugmentConfig:
         return any(getattr(self, name) > 0 for name in PROBABILITIES if name != "synonym_token_p")
 
 
+# Help text of each field for the CLI (`tokenforge train --help`), in the words of the comments above.
+FIELD_HELP = {
+    'synonym_k': 'synonyms considered per token (the first k of its list)',
+    'cutmix_alpha': 'Beta(alpha, alpha) distribution of the CutMix area',
+    'synonym_p': 'per sample: apply synonym replacement (SeiT Token-EDA)',
+    'synonym_token_p': 'per token inside a chosen sample: replace by one of its top-k synonyms',
+    'swap_p': 'per sample: swap two non-overlapping square regions of the id grid',
+    'swap_fraction': 'side of the square as a fraction of the grid side (>= 1 token)',
+    'crop_p': 'per sample: random resized crop, resized back bilinearly (soft code mixtures)',
+    'crop_scale': "area of the crop as a fraction of the grid's",
+    'flip_p': 'per sample: horizontal flip of the map',
+    'noise_p': 'per sample: embedding noise (per-channel offset + per-element Gaussian)',
+    'noise_std': "relative to the codebook's per-channel std",
+    'cutmix_p': 'per batch: CutMix on the embedding maps (targets mixed by area)',
+    'coloradapt_p': "per sample: take another sample's per-channel mean/std (AdaIN)",
+}
+
+
 def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TokenforgeError(f"augment.{name}: must be a number, got {value!r}")

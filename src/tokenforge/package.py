@@ -9,6 +9,8 @@ tokens vs the replay memory) and the wall time per stage, and writes into --out:
     accuracy_matrix.png     R as a heatmap; average_accuracy.png: the learning curve
     report.html             one self-contained page (plots embedded) to read or mail
     model.safetensors (+ model.json beside it), config.yaml, versions.json, stats.json
+    NAME.png                each --images NAME=FILE (e.g. the tokenizer's reconstruction grid), also shown
+                            in report.html with NAME as its caption
 
 then the same files (minus this stage's own stats.json, whose wall time changes run to run) as a
 deterministic --archive. Example:
@@ -17,6 +19,7 @@ deterministic --archive. Example:
         --stats shard=results/shard/stats.json tokenize=results/tokenize/stats.json \\
         tokenizer=results/tokenizer/stats.json train-0=... train-1=... \\
         --model results/train/task-1/model.safetensors --config results/config.yaml \\
+        --images reconstructions=results/tokenizer/reconstructions.png \\
         --out results/package --archive results/tokenforge-results.tar.gz
 """
 
@@ -30,6 +33,7 @@ import html
 import importlib.metadata
 import json
 import platform
+import re
 import shutil
 import tarfile
 import time
@@ -48,6 +52,12 @@ REQUIRED_STATS = ("shard", "tokenize", "tokenizer")
 PACKAGES = ("tokenforge", "torch", "timm", "deepspeed", "mlflow", "snakemake", "webdataset", "pyarrow", "numpy")
 # Not part of the archive: the marker is internal, stats.json holds this run's wall time.
 NOT_ARCHIVED = (MARKER, "stats.json")
+# --images NAME=FILE becomes NAME.png in the bundle: a plain name that cannot clash with the bundle's own plots.
+IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+OWN_PLOTS = ("accuracy_matrix", "average_accuracy")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Optional tokenizer numbers shown when its stats.json has them (tokenizers with codebook pruning do).
+TOKENIZER_EXTRAS = ("used_codes", "codebook_size", "trained_codebook_size", "perplexity")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="bundle directory to write (replaced atomically)")
     parser.add_argument("--archive", required=True, metavar="FILE.tar.gz", help="archive of the bundle to write")
     parser.add_argument("--title", default="tokenforge results", help="title of report.html")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        metavar="NAME=FILE",
+        help="PNG images to bundle as NAME.png and show in report.html with NAME as caption, "
+        "e.g. reconstructions=results/tokenizer/reconstructions.png",
+    )
 
 
 def run(args: argparse.Namespace, tracker) -> None:
@@ -79,17 +97,18 @@ def run(args: argparse.Namespace, tracker) -> None:
     stats = load_stats(parse_stats_args(args.stats))
     model = require_file(args.model, "model file")
     config = require_file(args.config, "config file")
+    images = parse_images_args(args.images)
     result = build_metrics(R, stats)
     versions = package_versions()
     out, archive = Path(args.out), Path(args.archive)
     if out.resolve() in archive.resolve().parents:
         raise TokenforgeError(f"--archive {archive}: must lie outside --out {out}, which is replaced as a whole")
     with atomic_dir(out) as tmp:
-        write_bundle(tmp, result, versions, model, config, args.title)
+        write_bundle(tmp, result, versions, model, config, args.title, images)
         write_archive(tmp, archive, root=archive_root(archive))
         stats_out = {"num_tasks": result["num_tasks"], "archive_bytes": archive.stat().st_size}
         write_json(tmp / "stats.json", {**stats_out, "wall_s": time.perf_counter() - start})
-    log_to_tracker(tracker, result, out)
+    log_to_tracker(tracker, result, out, images)
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -148,6 +167,26 @@ def parse_stats_args(items: list[str]) -> dict[str, Path]:
     return named
 
 
+def parse_images_args(items: list[str]) -> dict[str, Path]:
+    """`NAME=FILE` strings as {name: path}, in the order given; each FILE must be a PNG."""
+    images: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not path or not IMAGE_NAME.fullmatch(name):
+            raise TokenforgeError(
+                f"--images {item!r}: expected NAME=FILE with NAME of letters, digits, - and _, "
+                "e.g. reconstructions=results/tokenizer/reconstructions.png"
+            )
+        if name in images or name in OWN_PLOTS:
+            raise TokenforgeError(f"--images {name}: " + ("given twice" if name in images else "is a name the bundle uses"))
+        file = require_file(path, "image")
+        with file.open("rb") as f:
+            if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise TokenforgeError(f"{file}: not a PNG image")
+        images[name] = file
+    return images
+
+
 def load_stats(named: dict[str, Path]) -> dict[str, dict]:
     """Read every stats file; each must be a JSON object with a numeric "wall_s"."""
     stats = {}
@@ -199,6 +238,9 @@ def build_metrics(R: np.ndarray, stats: dict[str, dict]) -> dict:
         "psnr": _count(stats, "tokenizer", "psnr"),
         "codebook_usage": _count(stats, "tokenizer", "codebook_usage"),
     }
+    for key in TOKENIZER_EXTRAS:
+        if key in _stat(stats, "tokenizer"):
+            result["tokenizer"][key] = _count(stats, "tokenizer", key)
     return result
 
 
@@ -241,8 +283,10 @@ def package_versions() -> dict:
 # --- outputs ----------------------------------------------------------------------------------
 
 
-def write_bundle(out: Path, result: dict, versions: dict, model: Path, config: Path, title: str) -> None:
-    """Every file of the bundle, into the (temporary) directory `out`."""
+def write_bundle(
+    out: Path, result: dict, versions: dict, model: Path, config: Path, title: str, images: dict[str, Path] | None = None
+) -> None:
+    """Every file of the bundle, into the (temporary) directory `out`; `images` maps NAME to a PNG to add."""
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     (out / "versions.json").write_text(json.dumps(versions, indent=2, sort_keys=True) + "\n")
     write_matrix_csv(np.asarray(result["accuracy_matrix"]), out / "accuracy_matrix.csv")
@@ -252,7 +296,9 @@ def write_bundle(out: Path, result: dict, versions: dict, model: Path, config: P
     if (model.parent / "model.json").is_file():  # the architecture, so `tokenforge.model.load_model` can read it
         shutil.copyfile(model.parent / "model.json", out / "model.json")
     shutil.copyfile(config, out / "config.yaml")
-    page = render_report(title, result, versions, config.read_text(errors="replace"), out)
+    for name, path in (images or {}).items():
+        shutil.copyfile(path, out / f"{name}.png")
+    page = render_report(title, result, versions, config.read_text(errors="replace"), out, list(images or {}))
     (out / "report.html").write_text(page, encoding="utf-8")
 
 
@@ -380,8 +426,24 @@ def _summary_rows(result: dict) -> list[list[Any]]:
         ["memory / dataset token bytes", _pct(b["memory"] / b["dataset_tokens"] if b["dataset_tokens"] else None)],
         ["tokenizer PSNR", f"{tok['psnr']:.2f} dB"],
         ["tokenizer codebook usage", _usage(tok["codebook_usage"])],
+        *_tokenizer_extra_rows(tok),
         ["total wall time", f"{result['wall_time_s']['total']:.1f} s"],
     ]
+
+
+def _tokenizer_extra_rows(tok: dict) -> list[list[Any]]:
+    rows = []
+    if "used_codes" in tok and "trained_codebook_size" in tok:
+        rows.append(["tokenizer codes used", f"{tok['used_codes']:,.0f} of {tok['trained_codebook_size']:,.0f} trained"])
+    if "codebook_size" in tok:
+        rows.append(["codebook size after pruning", f"{tok['codebook_size']:,.0f}"])
+    if "perplexity" in tok:
+        rows.append(["tokenizer perplexity", f"{tok['perplexity']:.1f}"])
+    return rows
+
+
+def _figure_html(path: Path, caption: str) -> str:
+    return f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _bytes_rows(b: dict) -> list[list[Any]]:
@@ -394,8 +456,13 @@ def _bytes_rows(b: dict) -> list[list[Any]]:
     return rows
 
 
-def render_report(title: str, result: dict, versions: dict, config_text: str, bundle: Path) -> str:
-    """report.html: one page, no external files (the plots are data URIs), every value escaped."""
+def render_report(
+    title: str, result: dict, versions: dict, config_text: str, bundle: Path, images: list[str] | tuple = ()
+) -> str:
+    """report.html: one page, no external files (the plots are data URIs), every value escaped.
+
+    `images` names the extra NAME.png files in `bundle`, shown with their name as caption.
+    """
     R, n, b = result["accuracy_matrix"], result["num_tasks"], result["bytes"]
     matrix_rows = [[t] + [f"{v:.4f}" for v in row] for t, row in enumerate(R)]
     curve_rows = [[t, f"{a:.4f}", f"{b['memory_per_task'][t]:,}"] for t, a in enumerate(result["average_accuracy"])]
@@ -412,6 +479,7 @@ def render_report(title: str, result: dict, versions: dict, config_text: str, bu
         "<h3>After each task</h3>" + _table(["after task", "average accuracy", "memory bytes"], curve_rows),
         f"<h2>Storage ({b['dataset_images']:,} images, train + test)</h2>"
         + _table(["form", "bytes per image", "dataset", "of raw pixels"], _bytes_rows(b)),
+        *(["<h2>Images</h2>" + "".join(_figure_html(bundle / f"{name}.png", name) for name in images)] if images else []),
         "<h2>Wall time per stage (s)</h2>" + _table(["stage", "wall time (s)"], wall_rows),
         "<h2>Config</h2><pre>" + html.escape(config_text) + "</pre>",
         "<h2>Versions</h2>" + _table(["package", "version"], version_rows),
@@ -421,6 +489,7 @@ def render_report(title: str, result: dict, versions: dict, config_text: str, bu
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:48%;margin:.5em 1% 0 0}"
         "pre{background:#f6f6f6;padding:1em;overflow:auto}"
+        "figure{margin:.5em 0}figure img{max-width:100%;image-rendering:pixelated}figcaption{color:#555}"
     )
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
@@ -433,8 +502,8 @@ def render_report(title: str, result: dict, versions: dict, config_text: str, bu
 # --- tracking ---------------------------------------------------------------------------------
 
 
-def log_to_tracker(tracker, result: dict, out: Path) -> None:
-    """The headline numbers, the learning curve (one step per task), the plots and the report."""
+def log_to_tracker(tracker, result: dict, out: Path, images: dict[str, Path] | None = None) -> None:
+    """The headline numbers, the learning curve (one step per task), the plots, the --images and the report."""
     tracker.log_params({"num_tasks": result["num_tasks"]})
     headline = {
         "final_average_accuracy": result["final_average_accuracy"],
@@ -449,3 +518,5 @@ def log_to_tracker(tracker, result: dict, out: Path) -> None:
         tracker.log_metrics({"average_accuracy": value}, step=t)
     for name in ("metrics.json", "accuracy_matrix.csv", "accuracy_matrix.png", "average_accuracy.png", "report.html"):
         tracker.log_artifact(out / name)
+    for name in images or {}:
+        tracker.log_artifact(out / f"{name}.png")

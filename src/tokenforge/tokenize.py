@@ -2,11 +2,13 @@
 
   tokenforge tokenize --shards results/shard --tokenizer results/tokenizer --out results/tokenize
 
-Writes into --out: train.parquet and test.parquet (zstd; one row per image: key, label, ids, where ids is a
-fixed-size list of h*w uint8 codes, or uint16 above 256 codes, row-major over the grid; the grid and the
-number of codes are in the schema metadata), tokenizer.json (the tokenizer's config) and stats.json
-(storage per image: raw pixels, pixel shards, token files, raw token ids). Read a file back with
-`load_tokens(path)`.
+Writes into --out: train.parquet and test.parquet (one row per image: key, label, ids), tokenizer.json (the
+tokenizer's config) and stats.json (bytes per image: raw pixels, pixel shards, token files on disk, packed
+token ids). `ids` holds each image's grid row-major as a fixed-size binary of ceil(h*w*bits/8) bytes, where
+bits = max(1, ceil(log2(num_codes))) for the (pruned) codebook: token i fills bits i*bits .. (i+1)*bits-1 of
+a little-endian bit stream (bit j of the stream is bit j%8 of byte j//8; lowest bit of an id first). The
+schema metadata holds grid (b"h,w"), num_codes and bits. Read a file back with `load_tokens(path)`, which
+also reads the earlier layout (ids as a fixed-size list of uint8/uint16).
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ from .runtime import progress
 
 SPLITS = ("train", "test")
 COLUMNS = ("key", "label", "ids")
+MAX_BITS = 16  # ids up to 65535: the tokenizer's MAX_CODES
+# Rows packed or unpacked at once: bounds the temporary arrays (rows x tokens x bits bytes) to ~64 MiB.
+CHUNK_ELEMENTS = 1 << 26
+# Parquet settings: see the measurements in the comment below PARQUET_OPTIONS' use, in `save_tokens`.
+ZSTD_LEVEL = 19
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    compression_level=ZSTD_LEVEL,
+    use_dictionary=["label"],
+    write_statistics=["key", "label"],
+    column_encoding={"key": "DELTA_BYTE_ARRAY"},
+)
 
 
 @dataclass
@@ -45,35 +59,100 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=512, help="images encoded at once")
 
 
-def id_type(num_codes: int) -> pa.DataType:
-    """The smallest unsigned integer type that holds ids 0..num_codes-1 (uint8 up to 256 codes)."""
-    return pa.uint8() if num_codes <= 256 else pa.uint16()
+# ---------------------------------------------------------------------------------------------- bit packing
+
+
+def id_bits(num_codes: int) -> int:
+    """Bits per id for ids 0..num_codes-1: max(1, ceil(log2(num_codes))), e.g. 64 -> 6, 391 -> 9."""
+    if not 1 <= num_codes <= 1 << MAX_BITS:
+        raise TokenforgeError(f"num_codes {num_codes}: must be between 1 and {1 << MAX_BITS}")
+    return max(1, (int(num_codes) - 1).bit_length())
+
+
+def packed_size(num_tokens: int, bits: int) -> int:
+    """Bytes of one image's packed ids: ceil(num_tokens * bits / 8)."""
+    return (num_tokens * bits + 7) // 8
+
+
+def _row_blocks(rows: int, per_row: int):
+    """Slices of at most ~CHUNK_ELEMENTS / per_row rows covering 0..rows-1."""
+    step = max(1, CHUNK_ELEMENTS // max(per_row, 1))
+    return (slice(i, min(i + step, rows)) for i in range(0, rows, step))
+
+
+def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 (N, ceil(T*bits/8)): each row the little-endian bit stream of one row of int ids (N, T) < 2**bits."""
+    ids = np.asarray(ids)
+    n, t = ids.shape
+    out = np.empty((n, packed_size(t, bits)), dtype=np.uint8)
+    weights = np.arange(bits, dtype=np.int64)
+    for rows in _row_blocks(n, t * bits):
+        block = ids[rows].astype(np.int64)
+        # (rows, T, bits) bit planes, lowest bit first, flattened token after token: the stream's bit order.
+        planes = ((block[:, :, None] >> weights) & 1).astype(np.uint8).reshape(len(block), t * bits)
+        out[rows] = np.packbits(planes, axis=1, bitorder="little")
+    return out
+
+
+def unpack_ids(packed: np.ndarray, num_tokens: int, bits: int) -> np.ndarray:
+    """int64 (N, num_tokens) ids from the rows of `pack_ids` (uint8 (N, ceil(num_tokens*bits/8)))."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    n, nbytes = packed.shape
+    if bits == 8:
+        return packed.astype(np.int64)
+    if bits == 16:
+        return packed.view("<u2").astype(np.int64)
+    start = np.arange(num_tokens, dtype=np.int64) * bits
+    first, shift = start >> 3, (start & 7).astype(np.uint32)
+    # An id spans at most 3 bytes (7 + 16 bits). Gathers past the end are clamped to the last byte: they
+    # land above the id's highest bit and the mask drops them.
+    spans = int((int(shift.max(initial=0)) + bits + 7) >> 3)
+    out = np.empty((n, num_tokens), dtype=np.int64)
+    for rows in _row_blocks(n, num_tokens * spans):
+        word = np.zeros((rows.stop - rows.start, num_tokens), dtype=np.uint32)
+        for k in range(spans):
+            word |= packed[rows, np.minimum(first + k, nbytes - 1)].astype(np.uint32) << np.uint32(8 * k)
+        out[rows] = (word >> shift) & np.uint32((1 << bits) - 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- files
 
 
 def tokens_table(tokens: TokenSet, num_codes: int) -> pa.Table:
-    """The parquet layout of `tokens`: key, label int32, ids fixed_size_list<uint8|uint16>[h*w] + metadata."""
-    n, h, w = tokens.ids.shape
-    if n and (tokens.ids.min() < 0 or tokens.ids.max() >= num_codes):
+    """The parquet layout of `tokens`: key, label int32, ids fixed-size binary (packed), + metadata."""
+    ids = np.asarray(tokens.ids)
+    if ids.ndim != 3:
+        raise TokenforgeError(f"ids: expected (N, h, w) token grids, got shape {ids.shape}")
+    n, h, w = ids.shape
+    bits = id_bits(num_codes)
+    if n and (ids.min() < 0 or ids.max() >= num_codes):
         raise TokenforgeError(f"ids: values must lie in [0, {num_codes})")
-    kind = id_type(num_codes)
-    flat = pa.array(tokens.ids.reshape(-1).astype(kind.to_pandas_dtype()), type=kind)
+    if len(tokens.keys) != n or len(tokens.labels) != n:
+        raise TokenforgeError(f"tokens: {len(tokens.keys)} keys and {len(tokens.labels)} labels for {n} grids")
+    packed = pack_ids(ids.reshape(n, h * w), bits)
+    kind = pa.binary(packed.shape[1])
     table = pa.table(
         {
             "key": pa.array(tokens.keys, type=pa.string()),
             "label": pa.array(np.asarray(tokens.labels, dtype=np.int32), type=pa.int32()),
-            "ids": pa.FixedSizeListArray.from_arrays(flat, h * w),
+            "ids": pa.FixedSizeBinaryArray.from_buffers(kind, n, [None, pa.py_buffer(packed.tobytes())]),
         }
     )
-    return table.replace_schema_metadata({b"grid": f"{h},{w}".encode(), b"num_codes": str(num_codes).encode()})
+    meta = {b"grid": f"{h},{w}".encode(), b"num_codes": str(num_codes).encode(), b"bits": str(bits).encode()}
+    return table.replace_schema_metadata(meta)
 
 
 def save_tokens(path: Path, tokens: TokenSet, num_codes: int) -> None:
-    """Write `tokens` as a zstd parquet file at `path` (the caller makes it atomic)."""
-    pq.write_table(tokens_table(tokens, num_codes), path, compression="zstd")
+    """Write `tokens` as a parquet file at `path` with the measured settings (the caller makes it atomic)."""
+    pq.write_table(tokens_table(tokens, num_codes), path, **PARQUET_OPTIONS)
 
 
 def load_tokens(path: str | Path) -> TokenSet:
-    """Read a token parquet file written by `tokenforge tokenize`; bad files raise TokenforgeError naming them."""
+    """Read a token parquet file written by `tokenforge tokenize` (packed, or the earlier list layout).
+
+    Bad files raise TokenforgeError naming them.
+    """
     path = require_file(path, "token file")
     try:
         table = pq.read_table(path)
@@ -83,11 +162,19 @@ def load_tokens(path: str | Path) -> TokenSet:
     if missing:
         raise TokenforgeError(f"{path}: missing column(s) {', '.join(missing)}")
     h, w, num_codes = _read_metadata(path, table.schema)
-    ids_type = table.schema.field("ids").type
-    if not pa.types.is_fixed_size_list(ids_type) or ids_type.list_size != h * w:
-        raise TokenforgeError(f"{path}: column ids must be a fixed-size list of {h}*{w} ids, got {ids_type}")
-    ids = table.column("ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    ids = ids.astype(np.int64).reshape(table.num_rows, h, w)
+    column = table.column("ids")
+    if column.null_count:
+        raise TokenforgeError(f"{path}: column ids has {column.null_count} null row(s)")
+    if pa.types.is_fixed_size_binary(column.type):
+        ids = _unpack_column(path, table.schema, column, h * w)
+    elif pa.types.is_fixed_size_list(column.type) and column.type.list_size == h * w:
+        ids = column.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        raise TokenforgeError(
+            f"{path}: column ids must be packed fixed-size binary or a fixed-size list of {h}*{w} ids, "
+            f"got {column.type}"
+        )
+    ids = ids.reshape(table.num_rows, h, w)
     if num_codes is not None and ids.size and (ids.min() < 0 or ids.max() >= num_codes):
         raise TokenforgeError(f"{path}: ids out of range for {num_codes} codes (max {int(ids.max())})")
     labels = table.column("label").to_numpy().astype(np.int64)
@@ -103,6 +190,44 @@ def _read_metadata(path: Path, schema: pa.Schema) -> tuple[int, int, int | None]
     except (KeyError, ValueError):
         raise TokenforgeError(f"{path}: schema metadata needs grid as b'h,w' (got {meta.get(b'grid')!r})") from None
     return h, w, num_codes
+
+
+def _unpack_column(path: Path, schema: pa.Schema, column: pa.ChunkedArray, num_tokens: int) -> np.ndarray:
+    """int64 (N, num_tokens) ids of a packed ids column; its width must match the metadata's bits."""
+    meta = schema.metadata or {}
+    try:
+        bits, num_codes = int(meta[b"bits"]), int(meta[b"num_codes"])
+    except (KeyError, ValueError):
+        raise TokenforgeError(f"{path}: packed ids need bits and num_codes in the schema metadata") from None
+    if not id_bits(max(1, min(num_codes, 1 << MAX_BITS))) <= bits <= MAX_BITS:
+        raise TokenforgeError(f"{path}: bits {bits} cannot hold {num_codes} codes (at most {MAX_BITS} bits)")
+    nbytes = packed_size(num_tokens, bits)
+    if column.type.byte_width != nbytes:
+        raise TokenforgeError(
+            f"{path}: column ids holds {column.type.byte_width} bytes per image, "
+            f"{num_tokens} ids of {bits} bits need {nbytes}"
+        )
+    array = column.combine_chunks()
+    if len(array) == 0:
+        return np.zeros((0, num_tokens), dtype=np.int64)
+    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+    packed = data[array.offset * nbytes : (array.offset + len(array)) * nbytes].reshape(len(array), nbytes)
+    return unpack_ids(packed, num_tokens, bits)
+
+
+def read_throughput(path: str | Path, repeats: int = 3) -> float:
+    """Images per second of `load_tokens(path)`: the best of `repeats` timed reads (least disturbed)."""
+    if repeats < 1:
+        raise TokenforgeError(f"repeats {repeats}: must be at least 1")
+    best, count = float("inf"), 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = len(load_tokens(path).keys)
+        best = min(best, time.perf_counter() - start)
+    return count / best if best > 0 else float("inf")
+
+
+# ---------------------------------------------------------------------------------------------- stage
 
 
 def encode_split(model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
@@ -141,7 +266,7 @@ def run(args: argparse.Namespace, tracker) -> None:
     model = load_tokenizer(args.tokenizer)
     config = model.config
     h, w = config["grid"]
-    num_codes = config["codebook_size"]
+    num_codes = config["codebook_size"]  # pruned: what the ids are numbered by
     bytes_per_image = _shard_bytes(args.shards)
     counts = {}
     with atomic_dir(args.out) as tmp:
@@ -154,10 +279,11 @@ def run(args: argparse.Namespace, tracker) -> None:
         shutil.copyfile(args.tokenizer / "config.json", tmp / "tokenizer.json")
         token_bytes = sum((tmp / f"{split}.parquet").stat().st_size for split in SPLITS)
         bytes_per_image["tokens"] = token_bytes / max(sum(counts.values()), 1)
-        bytes_per_image["token_ids_raw"] = h * w * id_type(num_codes).bit_width // 8
+        bytes_per_image["token_ids_raw"] = packed_size(h * w, id_bits(num_codes))
         stats = {
             "grid": [h, w],
             "num_codes": num_codes,
+            "bits": id_bits(num_codes),
             "counts": counts,
             "bytes_per_image": bytes_per_image,
             "wall_s": time.perf_counter() - start,

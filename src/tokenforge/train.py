@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--depth", type=int, default=4, help="ViT blocks")
     arch.add_argument("--num-heads", type=int, default=4, help="attention heads")
     arch.add_argument("--mlp-ratio", type=float, default=2.0, help="MLP hidden size / width")
+    aug = parser.add_argument_group("token augmentations (input tokens; every probability 0 = off)")
+    aug.add_argument("--synonyms", type=Path, default=None, help="synonyms JSON from `tokenforge synonyms` (for --augment-synonym-p)")
+    _add_augment_arguments(aug)
     mem = parser.add_argument_group("memory")
     mem.add_argument("--memory-samples-per-class", type=int, default=20, help="samples kept per class after the task (0: no memory)")
     mem.add_argument(
@@ -73,6 +76,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of current-task batches fed as random subsets of as many tokens as a memory sample keeps, "
         "so the model learns partial inputs and cannot tell replayed samples by their length (0: off)",
     )
+
+
+def _add_augment_arguments(group) -> None:
+    """One --augment-<field> flag per AugmentConfig field, so config keys and flags never drift apart."""
+    from dataclasses import fields
+
+    from .augment import FIELD_HELP, AugmentConfig
+
+    for f in fields(AugmentConfig):
+        flag = f"--augment-{f.name.replace('_', '-')}"
+        if isinstance(f.default, tuple):
+            group.add_argument(flag, type=float, nargs=len(f.default), default=f.default, metavar=("LOW", "HIGH"), help=FIELD_HELP.get(f.name, " "))
+        else:
+            group.add_argument(flag, type=type(f.default), default=f.default, help=FIELD_HELP.get(f.name, " "))
+
+
+def _augmenter(args, codebook):
+    """The TokenAugmenter for this job, or None when every augmentation is off."""
+    from dataclasses import fields
+
+    from .augment import AugmentConfig, TokenAugmenter, load_synonyms
+
+    config = AugmentConfig.from_dict({f.name: getattr(args, f"augment_{f.name}") for f in fields(AugmentConfig)})
+    if not config.active:
+        return None
+    if args.input != "tokens":
+        raise TokenforgeError("augment: token augmentations need --input tokens")
+    synonyms = None
+    if config.synonym_p > 0:
+        if args.synonyms is None:
+            raise TokenforgeError("--synonyms: required when augment.synonym_p > 0")
+        synonyms = load_synonyms(args.synonyms, config.synonym_k)
+    return TokenAugmenter(config, codebook, synonyms, seed=args.seed * 1000 + args.task)
 
 
 def _ensure_distributed_env() -> None:
@@ -210,6 +246,7 @@ def run(args, tracker) -> None:
     labels = torch.from_numpy(all_labels[mask])
     memory = read_memory(args.previous / "memory.parquet") if args.task > 0 else Memory.empty()
     keep = keep_count(model.num_tokens, args.memory_token_fraction)  # tokens per memory sample
+    augmenter = _augmenter(args, getattr(model, "codebook", None))
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = torch.arange(len(ids))[rank::world]  # each rank trains on its own slice
@@ -230,19 +267,24 @@ def run(args, tracker) -> None:
         loss_sum, correct = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+            units, targets = ids[idx], F.one_hot(labels[idx], num_classes).float()
+            if augmenter is not None:  # augmented grids enter as embedding maps, channels last for `subset`
+                units, targets = augmenter.embed(augmenter.augment_ids(units), targets)
+                units = units.permute(0, 2, 3, 1)
             if torch.rand((), generator=gen) < args.input_dropout:
                 # A random subset of each sample's tokens, as short as a replayed memory sample.
                 pos = torch.rand(len(idx), model.num_tokens, generator=gen).argsort(1)[:, :keep].sort(1).values
-                logits = engine(subset(ids[idx], pos), pos)
+                logits = engine(subset(units, pos), pos)
             else:
-                logits = engine(ids[idx])
-            logits = logits.masked_fill(unseen, float("-inf"))
-            loss = F.cross_entropy(logits.float(), labels[idx])
+                logits = engine(units.permute(0, 3, 1, 2) if units.is_floating_point() else units)
+            # A large finite value, not -inf: soft (CutMix) targets times -inf would give NaN.
+            logits = logits.float().masked_fill(unseen, -1e9)
+            loss = F.cross_entropy(logits, targets)
             correct += int((logits.argmax(1) == labels[idx]).sum())
             if len(memory):
                 m = torch.randint(len(memory), (args.memory_replay_batch_size,), generator=gen)
-                mem_logits = engine(mem_ids[m], mem_pos[m]).masked_fill(unseen, float("-inf"))
-                loss = loss + F.cross_entropy(mem_logits.float(), mem_labels[m])
+                mem_logits = engine(mem_ids[m], mem_pos[m]).float().masked_fill(unseen, -1e9)
+                loss = loss + F.cross_entropy(mem_logits, mem_labels[m])
             engine.backward(loss)
             engine.step()
             loss_sum += loss.item() * len(idx)

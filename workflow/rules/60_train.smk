@@ -5,6 +5,7 @@ rule train:
         tokenizer=rules.tokenizer.output.weights,
         split=rules.split.output.tasks,
         deepspeed=config["train"]["deepspeed_config"],
+        synonyms=rules.synonyms.output[0],
         previous=previous_task,
     output:
         model=f"{R}/train/task-{{task}}/model.safetensors",
@@ -18,6 +19,7 @@ rule train:
     params:
         args=cli_args(config["train"]),
         memory=cli_args(config["memory"], prefix="memory-"),
+        augment=cli_args(config["augment"], prefix="augment-"),
         previous=previous_flag,
         tokenizer=dirname("input.tokenizer"),
         shards=dirname("input.shards"),
@@ -34,6 +36,7 @@ rule train:
     shell:
         "tokenforge train --tokens {input.tokens} --shards {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.previous} --out {params.outdir} {params.args} {params.memory}"
+        " --synonyms {input.synonyms} {params.augment}"
         " --seed {params.seed} --threads {threads} {params.track} > {log} 2>&1"
 
 
