@@ -108,3 +108,15 @@ def test_training_with_every_augmentation_on(data, tmp_path):
 def test_synonym_augmentation_needs_the_synonyms_file(data, tmp_path, capsys):
     assert train(data, tmp_path / "x", 0, "--augment-synonym-p", "0.5") == 2
     assert "--synonyms" in capsys.readouterr().err
+
+
+def test_tokens_from_another_tokenizer_are_rejected(data, tmp_path, capsys):
+    other = tmp_path / "tok"
+    other.mkdir()
+    save_tokenizer(build_model(make_config((8, 8), 1, 4, 16, 8, 8, 0)), other)  # a 2x2 grid
+    args = ["train", "--tokens", str(data / "train.parquet"), "--tokenizer", str(other), "--split", str(data / "split"),
+            "--task", "0", "--out", str(tmp_path / "m"), "--epochs", "1", "-q"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "do not match the model's 2x2" in err and "train.parquet" in err
+    assert not (tmp_path / "m").exists()

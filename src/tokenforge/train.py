@@ -239,6 +239,15 @@ def run(args, tracker) -> None:
     classes, seen, num_classes = _task_info(args.split, args.task)
     model = _initial_model(args, num_classes)
     all_keys, all_labels, units = load_units(args.input, args.tokens, args.shards, "train", model.config.patch)
+    if tuple(units.shape[1:3]) != tuple(model.config.grid):
+        raise TokenforgeError(
+            f"{args.tokens or args.shards}: grids of {units.shape[1]}x{units.shape[2]} do not match the "
+            f"model's {model.config.grid[0]}x{model.config.grid[1]} (tokens made with another tokenizer?)"
+        )
+    if args.input == "tokens" and units.size and units.max() >= model.config.codebook_size:
+        raise TokenforgeError(
+            f"{args.tokens}: code id {int(units.max())} is outside the codebook of {model.config.codebook_size} codes"
+        )
     mask = np.isin(all_labels, classes)
     if not mask.any():
         raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {classes}")
