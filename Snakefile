@@ -45,6 +45,7 @@ onerror:
 
 
 include: "workflow/rules/10_shard.smk"
+include: "workflow/rules/15_seit.smk"
 include: "workflow/rules/20_tokenizer.smk"
 include: "workflow/rules/30_tokenize.smk"
 include: "workflow/rules/40_synonyms.smk"

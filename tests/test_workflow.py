@@ -133,3 +133,31 @@ def test_end_to_end_tiny_pipeline(workdir):
         [str(BIN / "tokenforge"), "summary", str(run)], capture_output=True, text=True, check=True
     ).stdout
     assert "final average accuracy" in summary and "report.html" in summary
+
+
+@pytest.mark.slow
+def test_pipeline_on_a_seit_token_release(workdir):
+    """A release in SeiT's format is a source: imported, no shards or tokenizer, then trained task by task."""
+    import numpy as np
+
+    from tokenforge.seit import write_seit
+
+    rng = np.random.default_rng(0)
+    release = workdir / "release"
+    codebook = rng.normal(size=(16, 8)).astype(np.float32)
+    for split, n in (("train", 160), ("val", 40)):
+        labels = np.arange(n) % 4
+        ids = rng.integers(0, 16, (n, 4, 4))
+        ids[:, 0, 0] = labels * 3  # learnable: one token tells the class
+        write_seit(release, f"imagenet1k-{split}", ids, labels, codebook if split == "train" else None, None)
+    cfg = write_config(
+        workdir,
+        f"run: seit\nshard: {{source: 'seit:{release}'}}\nsplit: {{tasks: 2}}\n"
+        "train: {epochs: 2, embed_dim: 32, depth: 1}\nmemory: {samples_per_class: 5}\n",
+    )
+    snakemake(workdir, "--configfile", cfg)
+    run = workdir / "results" / "seit"
+    assert not (run / "shard").exists() and not (run / "tokenizer").exists()
+    metrics = json.loads((run / "package" / "metrics.json").read_text())
+    assert len(metrics["accuracy_matrix"]) == 2
+    assert (run / "tokens" / "synonyms.json").is_file()

@@ -86,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     imp = parser.add_argument_group("import")
     imp.add_argument("--src", type=Path, help="directory of a SeiT token release")
+    imp.add_argument("--synonyms-k", type=int, default=5,
+                     help="synonyms per code computed from the codebook when the release has none")
     imp.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"),
                      help="token grid per image; without it: the release's grid file, else a square")
 
@@ -485,7 +487,9 @@ def release_name(src: Path, name: str | None) -> str:
     return found[0]
 
 
-def import_release(src: Path, out: Path, grid: tuple[int, int] | None, name: str | None) -> dict:
+def import_release(
+    src: Path, out: Path, grid: tuple[int, int] | None, name: str | None, synonyms_k: int = 5
+) -> dict:
     """Write SeiT release `src` as our token layout into `out` (see the module docstring); returns stats."""
     from safetensors.numpy import save_file
 
@@ -509,9 +513,20 @@ def import_release(src: Path, out: Path, grid: tuple[int, int] | None, name: str
             keys = [f"{split}_{i:0{width}d}" for i in range(len(tokens.labels))]
             save_tokens(tmp / f"{split}.parquet", TokenSet(keys, tokens.labels, tokens.ids), size)
         save_file({"codebook": train.codebook}, str(tmp / "codebook.safetensors"))
-        write_json(tmp / "tokenizer.json", {"grid": [h, w], "codebook_size": size, "code_dim": dim, "source": "seit"})
-        if train.synonyms is not None:
-            (tmp / "synonyms.json").write_text(synonyms_text(train.synonyms))
+        tokenizer = {"grid": [h, w], "codebook_size": size, "code_dim": dim, "source": "seit"}
+        write_json(tmp / "tokenizer.json", tokenizer)
+        # The pipeline reads this folder as its tokenizer (codebook.safetensors + config.json); a release
+        # says nothing of the image tokenizer behind it, so those keys are null.
+        unknown = dict.fromkeys(("image_size", "channels", "downsample", "hidden_dim", "seed"))
+        write_json(tmp / "config.json", {**unknown, **tokenizer})
+        labels = np.concatenate([t.labels for t in sets.values()])
+        write_json(tmp / "classes.json", [str(c) for c in range(int(labels.max()) + 1)])
+        synonyms = train.synonyms
+        if synonyms is None:  # nearest codebook vectors, as `tokenforge synonyms` computes them
+            from .synonyms import nearest_codes
+
+            synonyms = {i: row.tolist() for i, row in enumerate(nearest_codes(train.codebook, synonyms_k))}
+        (tmp / "synonyms.json").write_text(synonyms_text(synonyms))
         counts = {split: len(tokens.labels) for split, tokens in sets.items()}
         images = max(sum(counts.values()), 1)
         stats = {
@@ -547,7 +562,7 @@ def run(args: argparse.Namespace, tracker) -> None:
         tracker.log_metrics({"bytes_per_image_seit": result["seit_bytes_per_image"]})
     else:
         _need(args, "src")
-        stats = import_release(args.src, args.out, args.grid, args.name)
+        stats = import_release(args.src, args.out, args.grid, args.name, args.synonyms_k)
         tracker.log_metrics({f"bytes_per_image_{k}": float(v) for k, v in stats["bytes_per_image"].items()})
         tracker.log_artifact(args.out / "stats.json")
         result = stats

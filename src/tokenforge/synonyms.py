@@ -59,9 +59,9 @@ def synonyms_json(neighbours: np.ndarray) -> str:
 
 
 def run(args: argparse.Namespace, tracker) -> None:
-    from .tokenizer import load_tokenizer
+    from .tokenizer import load_codebook
 
-    codebook = load_tokenizer(args.tokenizer).codebook.numpy()
+    codebook = load_codebook(args.tokenizer).numpy()
     neighbours = nearest_codes(codebook, args.k)
     with atomic_file(args.out) as tmp:
         tmp.write_text(synonyms_json(neighbours))

@@ -188,7 +188,7 @@ def load_units(kind: str, tokens: Path | None, shards: Path | None, split: str, 
 
 def _initial_model(args, num_classes: int):
     from .model import ModelConfig, TokenViT, load_model
-    from .tokenizer import load_tokenizer
+    from .tokenizer import load_codebook
 
     if args.task > 0:
         if args.previous is None:
@@ -199,7 +199,7 @@ def _initial_model(args, num_classes: int):
         return model
     tok = read_json(args.tokenizer / "config.json")
     if args.input == "tokens":
-        codebook = load_tokenizer(args.tokenizer).codebook
+        codebook = load_codebook(args.tokenizer)
         sizes = {"codebook_size": codebook.shape[0], "code_dim": codebook.shape[1]}
     else:  # the same grid as the tokens: one patch of downsample x downsample pixels per token
         codebook = None

@@ -1,6 +1,6 @@
 rule split:
     input:
-        classes=rules.shard.output.classes,
+        classes=CLASSES,
     output:
         tasks=f"{R}/split/tasks.json",
         manifests=expand(f"{R}/split/task-{{task}}.json", task=TASKS),

@@ -1,11 +1,11 @@
 rule train:
     input:
-        tokens=rules.tokenize.output.train,
-        shards=rules.shard.output.stats,
-        tokenizer=rules.tokenizer.output.weights,
+        tokens=f"{TOKENS}/train.parquet",
+        shards=SHARD_STATS,
+        codebook=CODEBOOK,
         split=rules.split.output.tasks,
         deepspeed=config["train"]["deepspeed_config"],
-        synonyms=rules.synonyms.output[0],
+        synonyms=SYNONYMS,
         previous=previous_task,
     output:
         model=f"{R}/train/task-{{task}}/model.safetensors",
@@ -21,8 +21,8 @@ rule train:
         memory=cli_args(config["memory"], prefix="memory-"),
         augment=cli_args(config["augment"], prefix="augment-"),
         previous=previous_flag,
-        tokenizer=dirname("input.tokenizer"),
-        shards=dirname("input.shards"),
+        tokenizer=dirname("input.codebook"),
+        shards="" if SEIT else f"--shards {R}/shard",
         split=dirname("input.split"),
         outdir=dirname("output.model"),
         seed=config["seed"],
@@ -34,7 +34,7 @@ rule train:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge train --tokens {input.tokens} --shards {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
+        "tokenforge train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.previous} --out {params.outdir} {params.args} {params.memory}"
         " --synonyms {input.synonyms} {params.augment}"
         " --seed {params.seed} --threads {threads} {params.track} > {log} 2>&1"

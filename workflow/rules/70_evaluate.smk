@@ -1,8 +1,8 @@
 rule evaluate:
     input:
         model=rules.train.output.model,
-        tokens=rules.tokenize.output.test,
-        shards=rules.shard.output.stats,
+        tokens=f"{TOKENS}/test.parquet",
+        shards=SHARD_STATS,
         split=rules.split.output.tasks,
     output:
         f"{R}/evaluate/task-{{task}}.json",
@@ -14,7 +14,7 @@ rule evaluate:
         args=cli_args(config["evaluate"]),
         model=dirname("input.model"),
         split=dirname("input.split"),
-        shards=dirname("input.shards"),
+        shards="" if SEIT else f"--shards {R}/shard",
         track=lambda w: track(f"--tag task={w.task}"),
     threads: 1
     resources:
@@ -23,5 +23,5 @@ rule evaluate:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge evaluate --model {params.model} --tokens {input.tokens} --shards {params.shards} --split {params.split}"
+        "tokenforge evaluate --model {params.model} --tokens {input.tokens} {params.shards} --split {params.split}"
         " --task {wildcards.task} --out {output} {params.args} {params.track} > {log} 2>&1"

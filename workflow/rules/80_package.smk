@@ -1,7 +1,6 @@
 STAGE_STATS = {
-    "shard": rules.shard.output.stats,
-    "tokenizer": rules.tokenizer.output.stats,
-    "tokenize": rules.tokenize.output.stats,
+    **({} if SEIT else {"shard": f"{R}/shard/stats.json", "tokenizer": f"{R}/tokenizer/stats.json"}),
+    "tokenize": f"{TOKENS}/stats.json",
     **{f"train-{t}": f"{R}/train/task-{t}/stats.json" for t in TASKS},
     **{f"evaluate-{t}": f"{R}/evaluate/task-{t}.json" for t in TASKS},
 }
@@ -11,7 +10,7 @@ rule package:
     input:
         evaluations=expand(f"{R}/evaluate/task-{{t}}.json", t=TASKS),
         stats=list(STAGE_STATS.values()),
-        synonyms=rules.synonyms.output,
+        synonyms=SYNONYMS,
         model=f"{R}/train/task-{LAST}/model.safetensors",
     output:
         metrics=f"{R}/package/metrics.json",

@@ -22,6 +22,18 @@ except WorkflowError as exc:
 
 R = f"{config['results']}/{config['run']}"  # every output of this run lives under here
 TASKS = list(range(config["split"]["tasks"]))
+
+# A `seit:DIR` source is a SeiT token release: it is imported into tokens/ and replaces the
+# shard, tokenizer and tokenize stages (there are no images, so no pixel baseline either).
+SEIT = config["shard"]["source"].startswith("seit:")
+if SEIT and config["train"]["input"] == "pixels":
+    raise WorkflowError("config key train.input: 'pixels' needs image shards; a seit: source holds tokens only")
+TOKENS = f"{R}/tokens"
+TOKENIZER = TOKENS if SEIT else f"{R}/tokenizer"  # the folder with codebook.safetensors + config.json
+CODEBOOK = f"{TOKENIZER}/codebook.safetensors"
+CLASSES = f"{TOKENS}/classes.json" if SEIT else f"{R}/shard/classes.json"
+SYNONYMS = f"{TOKENS}/synonyms.json" if SEIT else f"{R}/synonyms/synonyms.json"
+SHARD_STATS = [] if SEIT else f"{R}/shard/stats.json"  # inputs of rules that read images (pixels)
 LAST = TASKS[-1]
 
 
