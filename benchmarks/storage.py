@@ -74,18 +74,9 @@ def jpeg_bytes(shards: Path, quality: int = 90) -> tuple[float, float]:
     return payload / count, tar_bytes / count
 
 
-def loader_throughput(path: Path, repeats: int = 3) -> float:
-    from tokenforge.tokenize import load_tokens
-
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        n = len(load_tokens(path).keys)
-        best = min(best, time.perf_counter() - start)
-    return n / best
-
-
 def run_dataset(name: str, work: Path) -> dict:
+    from tokenforge.tokenize import read_throughput
+
     shard_args, tok_args = DATASETS[name]
     d = work / name
     t0 = time.perf_counter()
@@ -127,7 +118,7 @@ def run_dataset(name: str, work: Path) -> dict:
         "tokens_percent_of_raw": 100 * tok_bytes / raw,
         "tokenizer": {k: tok.get(k) for k in ("psnr", "codebook_usage", "used_codes", "perplexity", "wall_s")},
         "tokenize_images_per_s": images / tokens["wall_s"],
-        "loader_images_per_s": loader_throughput(d / "tokens" / "train.parquet"),
+        "loader_images_per_s": read_throughput(d / "tokens" / "train.parquet"),
         "accuracy": {"tokens": acc["tokens"], "pixels": acc["pixels"]},
         "token_accuracy_percent_of_pixel": 100 * acc["tokens"] / max(acc["pixels"], 1e-9),
         "train_samples_per_s": {"tokens": acc["tokens_train_samples_per_s"], "pixels": acc["pixels_train_samples_per_s"]},

@@ -201,7 +201,7 @@ def test_logs_metrics_and_artifacts(tmp_path):
     inputs = make_inputs(tmp_path / "in")
     args = argparse.Namespace(
         evaluations=inputs["evaluations"], stats=inputs["stats"], model=inputs["model"], config=inputs["config"],
-        out=tmp_path / "out", archive=tmp_path / "a.tar.gz", title="t",
+        out=tmp_path / "out", archive=tmp_path / "a.tar.gz", title="t", images=[],
     )
     tracker = Recorder()
     package.run(args, tracker)
@@ -211,6 +211,75 @@ def test_logs_metrics_and_artifacts(tmp_path):
         (pytest.approx(0.9), 0), (pytest.approx(0.75), 1), (pytest.approx(2 / 3), 2)]
     assert {"report.html", "accuracy_matrix.png", "average_accuracy.png", "metrics.json"} <= set(tracker.artifacts)
     assert tracker.params == {"num_tasks": 3}
+
+
+def png(path: Path, size=(12, 4)) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.arange(size[0] * size[1], dtype=np.uint8).reshape(size[1], size[0])).save(path, format="PNG")
+    return path
+
+
+def test_images_are_bundled_and_shown(tmp_path, tokenforge):
+    inputs = make_inputs(tmp_path / "in")
+    recon = png(tmp_path / "in/tokenizer/reconstructions.png")
+    extra = png(tmp_path / "in/other.png", size=(3, 3))
+    out, archive = tmp_path / "package", tmp_path / "r.tar.gz"
+    args = argv(inputs, out, archive) + ["--images", f"reconstructions={recon}", f"codes-2={extra}"]
+    assert tokenforge(args) == 0
+    assert (out / "reconstructions.png").read_bytes() == recon.read_bytes()
+    assert (out / "codes-2.png").read_bytes() == extra.read_bytes()
+    page = (out / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 4
+    assert "<figcaption>reconstructions</figcaption>" in page and "<figcaption>codes-2</figcaption>" in page
+    assert page.index("reconstructions</figcaption>") < page.index("codes-2</figcaption>")  # in the order given
+    with tarfile.open(archive) as tar:
+        assert "r/reconstructions.png" in tar.getnames() and "r/codes-2.png" in tar.getnames()
+
+
+def test_images_are_logged(tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    recon = png(tmp_path / "in/reconstructions.png")
+    args = argparse.Namespace(
+        evaluations=inputs["evaluations"], stats=inputs["stats"], model=inputs["model"], config=inputs["config"],
+        out=tmp_path / "out", archive=tmp_path / "a.tar.gz", title="t", images=[f"reconstructions={recon}"],
+    )
+    tracker = Recorder()
+    package.run(args, tracker)
+    assert "reconstructions.png" in tracker.artifacts
+
+
+def test_tokenizer_pruning_numbers_are_reported(tmp_path, tokenforge):
+    inputs = make_inputs(tmp_path / "in")
+    _write(tmp_path / "in/tokenizer/stats.json", {"wall_s": 10.0, "psnr": 24.5, "codebook_usage": 0.0477,
+                                                   "used_codes": 391, "codebook_size": 391,
+                                                   "trained_codebook_size": 8192, "perplexity": 300.25})
+    out = tmp_path / "out"
+    assert tokenforge(argv(inputs, out, tmp_path / "a.tar.gz")) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["tokenizer"] == {"psnr": 24.5, "codebook_usage": 0.0477, "used_codes": 391, "codebook_size": 391,
+                              "trained_codebook_size": 8192, "perplexity": 300.25}
+    page = (out / "report.html").read_text()
+    assert "391 of 8,192 trained" in page and "4.77%" in page and "300.2" in page
+
+
+def test_imported_tokens_without_shard_or_tokenizer(tmp_path, tokenforge):
+    # A seit: source: tokens imported from a SeiT release, so no shard or tokenizer stage ran.
+    inputs = make_inputs(tmp_path / "in")
+    inputs["stats"] = [item for item in inputs["stats"] if not item.startswith(("shard=", "tokenizer="))]
+    _write(tmp_path / "in/tokenize/stats.json", {"wall_s": 2.0, "counts": {"train": 50, "test": 10},
+                                                  "bytes_per_image": {"tokens": 20.0, "seit": 25.0}})
+    out = tmp_path / "out"
+    assert tokenforge(argv(inputs, out, tmp_path / "a.tar.gz")) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["tokenizer"] is None
+    b = m["bytes"]
+    assert b["dataset_images"] == 60 and b["dataset_tokens"] == 1200 and b["tokens_per_image"] == 20.0
+    assert b["raw_pixels_per_image"] is None and b["dataset_pixel_shards"] is None
+    page = (out / "report.html").read_text()
+    assert "<td>VQ tokens</td>" in page and "<td>raw pixels</td>" not in page and "tokenizer PSNR" not in page
+    assert "shard" not in m["wall_time_s"] and m["wall_time_s"]["tokenize"] == 2.0
 
 
 def test_archive_root_names():
@@ -323,6 +392,25 @@ def test_archive_inside_out_is_refused(tmp_path, tokenforge, capsys):
     inputs = make_inputs(tmp_path / "in")
     assert tokenforge(argv(inputs, tmp_path / "out", tmp_path / "out/a.tar.gz")) == 2
     assert "must lie outside --out" in _error(capsys)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("reconstructions", "--images 'reconstructions': expected NAME=FILE"),
+    ("../x={png}", "--images '../x="),
+    ("={png}", "expected NAME=FILE"),
+    ("accuracy_matrix={png}", "--images accuracy_matrix: is a name the bundle uses"),
+    ("a={png} a={png}", "--images a: given twice"),
+    ("a={missing}", "missing.png: image not found"),
+    ("a={text}", "notes.txt: not a PNG image"),
+])
+def test_bad_images_option(tmp_path, tokenforge, capsys, item, message):
+    files = {"png": png(tmp_path / "ok.png"), "missing": tmp_path / "missing.png", "text": tmp_path / "notes.txt"}
+    files["text"].write_text("not an image")
+    inputs = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert tokenforge(argv(inputs, out, tmp_path / "a.tar.gz") + ["--images", *item.format(**files).split()]) == 2
+    assert not out.exists() and not (tmp_path / "a.tar.gz").exists()
+    assert message in _error(capsys)
 
 
 def test_unit_errors_name_the_file(tmp_path):

@@ -171,7 +171,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(TokenforgeError, match="bad.parquet: packed ids need bits and num_codes"):
         load_tokens(path)
     pq.write_table(table.replace_schema_metadata({**meta, b"grid": b"3,3"}), path)
-    with pytest.raises(TokenforgeError, match=r"bad.parquet: column ids holds 3 bytes per image, 9 ids of 3 bits need 4"):
+    with pytest.raises(TokenforgeError, match="column ids holds 3 bytes per image, 9 ids of 3 bits need 4"):
         load_tokens(path)
     pq.write_table(table.replace_schema_metadata({**meta, b"num_codes": b"9"}), path)
     with pytest.raises(TokenforgeError, match="bad.parquet: bits 3 cannot hold 9 codes"):

@@ -54,7 +54,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / MARKER).write_text("made by tokenforge\n")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        # mkdtemp makes 0700 and some writers (safetensors) 0600: give outputs the usual permissions.
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)
+        for item in tmp.rglob("*"):
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -47,7 +47,10 @@ from .errors import TokenforgeError
 from .io import MARKER, atomic_dir, atomic_file, read_json, require_file, write_json
 
 # Stats every bundle needs besides train-{t} for every task; other names only add wall times.
-REQUIRED_STATS = ("shard", "tokenize", "tokenizer")
+REQUIRED_STATS = ("tokenize",)
+# Absent when the tokens were imported (a seit: source): their numbers are then null in metrics.json and
+# left out of the report; the dataset's image count then comes from the tokenize stats.
+OPTIONAL_STATS = ("shard", "tokenizer")
 # Reported in versions.json and the report: what a reader needs to rerun the numbers.
 PACKAGES = ("tokenforge", "torch", "timm", "deepspeed", "mlflow", "snakemake", "webdataset", "pyarrow", "numpy")
 # Not part of the archive: the marker is internal, stats.json holds this run's wall time.
@@ -74,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=FILE",
         help="stats.json of each stage, e.g. shard=... tokenize=... tokenizer=... train-0=... evaluate-0=...; "
-        f"needs {', '.join(REQUIRED_STATS)} and train-T for every task",
+        f"needs {', '.join(REQUIRED_STATS)} and train-T for every task; {', '.join(OPTIONAL_STATS)} when the "
+        "run made them",
     )
     parser.add_argument("--model", required=True, metavar="FILE", help="final model weights (.safetensors) to bundle")
     parser.add_argument("--config", required=True, metavar="FILE", help="resolved config (YAML) of the run to bundle")
@@ -177,8 +181,10 @@ def parse_images_args(items: list[str]) -> dict[str, Path]:
                 f"--images {item!r}: expected NAME=FILE with NAME of letters, digits, - and _, "
                 "e.g. reconstructions=results/tokenizer/reconstructions.png"
             )
-        if name in images or name in OWN_PLOTS:
-            raise TokenforgeError(f"--images {name}: " + ("given twice" if name in images else "is a name the bundle uses"))
+        if name in images:
+            raise TokenforgeError(f"--images {name}: given twice")
+        if name in OWN_PLOTS:
+            raise TokenforgeError(f"--images {name}: is a name the bundle uses")
         file = require_file(path, "image")
         with file.open("rb") as f:
             if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
@@ -234,30 +240,41 @@ def build_metrics(R: np.ndarray, stats: dict[str, dict]) -> dict:
     result = metrics.summarize(R)
     result["bytes"] = storage_bytes(stats, result["num_tasks"])
     result["wall_time_s"] = wall_times(stats)
-    result["tokenizer"] = {
+    result["tokenizer"] = tokenizer_numbers(stats) if "tokenizer" in stats else None
+    return result
+
+
+def tokenizer_numbers(stats: dict[str, dict]) -> dict[str, float]:
+    """PSNR and codebook usage, and the pruning numbers when the tokenizer's stats.json has them."""
+    numbers = {
         "psnr": _count(stats, "tokenizer", "psnr"),
         "codebook_usage": _count(stats, "tokenizer", "codebook_usage"),
     }
     for key in TOKENIZER_EXTRAS:
         if key in _stat(stats, "tokenizer"):
-            result["tokenizer"][key] = _count(stats, "tokenizer", key)
-    return result
+            numbers[key] = _count(stats, "tokenizer", key)
+    return numbers
 
 
 def storage_bytes(stats: dict[str, dict], num_tasks: int) -> dict:
     """Bytes per image of each storage form, the same for the whole dataset, and the memory.
 
-    Dataset totals count train and test images: that is what a user keeps on disk.
+    Dataset totals count train and test images: that is what a user keeps on disk. Without shard stats
+    (imported tokens) there are no pixel forms: they are None.
     """
-    images = _count(stats, "shard", "counts", "train") + _count(stats, "shard", "counts", "test")
+    counted = "shard" if "shard" in stats else "tokenize"
+    images = _count(stats, counted, "counts", "train") + _count(stats, counted, "counts", "test")
+    pixels = "shard" in stats
     per_image = {
-        "raw_pixels": _count(stats, "tokenize", "bytes_per_image", "raw_pixels"),
-        "pixel_shards": _count(stats, "tokenize", "bytes_per_image", "pixel_shards"),
+        "raw_pixels": _count(stats, "tokenize", "bytes_per_image", "raw_pixels") if pixels else None,
+        "pixel_shards": _count(stats, "tokenize", "bytes_per_image", "pixel_shards") if pixels else None,
         "tokens": _count(stats, "tokenize", "bytes_per_image", "tokens"),
     }
     memory = [int(_count(stats, f"train-{t}", "memory_bytes")) for t in range(num_tasks)]
     result: dict[str, Any] = {f"{form}_per_image": value for form, value in per_image.items()}
-    result.update({f"dataset_{form}": int(round(value * images)) for form, value in per_image.items()})
+    result.update(
+        {f"dataset_{form}": None if value is None else int(round(value * images)) for form, value in per_image.items()}
+    )
     result.update({"dataset_images": int(images), "memory": memory[-1], "memory_per_task": memory})
     return result
 
@@ -284,7 +301,13 @@ def package_versions() -> dict:
 
 
 def write_bundle(
-    out: Path, result: dict, versions: dict, model: Path, config: Path, title: str, images: dict[str, Path] | None = None
+    out: Path,
+    result: dict,
+    versions: dict,
+    model: Path,
+    config: Path,
+    title: str,
+    images: dict[str, Path] | None = None,
 ) -> None:
     """Every file of the bundle, into the (temporary) directory `out`; `images` maps NAME to a PNG to add."""
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -424,17 +447,16 @@ def _summary_rows(result: dict) -> list[list[Any]]:
         ["forward transfer", _pct(result["forward_transfer"])],
         ["replay memory after the last task", _bytes(b["memory"])],
         ["memory / dataset token bytes", _pct(b["memory"] / b["dataset_tokens"] if b["dataset_tokens"] else None)],
-        ["tokenizer PSNR", f"{tok['psnr']:.2f} dB"],
-        ["tokenizer codebook usage", _usage(tok["codebook_usage"])],
-        *_tokenizer_extra_rows(tok),
+        *(_tokenizer_rows(tok) if tok is not None else []),
         ["total wall time", f"{result['wall_time_s']['total']:.1f} s"],
     ]
 
 
-def _tokenizer_extra_rows(tok: dict) -> list[list[Any]]:
-    rows = []
+def _tokenizer_rows(tok: dict) -> list[list[Any]]:
+    rows = [["tokenizer PSNR", f"{tok['psnr']:.2f} dB"], ["tokenizer codebook usage", _usage(tok["codebook_usage"])]]
     if "used_codes" in tok and "trained_codebook_size" in tok:
-        rows.append(["tokenizer codes used", f"{tok['used_codes']:,.0f} of {tok['trained_codebook_size']:,.0f} trained"])
+        used, trained = tok["used_codes"], tok["trained_codebook_size"]
+        rows.append(["tokenizer codes used", f"{used:,.0f} of {trained:,.0f} trained"])
     if "codebook_size" in tok:
         rows.append(["codebook size after pruning", f"{tok['codebook_size']:,.0f}"])
     if "perplexity" in tok:
@@ -451,6 +473,8 @@ def _bytes_rows(b: dict) -> list[list[Any]]:
     rows = []
     for form, label in (("raw_pixels", "raw pixels"), ("pixel_shards", "pixel shards (PNG)"), ("tokens", "VQ tokens")):
         per_image = b[f"{form}_per_image"]
+        if per_image is None:  # imported tokens: no pixels were stored
+            continue
         share = _pct(per_image / raw) if raw else "n/a"
         rows.append([label, f"{per_image:,.1f}", _bytes(b[f"dataset_{form}"]), share])
     return rows
@@ -469,6 +493,7 @@ def render_report(
     wall_rows = [[name, f"{s:.2f}"] for name, s in result["wall_time_s"].items()]
     version_rows = [["python", versions["python"]], ["platform", versions["platform"]]]
     version_rows += [[name, v or "not installed"] for name, v in versions["packages"].items()]
+    figures = "".join(_figure_html(bundle / f"{name}.png", name) for name in images)
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>" + _table(["metric", "value"], _summary_rows(result)),
@@ -479,7 +504,7 @@ def render_report(
         "<h3>After each task</h3>" + _table(["after task", "average accuracy", "memory bytes"], curve_rows),
         f"<h2>Storage ({b['dataset_images']:,} images, train + test)</h2>"
         + _table(["form", "bytes per image", "dataset", "of raw pixels"], _bytes_rows(b)),
-        *(["<h2>Images</h2>" + "".join(_figure_html(bundle / f"{name}.png", name) for name in images)] if images else []),
+        *(["<h2>Images</h2>" + figures] if images else []),
         "<h2>Wall time per stage (s)</h2>" + _table(["stage", "wall time (s)"], wall_rows),
         "<h2>Config</h2><pre>" + html.escape(config_text) + "</pre>",
         "<h2>Versions</h2>" + _table(["package", "version"], version_rows),

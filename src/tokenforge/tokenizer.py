@@ -188,7 +188,7 @@ def _model_class() -> type:
 
             Ascending order keeps ties in `encode` going to the same vector as before pruning.
             """
-            kept = torch.as_tensor(np.asarray(kept), dtype=torch.long).reshape(-1)
+            kept = torch.as_tensor(np.asarray(kept), dtype=torch.long)
             check_kept_codes(kept, trained_size(self.config), "kept codes")
             self.kept_codes = kept.clone()
             self.config["codebook_size"] = len(kept)

@@ -7,6 +7,11 @@ if not SEIT:
             weights=f"{R}/tokenizer/model.safetensors",
             config=f"{R}/tokenizer/config.json",
             codebook=CODEBOOK,
+            grid=report(
+                f"{R}/tokenizer/reconstructions.png",
+                caption="../report/reconstructions.rst",
+                category="Tokenizer",
+            ),
             stats=report(f"{R}/tokenizer/stats.json", caption="../report/tokenizer.rst", category="Tokenizer"),
         log:
             f"{R}/logs/tokenizer.log",

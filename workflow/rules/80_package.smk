@@ -12,6 +12,7 @@ rule package:
         stats=list(STAGE_STATS.values()),
         synonyms=SYNONYMS,
         model=f"{R}/train/task-{LAST}/model.safetensors",
+        images=[] if SEIT else f"{R}/tokenizer/reconstructions.png",
     output:
         metrics=f"{R}/package/metrics.json",
         matrix=report(f"{R}/package/accuracy_matrix.png", caption="../report/accuracy_matrix.rst", category="Results"),
@@ -27,6 +28,7 @@ rule package:
         outdir=dirname("output.metrics"),
         config=f"{R}/config.resolved.yaml",
         title=f"tokenforge run '{config['run']}'",
+        images=lambda w, input: f"--images reconstructions={input.images}" if input.images else "",
         track=track(),
     threads: 1
     resources:
@@ -37,4 +39,5 @@ rule package:
     shell:
         "tokenforge package --evaluations {input.evaluations} --stats {params.stats} --model {input.model}"
         " --config {params.config} --out {params.outdir} --archive {output.archive} --title {params.title:q}"
+        " {params.images}"
         " {params.track} > {log} 2>&1"
