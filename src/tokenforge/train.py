@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mem.add_argument(
         "--memory-scorer",
         choices=["rollout", "random"],
-        default="rollout",
-        help="how a kept sample's tokens are ranked: attention rollout, or random tokens (a control)",
+        default="random",
+        help="which tokens of a kept sample are stored: random ones, or the top ones by attention rollout",
     )
     mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="fraction of each kept sample's tokens stored, in (0, 1]")
     mem.add_argument("--memory-replay-batch-size", type=int, default=64, help="memory samples replayed per step")
