@@ -84,6 +84,22 @@ def read_json(path: str | os.PathLike) -> Any:
         raise TokenforgeError(f"{path}: not valid JSON ({exc})") from None
 
 
+def read_parquet(path: str | os.PathLike, columns: tuple[str, ...], what: str):
+    """A Parquet table with the given columns; a missing, unreadable or incomplete file is a one-line error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = require_file(path, what)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise TokenforgeError(f"{path}: not a readable parquet file ({exc})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise TokenforgeError(f"{path}: missing column(s) {', '.join(missing)} in this {what}")
+    return table
+
+
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     path = Path(path)
     if not path.is_file():

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .errors import TokenforgeError
+from .io import read_parquet
 
 _COLUMNS = ("key", "label", "task", "positions", "ids")
 
@@ -172,16 +173,7 @@ def write_memory(memory: Memory, path: Path, num_codes: int, num_positions: int)
 
 
 def read_memory(path: Path) -> Memory:
-    path = Path(path)
-    if not path.is_file():
-        raise TokenforgeError(f"{path}: memory file not found")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TokenforgeError(f"{path}: not a Parquet memory file ({exc})") from None
-    missing = [c for c in _COLUMNS if c not in table.column_names]
-    if missing:
-        raise TokenforgeError(f"{path}: memory file lacks columns {missing}")
+    table = read_parquet(path, _COLUMNS, "memory file")
     if table.num_rows == 0:
         return Memory.empty()
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import TokenforgeError
-from .io import atomic_dir, read_json, require_file, write_json
+from .io import atomic_dir, read_json, read_parquet, write_json
 from .runtime import progress
 
 SPLITS = ("train", "test")
@@ -176,14 +176,8 @@ def load_tokens(path: str | Path) -> TokenSet:
 
     Bad files raise TokenforgeError naming them.
     """
-    path = require_file(path, "token file")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise TokenforgeError(f"{path}: not a readable parquet file ({exc})") from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise TokenforgeError(f"{path}: missing column(s) {', '.join(missing)}")
+    path = Path(path)
+    table = read_parquet(path, COLUMNS, "token file")
     h, w, num_codes = _read_metadata(path, table.schema)
     column = table.column("ids")
     if column.null_count:
