@@ -1,6 +1,7 @@
 """The train stage through DeepSpeed (one process, gloo): determinism, the task chain, bad input."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,14 @@ from tokenforge.tokenize import TokenSet, save_tokens
 from tokenforge.tokenizer import build_model, make_config, save_tokenizer
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _keep_environment(monkeypatch):
+    """Training sets the rendezvous variables for DeepSpeed; keep them out of later tests."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module")
