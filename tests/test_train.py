@@ -31,7 +31,7 @@ def data(tmp_path_factory):
     (root / "tokenizer").mkdir()
     save_tokenizer(build_model(make_config((8, 8), 1, 2, 16, 8, 8, 0)), root / "tokenizer")
     rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 24)
+    labels = np.repeat(np.arange(4), 80)
     ids = rng.integers(0, 16, (len(labels), 4, 4))
     ids[:, 0, 0] = labels * 4  # a class-revealing token
     save_tokens(root / "train.parquet", TokenSet([f"k{i:03d}" for i in range(len(labels))], labels, ids), 16)
@@ -129,3 +129,22 @@ def test_tokens_from_another_tokenizer_are_rejected(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "do not match the model's 2x2" in err and "train.parquet" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_same_seed_same_model_across_processes_with_two_threads(data, tmp_path):
+    """Separate processes with 2 threads each, as the pipeline runs them, must agree byte for byte."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tokenforge = Path(sys.executable).parent / "tokenforge"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    for name in ("a", "b"):
+        subprocess.run(
+            [str(tokenforge), "train", "--tokens", str(data / "train.parquet"), "--tokenizer", str(data / "tokenizer"),
+             "--split", str(data / "split"), "--task", "0", "--out", str(tmp_path / name), "--epochs", "2",
+             "--embed-dim", "64", "--depth", "1", "--batch-size", "128", "--threads", "2", "-q"],
+            check=True, capture_output=True, env=env,
+        )
+    for file in ("model.safetensors", "memory.parquet"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()

@@ -18,6 +18,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    # Some CPU kernels (accumulating index_put in the backward of an indexed lookup) are not
+    # deterministic with several threads unless asked to be.
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def progress(iterable: Iterable[T] | None = None, **kwargs) -> "Iterable[T]":
