@@ -59,17 +59,6 @@ def test_json_layout():
 
 
 @pytest.fixture
-def tok_dir(tmp_path):
-    config = tokenizer.make_config((8, 8), 1, downsample=2, codebook_size=16, code_dim=4, hidden_dim=8, seed=0)
-    images = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)).astype(np.uint8)
-    model, _ = tokenizer.train_tokenizer(images, config, epochs=1, batch_size=16, lr=5e-3)
-    path = tmp_path / "tokenizer"
-    path.mkdir()
-    tokenizer.save_tokenizer(model, path)
-    return path
-
-
-@pytest.fixture
 def tokenforge(monkeypatch):
     monkeypatch.setattr(cli, "STAGES", ("synonyms",))
     return cli.main

@@ -235,16 +235,6 @@ def shards(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def tok_dir(tmp_path):
-    config = tokenizer.make_config((8, 8), 1, downsample=2, codebook_size=16, code_dim=4, hidden_dim=8, seed=0)
-    model, _ = tokenizer.train_tokenizer(patterns(32), config, epochs=1, batch_size=16, lr=5e-3)
-    path = tmp_path / "tokenizer"
-    path.mkdir()
-    tokenizer.save_tokenizer(model, path)
-    return path
-
-
-@pytest.fixture
 def tokenforge(monkeypatch):
     monkeypatch.setattr(cli, "STAGES", ("tokenize",))
     return cli.main
