@@ -4,6 +4,7 @@
 #   shard/       WebDataset tar shards + index.parquet          (workflow/rules/10_shard.smk)
 #   tokenizer/   VQ autoencoder weights (safetensors) + stats   (20_tokenizer.smk)
 #   tokens/      token grids as Parquet, bytes per image        (30_tokenize.smk)
+#                (a seit:DIR source is imported here instead of shard/tokenizer/tokenize: 15_seit.smk)
 #   synonyms/    k nearest codes per code                       (40_synonyms.smk)
 #   split/       one manifest per task                          (50_split.smk)
 #   train/task-<t>/  model + replay memory after task t         (60_train.smk)
