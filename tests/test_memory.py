@@ -1,3 +1,5 @@
+"""The memory policy and storage: budgets in bytes on disk, class-balanced shrinking, the methods, the file."""
+
 import numpy as np
 import pytest
 import torch
@@ -5,90 +7,226 @@ import torch
 from tokenforge.errors import TokenforgeError
 from tokenforge.memory import (
     Memory,
-    attention_rollout,
-    build_task_memory,
+    Policy,
+    build_memory,
+    check_minimum,
+    fit_budget,
     keep_count,
     read_memory,
-    select_random,
+    resolve_budget,
+    resolve_tokens,
+    serialize,
     write_memory,
 )
 from tokenforge.model import ModelConfig, TokenViT
 
+CODES = 32
 
-def tiny():
+
+def tiny(num_classes=6):
     torch.manual_seed(0)
-    cfg = ModelConfig(grid=(4, 4), codebook_size=32, code_dim=8, num_classes=4, embed_dim=32, depth=2)
-    return TokenViT(cfg, torch.randn(32, 8)).eval()
+    cfg = ModelConfig(grid=(4, 4), codebook_size=CODES, code_dim=8, num_classes=num_classes, embed_dim=32, depth=2)
+    return TokenViT(cfg, torch.randn(CODES, 8)).eval()
 
 
-def test_select_random_per_class_and_deterministic():
-    labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
-    a = select_random(labels, 5, seed=1)
-    assert np.array_equal(a, select_random(labels, 5, seed=1))
-    assert np.bincount(labels[a]).tolist() == [5, 3, 5]
-    assert len(np.unique(a)) == len(a)
-    assert select_random(labels, 0, seed=1).size == 0
+def data(num_classes=6, per_class=40, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    ids = rng.integers(0, CODES, (len(labels), 4, 4))
+    return [f"train_{i:06d}" for i in range(len(labels))], labels, ids
 
 
-def test_rollout_is_a_distribution_over_tokens_when_prefix_included():
-    model = tiny()
-    scores = attention_rollout(model, torch.randint(0, 32, (3, 4, 4)))
-    assert scores.shape == (3, 16)
-    assert (scores >= 0).all()
-    assert (scores.sum(1) < 1).all()  # the CLS token keeps part of the mass
+def policy(**kw):
+    base = dict(method="coretokenset", selection="class_balanced", scorer="random", token_fraction=0.5,
+                num_codes=CODES, num_positions=16, num_classes=6)
+    return Policy(**{**base, **kw})
 
 
-def test_rollout_finds_the_token_that_all_attention_goes_to():
-    # A one-block model whose queries and keys make every token attend to one planted code:
-    # attention rollout must rank the position holding that code first.
-    torch.manual_seed(0)
-    cfg = ModelConfig(grid=(4, 4), codebook_size=8, code_dim=8, num_classes=2, embed_dim=8, depth=1, num_heads=1)
-    model = TokenViT(cfg, torch.eye(8) * 4).eval()
-    with torch.no_grad():
-        model.vit.pos_embed.zero_()
-        model.vit.cls_token.zero_()
-        proj = model.vit.patch_embed.proj
-        proj.weight.copy_(torch.eye(8).view(8, 8, 1, 1))
-        proj.bias.zero_()
-        block = model.vit.blocks[0]
-        block.norm1 = torch.nn.Identity()
-        qkv = block.attn.qkv
-        qkv.weight.zero_()
-        qkv.bias.zero_()
-        qkv.bias[:8] = 1.0  # every query is the all-ones vector
-        qkv.weight[8 + 3, 3] = 50.0  # a key that is large only for code 3
-    ids = torch.zeros(1, 4, 4, dtype=torch.long)
-    ids[0, 2, 1] = 3  # position 9
-    scores = attention_rollout(model, ids)
-    assert int(scores.argmax()) == 9
+def run_tasks(pol, tasks=((0, 1), (2, 3), (4, 5)), seed=0, tmp_path=None):
+    """Build the memory after each task as the trainer does; yield (memory, bytes on disk, seen classes)."""
+    keys, labels, ids = data()
+    model, memory, seen = tiny(), Memory.empty(), []
+    pol.tokens = resolve_tokens(pol, keys, labels, ids)
+    for t, classes in enumerate(tasks):
+        seen += list(classes)
+        m = np.isin(labels, classes)
+        memory, info = build_memory(model, memory, [k for k, x in zip(keys, m) if x], labels[m], ids[m], t, seen, pol, seed)
+        nbytes = None
+        if tmp_path is not None:
+            nbytes = write_memory(memory, tmp_path / f"m{t}", pol.num_codes, pol.num_positions, pol.num_classes)
+        yield memory, nbytes, list(seen), info
 
 
-def test_build_memory_keeps_top_fraction(tmp_path):
-    model = tiny()
-    ids = np.random.default_rng(0).integers(0, 32, (6, 4, 4))
-    mem = build_task_memory(model, [f"k{i}" for i in range(6)], np.arange(6) % 2, ids, task=1, token_fraction=0.25)
-    assert mem.ids.shape == mem.positions.shape == (6, 4)
-    assert (np.diff(mem.positions, axis=1) > 0).all()  # sorted, unique positions
-    flat = ids.reshape(6, -1)
-    assert np.array_equal(np.take_along_axis(flat, mem.positions, 1), mem.ids)
-    assert (mem.tasks == 1).all()
+@pytest.mark.parametrize("method", ["coreset", "coretokens", "coretokenset"])
+@pytest.mark.parametrize("budget", [600, 1500, 4000])
+def test_budget_holds_on_disk_after_every_task_and_classes_stay_balanced(tmp_path, method, budget):
+    pol = policy(method=method, budget=budget)
+    for memory, nbytes, seen, info in run_tasks(pol, tmp_path=tmp_path):
+        assert nbytes <= budget
+        counts = np.bincount(memory.labels, minlength=6)[seen]
+        assert counts.min() >= 1 and counts.max() - counts.min() <= 1  # class-balanced
+        assert sorted(set(memory.labels.tolist())) == sorted(seen)
+        assert info["samples_per_class"] == {c: int(n) for c, n in zip(seen, counts)}
+
+
+def test_older_tasks_give_up_space_but_keep_their_best_samples(tmp_path):
+    pol = policy(budget=2000, selection="class_balanced")
+    history = [m for m, *_ in run_tasks(pol, tmp_path=tmp_path)]
+    first, last = history[0], history[-1]
+    assert (last.labels == 0).sum() < (first.labels == 0).sum()  # task 0 shrank as tasks arrived
+    kept = [k for k, lab in zip(last.keys, last.labels) if lab == 0]
+    before = [k for k, lab in zip(first.keys, first.labels) if lab == 0]
+    assert kept == before[: len(kept)]  # a prefix of its priority order: the last-ranked left first
+
+
+def test_the_budget_is_used_nearly_up(tmp_path):
+    pol = policy(budget=3000)
+    for memory, nbytes, seen, _ in run_tasks(pol, tmp_path=tmp_path):
+        more = Memory.concat(memory, memory.rows([0]))  # one more sample would not fit
+        assert pol.nbytes(more) > 3000 or len(memory) == 40 * len(seen)
+
+
+def test_methods_keep_what_they_promise():
+    keys, labels, ids = data()
+    coreset = policy(method="coreset", budget=3000)
+    assert coreset.tokens == 16
+    tokens = policy(method="coretokens", budget=3000)
+    k = resolve_tokens(tokens, keys, labels, ids)
+    assert 1 <= k < 16
+    # coretokens keeps every sample at that k: the all-sample memory fits, one more token would not
+    assert policy(method="coretokens", budget=10**9).tokens == 0  # resolved later, from the data
+    assert policy(method="coretokenset", token_fraction=0.25, budget=3000).tokens == 4
+    for method in ("none", "joint"):
+        assert not policy(method=method).keeps_memory
+    memory, *_ = next(run_tasks(policy(method="coretokens", budget=10**6)))
+    assert len(memory) == 80 and memory.tokens_per_sample == 16  # unlimited: every sample, every token
+
+
+def test_coretokens_takes_the_most_tokens_that_fit_every_sample():
+    keys, labels, ids = data()
+    pol = policy(method="coretokens", budget=2500)
+    k = resolve_tokens(pol, keys, labels, ids)
+    mem = Memory(keys, labels, np.zeros(len(keys), np.int64), np.tile(np.arange(k), (len(keys), 1)), ids.reshape(len(keys), -1)[:, :k])
+    assert pol.nbytes(mem) <= 2500
+    mem_more = Memory(keys, labels, mem.tasks, np.tile(np.arange(k + 1), (len(keys), 1)), ids.reshape(len(keys), -1)[:, : k + 1])
+    assert pol.nbytes(mem_more) > 2500
+
+
+def test_a_budget_too_small_for_one_sample_per_class_states_the_minimum():
+    keys, labels, ids = data()
+    pol = policy(method="coreset", budget=200)
+    with pytest.raises(TokenforgeError, match=r"memory.budget: 200 bytes cannot hold one sample per class \(6 classes x 16 tokens\); "
+                       r"the minimum is about \d+ bytes"):
+        check_minimum(pol, keys, labels, ids)
+    need = check_minimum(policy(method="coreset", budget=10**6), keys, labels, ids)
+    assert check_minimum(policy(method="coreset", budget=need), keys, labels, ids) == need
+    with pytest.raises(TokenforgeError, match="minimum"):
+        list(run_tasks(policy(method="coreset", budget=200)))
+
+
+def test_selection_is_deterministic_for_a_seed(tmp_path):
+    for selection in ("random", "class_balanced", "herding", "gradient"):
+        for scorer in ("random", "rollout"):
+            a = [m for m, *_ in run_tasks(policy(budget=2000, selection=selection, scorer=scorer), seed=3)]
+            b = [m for m, *_ in run_tasks(policy(budget=2000, selection=selection, scorer=scorer), seed=3)]
+            for x, y in zip(a, b):
+                assert x.keys == y.keys and np.array_equal(x.positions, y.positions) and np.array_equal(x.ids, y.ids)
+    c = [m for m, *_ in run_tasks(policy(budget=2000, selection="class_balanced"), seed=4)]
+    assert c[0].keys != a[0].keys or not np.array_equal(c[0].positions, a[0].positions)
+
+
+def test_random_selection_need_not_be_balanced_but_holds_the_budget(tmp_path):
+    for memory, nbytes, seen, _ in run_tasks(policy(budget=2500, selection="random"), tmp_path=tmp_path):
+        assert nbytes <= 2500 and set(memory.labels.tolist()) <= set(seen)
+
+
+def test_kept_ids_are_the_grid_values_at_the_kept_positions():
+    keys, labels, ids = data()
+    memory, *_ = next(run_tasks(policy(budget=3000)))
+    index = {k: i for i, k in enumerate(keys)}
+    rows = ids.reshape(len(ids), -1)[[index[k] for k in memory.keys]]
+    assert np.array_equal(np.take_along_axis(rows, memory.positions, 1), memory.ids)
+    assert (np.diff(memory.positions, axis=1) > 0).all()  # sorted, unique positions
+    assert np.array_equal(labels[[index[k] for k in memory.keys]], memory.labels)
+
+
+def test_samples_per_class_caps_without_a_budget():
+    memory, *_ = next(run_tasks(policy(budget=None, samples_per_class=3)))
+    assert np.bincount(memory.labels).tolist() == [3, 3]
+
+
+def test_fit_budget_with_no_candidates_of_a_class_keeps_zero():
+    mem, quota = fit_budget(Memory.empty(), policy(budget=1000), [0, 1])
+    assert len(mem) == 0 and quota == {0: 0, 1: 0}
+
+
+def test_policy_errors_name_the_key():
+    with pytest.raises(TokenforgeError, match="memory.method: unknown method 'x'"):
+        policy(method="x")
+    with pytest.raises(TokenforgeError, match="memory.budget: method 'coreset' needs a budget"):
+        policy(method="coreset", budget=None)
+    with pytest.raises(TokenforgeError, match="token_fraction"):
+        keep_count(16, 0.0)
+    assert keep_count(16, 0.5) == 8 and keep_count(16, 0.01) == 1 and keep_count(16, 1.0) == 16
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, None), (1234, 1234), ("1234", 1234), ("1%", 100), ("0.5%", 50), (" 10 % ", 1000), ("100%", 10000)],
+)
+def test_resolve_budget(value, expected):
+    assert resolve_budget(value, 10000) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "0%", "150%", 0, -5, True, "1 MB"])
+def test_resolve_budget_rejects(value):
+    with pytest.raises(TokenforgeError, match="memory.budget"):
+        resolve_budget(value, 10000)
+
+
+def test_a_share_needs_the_token_bytes():
+    with pytest.raises(TokenforgeError, match="no train tokens"):
+        resolve_budget("1%", None)
 
 
 def test_write_read_round_trip_and_bytes_on_disk(tmp_path):
     mem = Memory(["a", "b"], np.array([1, 2]), np.array([0, 0]), np.array([[0, 5], [3, 15]]), np.array([[7, 8], [9, 31]]))
-    path = tmp_path / "memory.parquet"
+    path = tmp_path / "memory.arrows.zst"
     nbytes = write_memory(mem, path, num_codes=32, num_positions=16)
-    assert nbytes == path.stat().st_size
+    assert nbytes == path.stat().st_size == len(serialize(mem, 32, 16))
     back = read_memory(path)
     assert back.keys == mem.keys
     for field in ("labels", "tasks", "positions", "ids"):
         assert np.array_equal(getattr(back, field), getattr(mem, field))
+    import pyarrow as pa  # any Arrow reader opens it: one zstd frame around an IPC stream
+
+    with pa.input_stream(str(path), compression="zstd") as stream:
+        table = pa.ipc.open_stream(stream).read_all()
+    assert table.column_names == ["key", "label", "task", "positions", "ids"]
+    assert table.schema.field("ids").type.value_type == pa.uint8()
+
+
+def test_pixel_patches_round_trip(tmp_path):
+    patches = np.random.default_rng(0).integers(0, 256, (3, 2, 12)).astype(np.uint8)
+    mem = Memory(list("abc"), np.array([0, 1, 2]), np.zeros(3, np.int64), np.array([[0, 1], [2, 3], [4, 5]]), patches)
+    write_memory(mem, tmp_path / "m", 256, 16)
+    back = read_memory(tmp_path / "m")
+    assert back.ids.dtype == np.uint8 and np.array_equal(back.ids, patches)
 
 
 def test_empty_memory_round_trip(tmp_path):
-    path = tmp_path / "memory.parquet"
+    path = tmp_path / "memory.arrows.zst"
     write_memory(Memory.empty(), path, 32, 16)
     assert len(read_memory(path)) == 0
+
+
+def test_unreadable_memory_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "memory.arrows.zst"
+    bad.write_bytes(b"not zstd at all")
+    with pytest.raises(TokenforgeError, match="not a tokenforge memory file"):
+        read_memory(bad)
+    with pytest.raises(TokenforgeError, match="memory file not found"):
+        read_memory(tmp_path / "missing")
 
 
 def test_memory_concat():
@@ -96,21 +234,5 @@ def test_memory_concat():
     b = Memory(["b"], np.array([2]), np.array([1]), np.array([[4, 5]]), np.array([[6, 7]]))
     both = Memory.empty().concat(a).concat(b)
     assert both.keys == ["a", "b"] and both.ids.tolist() == [[2, 3], [6, 7]]
-
-
-def test_token_fraction_range():
-    assert keep_count(16, 0.5) == 8 and keep_count(16, 0.01) == 1 and keep_count(16, 1.0) == 16
-    with pytest.raises(TokenforgeError, match="token_fraction"):
-        keep_count(16, 0.0)
-
-
-def test_random_scorer_is_seeded_and_unknown_scorer_fails():
-    model = tiny()
-    ids = np.random.default_rng(0).integers(0, 32, (4, 4, 4))
-    args = (model, list("abcd"), np.zeros(4, np.int64), ids, 0, 0.5)
-    a = build_task_memory(*args, scorer="random", seed=3)
-    b = build_task_memory(*args, scorer="random", seed=3)
-    assert np.array_equal(a.positions, b.positions)
-    assert not np.array_equal(a.positions, build_task_memory(*args, scorer="random", seed=4).positions)
-    with pytest.raises(TokenforgeError, match="unknown scorer"):
-        build_task_memory(*args, scorer="gradcam")
+    with pytest.raises(TokenforgeError, match="different token counts"):
+        a.concat(Memory(["c"], np.array([2]), np.array([1]), np.array([[4]]), np.array([[6]])))

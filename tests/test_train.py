@@ -44,14 +44,15 @@ def data(tmp_path_factory):
 def train(data, out, task, *extra):
     args = ["train", "--tokens", str(data / "train.parquet"), "--tokenizer", str(data / "tokenizer")]
     args += ["--split", str(data / "split"), "--task", str(task), "--out", str(out), "--epochs", "2"]
-    args += ["--embed-dim", "16", "--depth", "1", "--batch-size", "16", "--memory-samples-per-class", "3", "-q"]
+    args += ["--embed-dim", "16", "--depth", "1", "--batch-size", "16", "--memory-budget", "none",
+             "--memory-samples-per-class", "3", "-q"]
     return main(args + list(extra))
 
 
 def test_same_seed_same_model_and_memory(data, tmp_path):
     assert train(data, tmp_path / "a", 0) == 0
     assert train(data, tmp_path / "b", 0) == 0
-    for name in ("model.safetensors", "memory.parquet"):
+    for name in ("model.safetensors", "memory.arrows.zst"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert train(data, tmp_path / "c", 0, "--seed", "1") == 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "c" / "model.safetensors").read_bytes()
@@ -60,13 +61,42 @@ def test_same_seed_same_model_and_memory(data, tmp_path):
 def test_chain_grows_memory_and_counts_its_bytes(data, tmp_path):
     assert train(data, tmp_path / "t0", 0) == 0
     assert train(data, tmp_path / "t1", 1, "--previous", str(tmp_path / "t0")) == 0
-    memory = read_memory(tmp_path / "t1" / "memory.parquet")
+    memory = read_memory(tmp_path / "t1" / "memory.arrows.zst")
     assert sorted(np.bincount(memory.labels).tolist()) == [3, 3, 3, 3]
     assert sorted(set(memory.tasks.tolist())) == [0, 1]
     assert memory.ids.shape == (12, 8)  # half of the 16 tokens
     stats = json.loads((tmp_path / "t1" / "stats.json").read_text())
-    assert stats["memory_bytes"] == (tmp_path / "t1" / "memory.parquet").stat().st_size
+    assert stats["memory_bytes"] == (tmp_path / "t1" / "memory.arrows.zst").stat().st_size
     assert stats["memory_samples"] == 12
+
+
+def test_budget_holds_on_disk_after_each_task_of_the_chain(data, tmp_path):
+    previous = []
+    for t in (0, 1):
+        assert train(data, tmp_path / f"b{t}", t, "--memory-budget", "700", "--memory-scorer", "chefer",
+                     "--memory-selection", "herding", *previous) == 0
+        stats = json.loads((tmp_path / f"b{t}" / "stats.json").read_text())
+        on_disk = (tmp_path / f"b{t}" / "memory.arrows.zst").stat().st_size
+        assert stats["memory_bytes"] == on_disk <= 700 and stats["memory_budget_bytes"] == 700
+        counts = list(stats["memory_samples_per_class"].values())
+        assert len(counts) == 2 * (t + 1) and max(counts) - min(counts) <= 1 and min(counts) >= 1
+        previous = ["--previous", str(tmp_path / f"b{t}")]
+
+
+def test_a_budget_below_one_sample_per_class_fails_before_training(data, tmp_path, capsys):
+    assert train(data, tmp_path / "x", 0, "--memory-budget", "1%", "--memory-method", "coreset") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "memory.budget" in err[0] and "the minimum is about" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_none_keeps_no_memory_and_joint_trains_on_every_task_so_far(data, tmp_path):
+    for method in ("none", "joint"):
+        assert train(data, tmp_path / f"{method}0", 0, "--memory-method", method) == 0
+        assert train(data, tmp_path / f"{method}1", 1, "--memory-method", method, "--previous", str(tmp_path / f"{method}0")) == 0
+        stats = json.loads((tmp_path / f"{method}1" / "stats.json").read_text())
+        assert stats["memory_samples"] == 0 and len(read_memory(tmp_path / f"{method}1" / "memory.arrows.zst")) == 0
+        assert stats["train_samples"] == (320 if method == "joint" else 160)
 
 
 def test_later_task_needs_previous(data, tmp_path, capsys):
@@ -88,10 +118,10 @@ def test_pixel_baseline_trains_and_evaluates_on_the_same_grid(tmp_path):
     (tmp_path / "split" / "tasks.json").write_text(json.dumps({"num_classes": 4, "tasks": tasks}))
     common = ["--tokenizer", str(tmp_path / "tokenizer"), "--split", str(tmp_path / "split"), "--task", "0"]
     assert main(["train", "--input", "pixels", "--shards", str(shards), *common, "--out", str(tmp_path / "m"),
-                 "--epochs", "1", "--embed-dim", "16", "--depth", "1", "-q"]) == 0
+                 "--epochs", "1", "--embed-dim", "16", "--depth", "1", "--memory-budget", "3000", "-q"]) == 0
     model_cfg = json.loads((tmp_path / "m" / "model.json").read_text())
     assert model_cfg["input"] == "pixels" and model_cfg["grid"] == [4, 4] and model_cfg["code_dim"] == 2 * 2 * 3
-    memory = read_memory(tmp_path / "m" / "memory.parquet")
+    memory = read_memory(tmp_path / "m" / "memory.arrows.zst")
     assert memory.ids.shape[1:] == (8, 12) and memory.ids.dtype == np.uint8  # kept pixel patches
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--model", str(tmp_path / "m"), "--shards", str(shards), "--split",
@@ -146,5 +176,5 @@ def test_same_seed_same_model_across_processes_with_two_threads(data, tmp_path):
              "--embed-dim", "64", "--depth", "1", "--batch-size", "128", "--threads", "2", "-q"],
             check=True, capture_output=True, env=env,
         )
-    for file in ("model.safetensors", "memory.parquet"):
+    for file in ("model.safetensors", "memory.arrows.zst"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()

@@ -18,7 +18,7 @@ run: tiny
 tokenizer: {codebook_size: 32, code_dim: 8, hidden_dim: 16, epochs: 2}
 split: {tasks: 2, classes_per_task: 2}
 train: {epochs: 2, embed_dim: 32, depth: 2}
-memory: {samples_per_class: 5, token_fraction: 0.5}
+memory: {method: coretokenset, selection: herding, scorer: chefer, token_fraction: 0.5, budget: "20%"}
 """
 
 
@@ -75,6 +75,9 @@ def test_lint_is_clean(workdir):
         ("train: {epochs: abc}", "train.epochs"),
         ("memory: {token_fraction: 1.5}", "memory.token_fraction"),
         ("memory: {token_fraction: 0}", "memory.token_fraction"),
+        ("memory: {budget: '1 MB'}", "memory.budget"),
+        ("memory: {method: ewc}", "memory.method"),
+        ("memory: {scorer: lrp}", "memory.scorer"),
         ("shard: {source: 'ftp:x'}", "shard.source"),
         ("split: {tasks: 2, order: [1, 1]}", "split.order"),
         ("trian: {epochs: 2}", "(top level)"),
@@ -97,7 +100,14 @@ def test_end_to_end_tiny_pipeline(workdir):
     metrics = json.loads((run / "package" / "metrics.json").read_text())
     assert len(metrics["accuracy_matrix"]) == 2
     assert 0 <= metrics["final_average_accuracy"] <= 1
-    assert metrics["bytes"]["memory"] == (run / "train" / "task-1" / "memory.parquet").stat().st_size
+    assert metrics["bytes"]["memory"] == (run / "train" / "task-1" / "memory.arrows.zst").stat().st_size
+    token_bytes = (run / "tokens" / "train.parquet").stat().st_size
+    for t in (0, 1):  # a core tokenset: chosen samples, half their tokens, within 20% of the token bytes on disk
+        stats = json.loads((run / "train" / f"task-{t}" / "stats.json").read_text())
+        on_disk = (run / "train" / f"task-{t}" / "memory.arrows.zst").stat().st_size
+        assert stats["memory_method"] == "coretokenset" and stats["memory_tokens_per_sample"] == 8
+        assert 0 < stats["memory_bytes"] == on_disk <= stats["memory_budget_bytes"] == int(0.2 * token_bytes)
+        assert len(stats["memory_samples_per_class"]) == 2 * (t + 1)
     for name in ("report.html", "accuracy_matrix.png", "average_accuracy.png", "accuracy_matrix.csv"):
         assert (run / "package" / name).is_file()
     assert (run / "tokenforge-results.tar.gz").is_file()
@@ -156,7 +166,7 @@ def test_pipeline_on_a_seit_token_release(workdir):
     cfg = write_config(
         workdir,
         f"run: seit\nshard: {{source: 'seit:{release}'}}\nsplit: {{tasks: 2}}\n"
-        "train: {epochs: 2, embed_dim: 32, depth: 1}\nmemory: {samples_per_class: 5}\n",
+        "train: {epochs: 2, embed_dim: 32, depth: 1}\nmemory: {budget: null, samples_per_class: 5}\n",
     )
     snakemake(workdir, "--configfile", cfg)
     run = workdir / "results" / "seit"

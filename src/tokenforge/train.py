@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", type=Path, required=True, help="directory of task manifests from `tokenforge split`")
     data.add_argument("--task", type=int, required=True, help="index of the task to train (0-based)")
     data.add_argument("--previous", type=Path, default=None, help="task t-1's output directory (model + memory); required for t > 0")
-    data.add_argument("--out", type=Path, required=True, help="output directory: model, memory.parquet, stats.json")
+    data.add_argument("--out", type=Path, required=True, help="output directory: model, memory.arrows.zst, stats.json")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=30, help="epochs over the current task's data")
     opt.add_argument("--batch-size", type=int, default=64, help="micro-batch size per process (current task)")
@@ -59,16 +59,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     aug = parser.add_argument_group("token augmentations (input tokens; every probability 0 = off)")
     aug.add_argument("--synonyms", type=Path, default=None, help="synonyms JSON from `tokenforge synonyms` (for --augment-synonym-p)")
     _add_augment_arguments(aug)
-    mem = parser.add_argument_group("memory")
-    mem.add_argument("--memory-samples-per-class", type=int, default=20, help="samples kept per class after the task (0: no memory)")
+    mem = parser.add_argument_group("memory (see tokenforge.memory)")
+    mem.add_argument(
+        "--memory-method",
+        choices=["none", "coreset", "coretokens", "coretokenset", "joint"],
+        default="coretokenset",
+        help="none: fine-tuning; coreset: whole samples; coretokens: every sample, few tokens each; coretokenset: chosen "
+        "samples, their top tokens; joint: no memory, train on all tasks so far (upper bound)",
+    )
+    mem.add_argument(
+        "--memory-selection",
+        choices=["random", "class_balanced", "herding", "gradient"],
+        default="class_balanced",
+        help="which samples are kept (coreset, coretokenset): random, random per class, herding (closest to the class "
+        "mean in feature space), gradient (CRAIG-style coreset of last-layer gradients)",
+    )
     mem.add_argument(
         "--memory-scorer",
-        choices=["rollout", "random"],
+        choices=["rollout", "chefer", "gradcam", "atman", "random"],
         default="random",
-        help="which tokens of a kept sample are stored: random ones, or the top ones by attention rollout",
+        help="which tokens of a kept sample are stored: top ones by attention rollout, gradient-weighted attention "
+        "relevance (Chefer), attention GradCAM, AtMan perturbation, or random ones (the control)",
     )
-    mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="fraction of each kept sample's tokens stored, in (0, 1]")
-    mem.add_argument("--memory-replay-batch-size", type=int, default=64, help="memory samples replayed per step")
+    mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="coretokenset: share of each kept sample's tokens stored, in (0, 1]")
+    mem.add_argument(
+        "--memory-budget",
+        default="10%",
+        help="bytes on disk for the memory of all tasks together, or a share of the train token file like '1%%' "
+        "(default 10%%; 'none': no limit, then --memory-samples-per-class is needed)",
+    )
+    mem.add_argument("--memory-samples-per-class", type=int, default=None, help="optional cap on samples kept per class")
+    mem.add_argument("--memory-replay-ratio", type=float, default=1.0, help="memory samples replayed per current-task sample in a step")
     mem.add_argument(
         "--input-dropout",
         type=float,
@@ -158,13 +179,14 @@ def _engine(model, args, steps: int):
     return engine
 
 
-def _task_info(split_dir: Path, task: int) -> tuple[list[int], list[int], int]:
+def _task_info(split_dir: Path, task: int) -> tuple[list[int], list[int], int, list[int]]:
+    """(this task's classes, classes seen so far, label space size, the classes of every task)."""
     manifest = read_json(split_dir / "tasks.json")
     tasks = manifest["tasks"]
     if not 0 <= task < len(tasks):
         raise TokenforgeError(f"--task {task}: the split has tasks 0..{len(tasks) - 1}")
     seen = [c for t in tasks[: task + 1] for c in t["classes"]]
-    return tasks[task]["classes"], seen, manifest["num_classes"]
+    return tasks[task]["classes"], seen, manifest["num_classes"], [c for t in tasks for c in t["classes"]]
 
 
 def load_units(kind: str, tokens: Path | None, shards: Path | None, split: str, patch: int):
@@ -225,36 +247,66 @@ def subset(units, positions):
     return flat.gather(1, positions[:, :, None].expand(-1, -1, flat.shape[2]))
 
 
+def memory_policy(args, model, tokens_bytes: int | None, num_classes: int):
+    from .memory import Policy, resolve_budget
+
+    return Policy(
+        method=args.memory_method,
+        selection=args.memory_selection,
+        scorer=args.memory_scorer,
+        token_fraction=args.memory_token_fraction,
+        budget=resolve_budget(args.memory_budget, tokens_bytes),
+        samples_per_class=args.memory_samples_per_class,
+        num_codes=model.config.codebook_size or 256,
+        num_positions=model.num_tokens,
+        num_classes=num_classes,
+    )
+
+
 def run(args, tracker) -> None:
     import torch
     import torch.nn.functional as F
 
-    from .memory import Memory, build_task_memory, keep_count, read_memory, select_random, write_memory
+    from .memory import MEMORY_FILE, Memory, as_tensors, build_memory, check_minimum, read_memory, resolve_tokens, write_memory
     from .model import save_model
     from .runtime import progress, seed_everything
+
     start = time.perf_counter()
     if not 0 <= args.input_dropout <= 1:
         raise TokenforgeError(f"--input-dropout: must be in [0, 1], got {args.input_dropout}")
+    if args.memory_replay_ratio <= 0:
+        raise TokenforgeError(f"memory.replay_ratio: must be > 0, got {args.memory_replay_ratio}")
     seed_everything(args.seed + args.task)
-    classes, seen, num_classes = _task_info(args.split, args.task)
+    classes, seen, num_classes, every = _task_info(args.split, args.task)
     model = _initial_model(args, num_classes)
-    all_keys, all_labels, units = load_units(args.input, args.tokens, args.shards, "train", model.config.patch)
-    if tuple(units.shape[1:3]) != tuple(model.config.grid):
+    all_keys, all_labels, all_units = load_units(args.input, args.tokens, args.shards, "train", model.config.patch)
+    if tuple(all_units.shape[1:3]) != tuple(model.config.grid):
         raise TokenforgeError(
-            f"{args.tokens or args.shards}: grids of {units.shape[1]}x{units.shape[2]} do not match the "
+            f"{args.tokens or args.shards}: grids of {all_units.shape[1]}x{all_units.shape[2]} do not match the "
             f"model's {model.config.grid[0]}x{model.config.grid[1]} (tokens made with another tokenizer?)"
         )
-    if args.input == "tokens" and units.size and units.max() >= model.config.codebook_size:
+    if args.input == "tokens" and all_units.size and all_units.max() >= model.config.codebook_size:
         raise TokenforgeError(
-            f"{args.tokens}: code id {int(units.max())} is outside the codebook of {model.config.codebook_size} codes"
+            f"{args.tokens}: code id {int(all_units.max())} is outside the codebook of {model.config.codebook_size} codes"
         )
-    mask = np.isin(all_labels, classes)
+    policy = memory_policy(args, model, args.tokens.stat().st_size if args.tokens else None, num_classes)
+    split_mask = np.isin(all_labels, every)  # the samples of the task sequence's classes
+    split_keys = [k for k, m in zip(all_keys, split_mask) if m]
+    policy.tokens = resolve_tokens(policy, split_keys, all_labels[split_mask], all_units[split_mask])
+    if policy.keeps_memory and args.task == 0:  # fail now, not after the last task's training
+        check_minimum(policy, split_keys, all_labels[split_mask], all_units[split_mask])
+    # joint (the upper bound) trains on every task so far; the others on this task's classes only.
+    mask = np.isin(all_labels, seen if policy.method == "joint" else classes)
     if not mask.any():
         raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {classes}")
-    ids = torch.from_numpy(units[mask])
+    ids = torch.from_numpy(all_units[mask])
     labels = torch.from_numpy(all_labels[mask])
-    memory = read_memory(args.previous / "memory.parquet") if args.task > 0 else Memory.empty()
-    keep = keep_count(model.num_tokens, args.memory_token_fraction)  # tokens per memory sample
+    memory = read_memory(args.previous / MEMORY_FILE) if args.task > 0 and policy.keeps_memory else Memory.empty()
+    # Input dropout only while partial memory samples are replayed (tasks > 0), so the model cannot tell them
+    # by their length. Not in task 0: there it only slowed learning (a 2-class task stayed at chance for 8 epochs).
+    keep = policy.tokens
+    dropout = args.input_dropout if len(memory) and 0 < keep < model.num_tokens else 0.0
+    replay = max(1, int(round(args.memory_replay_ratio * args.batch_size)))
     augmenter = _augmenter(args, getattr(model, "codebook", None))
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -264,8 +316,7 @@ def run(args, tracker) -> None:
     unseen = torch.ones(num_classes, dtype=torch.bool)
     unseen[seen] = False
     gen = torch.Generator().manual_seed(args.seed * 1000 + args.task)
-    mem_ids, mem_pos = torch.from_numpy(memory.ids), torch.from_numpy(memory.positions)
-    mem_labels = torch.from_numpy(memory.labels)
+    mem_ids, mem_pos, mem_labels = as_tensors(memory)
 
     engine.train()
     step, seen_samples, loss_sum = 0, 0, 0.0
@@ -280,7 +331,7 @@ def run(args, tracker) -> None:
             if augmenter is not None:  # augmented grids enter as embedding maps, channels last for `subset`
                 units, targets = augmenter.embed(augmenter.augment_ids(units), targets)
                 units = units.permute(0, 2, 3, 1)
-            if torch.rand((), generator=gen) < args.input_dropout:
+            if dropout and torch.rand((), generator=gen) < dropout:
                 # A random subset of each sample's tokens, as short as a replayed memory sample.
                 pos = torch.rand(len(idx), model.num_tokens, generator=gen).argsort(1)[:, :keep].sort(1).values
                 logits = engine(subset(units, pos), pos)
@@ -291,7 +342,7 @@ def run(args, tracker) -> None:
             loss = F.cross_entropy(logits, targets)
             correct += int((logits.argmax(1) == labels[idx]).sum())
             if len(memory):
-                m = torch.randint(len(memory), (args.memory_replay_batch_size,), generator=gen)
+                m = torch.randint(len(memory), (replay,), generator=gen)
                 mem_logits = engine(mem_ids[m], mem_pos[m]).float().masked_fill(unseen, -1e9)
                 loss = loss + F.cross_entropy(mem_logits, mem_labels[m])
             engine.backward(loss)
@@ -308,22 +359,23 @@ def run(args, tracker) -> None:
         )
 
     model = engine.module.eval()
-    pick = select_random(labels.numpy(), args.memory_samples_per_class, seed=args.seed * 1000 + args.task)
-    keys = [k for k, m in zip(all_keys, mask) if m]
-    new = build_task_memory(
+    t_memory = time.perf_counter()
+    task_mask = np.isin(all_labels, classes)  # the memory takes this task's samples only, also for joint (which keeps none)
+    memory, info = build_memory(
         model,
-        [keys[i] for i in pick],
-        labels.numpy()[pick],
-        ids.numpy()[pick],
+        memory,
+        [k for k, m in zip(all_keys, task_mask) if m],
+        all_labels[task_mask],
+        all_units[task_mask],
         args.task,
-        args.memory_token_fraction,
-        scorer=args.memory_scorer,
+        seen,
+        policy,
         seed=args.seed * 1000 + args.task,
     )
-    memory = memory.concat(new)
+    memory_s = time.perf_counter() - t_memory
     with atomic_dir(args.out) as tmp:
         save_model(model, tmp)
-        memory_bytes = write_memory(memory, tmp / "memory.parquet", model.config.codebook_size or 256, model.num_tokens)
+        memory_bytes = write_memory(memory, tmp / MEMORY_FILE, policy.num_codes, policy.num_positions, policy.num_classes)
         stats = {
             "task": args.task,
             "classes": classes,
@@ -334,12 +386,16 @@ def run(args, tracker) -> None:
             "samples_per_s": rate,
             "memory_bytes": memory_bytes,
             "memory_samples": len(memory),
-            "memory_tokens_per_sample": int(memory.ids.shape[1]) if len(memory) else 0,
+            "memory_tokens_per_sample": memory.tokens_per_sample,
+            "memory_method": policy.method,
+            "memory_budget_bytes": policy.budget,
+            "memory_samples_per_class": info.get("samples_per_class", {}),
+            "memory_build_s": memory_s,
             "world_size": world,
             "wall_s": time.perf_counter() - start,
         }
         write_json(tmp / "stats.json", stats)
-    tracker.log_metrics({k: v for k, v in stats.items() if k in ("final_loss", "memory_bytes", "memory_samples")})
+    tracker.log_metrics({k: v for k, v in stats.items() if k in ("final_loss", "memory_bytes", "memory_samples", "memory_build_s")})
     for name in ("stats.json", "model.json"):
         tracker.log_artifact(args.out / name)
     print(

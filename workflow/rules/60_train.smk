@@ -10,7 +10,7 @@ rule train:
     output:
         model=f"{R}/train/task-{{task}}/model.safetensors",
         model_config=f"{R}/train/task-{{task}}/model.json",
-        memory=f"{R}/train/task-{{task}}/memory.parquet",
+        memory=f"{R}/train/task-{{task}}/memory.arrows.zst",
         stats=f"{R}/train/task-{{task}}/stats.json",
     log:
         f"{R}/logs/train/task-{{task}}.log",
@@ -18,7 +18,8 @@ rule train:
         f"{R}/benchmarks/train/task-{{task}}.tsv"
     params:
         args=cli_args(config["train"]),
-        memory=cli_args(config["memory"], prefix="memory-"),
+        # budget null means no limit, which the CLI spells "none" (its own default is 10%)
+        memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),
         augment=cli_args(config["augment"], prefix="augment-"),
         previous=previous_flag,
         tokenizer=dirname("input.codebook"),

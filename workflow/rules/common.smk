@@ -69,7 +69,7 @@ def previous_task(wildcards):
     t = int(wildcards.task)
     if t == 0:
         return []
-    return expand(f"{R}/train/task-{{t}}/{{f}}", t=t - 1, f=["model.safetensors", "memory.parquet"])
+    return expand(f"{R}/train/task-{{t}}/{{f}}", t=t - 1, f=["model.safetensors", "memory.arrows.zst"])
 
 
 def previous_flag(wildcards):

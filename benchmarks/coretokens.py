@@ -1,0 +1,335 @@
+"""Core tokensets against coresets at the same bytes: final average accuracy and forgetting per memory budget.
+
+    .venv/bin/python benchmarks/coretokens.py                      # everything (about an hour on 2 CPU cores)
+    .venv/bin/python benchmarks/coretokens.py --only digits --seeds 0 --budgets 1 5   # a quick look
+    .venv/bin/python benchmarks/coretokens.py --table-only         # redo table and plot from the JSON
+
+For each dataset it runs the real stages once (`tokenforge shard/tokenizer/tokenize`), then for each
+seed a class split and, for every memory method, scorer and budget, the whole task sequence with
+`tokenforge train` and `tokenforge evaluate` (the pipeline's own code, called in-process, two runs at a
+time, one thread each). Budgets are shares of the train token file's bytes on disk; the memory's
+bytes are its file's bytes on disk after the last task. A budget too small for one sample per class is
+reported as such, with the minimum the trainer states. Finished runs are kept in the work folder and
+not redone. Writes benchmarks/results/coretokens.json, coretokens.md and coretokens.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+# Both datasets on an 8x8 token grid (64 tokens per image), so "a few tokens per sample" means something.
+DATASETS = {
+    "digits": {
+        "title": "Split-digits (10 classes, 5 tasks)",
+        "shard": ["--source", "digits", "--image-size", "16"],
+        "tokenizer": ["--codebook-size", "64", "--code-dim", "16", "--downsample", "2", "--epochs", "20"],
+        "tasks": 5,
+    },
+    "shapes": {
+        "title": "Split-shapes (20 classes, 5 tasks)",
+        "shard": ["--source", "shapes", "--shapes-count", "2000", "--shapes-classes", "20", "--shapes-size", "32"],
+        "tokenizer": ["--codebook-size", "128", "--code-dim", "16", "--downsample", "4", "--epochs", "10"],
+        "tasks": 5,
+    },
+}
+BUDGETS = [0.5, 1, 2, 5, 10]  # percent of the train token bytes
+SCORERS = ["rollout", "chefer", "gradcam", "atman", "random"]
+TRAIN = ["--epochs", "8", "--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--batch-size", "16", "--lr", "1e-3",
+         "--input-dropout", "1.0"]
+TOKEN_FRACTION = 0.25  # coretokenset keeps 16 of 64 tokens per sample
+
+
+def variants(budgets: list[float]) -> list[dict]:
+    """Every run of one dataset and seed: the baselines, then each method x budget (x scorer)."""
+    out = [{"method": "none"}, {"method": "joint"}]
+    for b in budgets:
+        out.append({"method": "coreset", "budget": b, "selection": "class_balanced"})
+        if b in (1, 5):  # the other sample selections, at the two budgets of the goal
+            out.append({"method": "coreset", "budget": b, "selection": "herding"})
+            out.append({"method": "coreset", "budget": b, "selection": "gradient"})
+        out.append({"method": "coretokens", "budget": b, "scorer": "chefer"})
+        for s in SCORERS:
+            out.append({"method": "coretokenset", "budget": b, "scorer": s, "selection": "class_balanced"})
+    return out
+
+
+def label(v: dict) -> str:
+    parts = [v["method"]]
+    if v["method"] == "coreset":
+        parts.append(v["selection"])
+    elif "scorer" in v:
+        parts.append(v["scorer"])
+    return " / ".join(parts)
+
+
+def run_id(v: dict, seed: int) -> str:
+    return "-".join([v["method"], v.get("selection", ""), v.get("scorer", ""), str(v.get("budget", "")), f"s{seed}"]).replace("--", "-")
+
+
+def stage(*args: str) -> None:
+    subprocess.run([str(BIN / "tokenforge"), *args, "-q"], check=True)
+
+
+def prepare(name: str, work: Path, seeds: list[int]) -> Path:
+    d = work / name
+    spec = DATASETS[name]
+    if not (d / "tokens" / "train.parquet").is_file():
+        stage("shard", *spec["shard"], "--out", str(d / "shard"))
+        stage("tokenizer", "--shards", str(d / "shard"), "--out", str(d / "tokenizer"), *spec["tokenizer"], "--threads", "2")
+        stage("tokenize", "--shards", str(d / "shard"), "--tokenizer", str(d / "tokenizer"), "--out", str(d / "tokens"))
+    for seed in seeds:
+        if not (d / f"split-{seed}" / "tasks.json").is_file():
+            stage("split", "--classes", str(d / "shard" / "classes.json"), "--out", str(d / f"split-{seed}"),
+                  "--tasks", str(spec["tasks"]), "--seed", str(seed))
+    return d
+
+
+def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
+    """The whole task sequence for one variant, in this process; the result is also kept in the run folder."""
+    import torch
+
+    from tokenforge.cli import main
+    from tokenforge.metrics import summarize
+
+    torch.set_num_threads(1)
+    d = Path(d)
+    out = d / "runs" / run_id(v, seed)
+    if (out / "result.json").is_file():
+        return json.loads((out / "result.json").read_text())
+    mem = ["--memory-method", v["method"], "--memory-token-fraction", str(TOKEN_FRACTION)]
+    mem += ["--memory-budget", f"{v['budget']}%" if "budget" in v else "none"]
+    if "budget" not in v:
+        mem += ["--memory-samples-per-class", "1"]  # unused: none and joint keep nothing
+    mem += ["--memory-selection", v.get("selection", "class_balanced"), "--memory-scorer", v.get("scorer", "random")]
+    split = ["--split", str(d / f"split-{seed}")]
+    rows, stats, start = [], [], time.perf_counter()
+    result = {**v, "label": label(v), "seed": seed, "token_bytes": (d / "tokens" / "train.parquet").stat().st_size}
+    for t in range(tasks):
+        args = ["train", "--tokens", str(d / "tokens" / "train.parquet"), "--tokenizer", str(d / "tokenizer"), *split, "--task", str(t), "--out", str(out / f"task-{t}")]
+        if t:
+            args += ["--previous", str(out / f"task-{t - 1}")]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(args + TRAIN + mem + ["--seed", str(seed), "--threads", "1", "-q"])
+        if rc:
+            message = err.getvalue().strip().splitlines()[-1]
+            found = re.search(r"minimum is about ([\d,]+) bytes", message)
+            if not found:
+                raise RuntimeError(f"{out}: {message}")
+            result.update(infeasible=True, minimum_bytes=int(found.group(1).replace(",", "")), error=message)
+            break
+        rc = main(["evaluate", "--model", str(out / f"task-{t}"), "--tokens", str(d / "tokens" / "test.parquet"), *split,
+                   "--task", str(t), "--out", str(out / f"eval-{t}.json"), "--threads", "1", "-q"])
+        if rc:
+            raise RuntimeError(f"{out}: evaluate task {t} failed")
+        rows.append(json.loads((out / f"eval-{t}.json").read_text())["accuracy"])
+        stats.append(json.loads((out / f"task-{t}" / "stats.json").read_text()))
+    if not result.get("infeasible"):
+        summary = summarize(rows)
+        result.update(
+            infeasible=False,
+            accuracy_matrix=rows,
+            final_average_accuracy=summary["final_average_accuracy"],
+            forgetting=summary["average_forgetting"],
+            memory_bytes=[s["memory_bytes"] for s in stats],
+            budget_bytes=stats[-1]["memory_budget_bytes"],
+            memory_samples=stats[-1]["memory_samples"],
+            tokens_per_sample=stats[-1]["memory_tokens_per_sample"],
+            memory_build_s=sum(s["memory_build_s"] for s in stats),
+        )
+    result["wall_s"] = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# --- aggregation, table and plot --------------------------------------------------------------------
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["label"], r.get("budget")), []).append(r)
+    rows = []
+    for (dataset, lab, budget), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+        ok = [r for r in rs if not r["infeasible"]]
+        row = {"dataset": dataset, "label": lab, "method": rs[0]["method"], "budget_percent": budget, "seeds": len(rs)}
+        if ok:
+            acc = np.array([r["final_average_accuracy"] for r in ok])
+            fgt = np.array([r["forgetting"] for r in ok])
+            row.update(
+                runs=len(ok),
+                accuracy_mean=float(acc.mean()),
+                accuracy_std=float(acc.std()),
+                forgetting_mean=float(fgt.mean()),
+                forgetting_std=float(fgt.std()),
+                memory_bytes=float(np.mean([r["memory_bytes"][-1] for r in ok])),
+                budget_bytes=ok[0]["budget_bytes"],
+                memory_samples=float(np.mean([r["memory_samples"] for r in ok])),
+                tokens_per_sample=ok[0]["tokens_per_sample"],
+            )
+        else:
+            row.update(runs=0, minimum_bytes=max(r["minimum_bytes"] for r in rs))
+        rows.append(row)
+    return rows
+
+
+ORDER = ["none", "joint", "coreset / class_balanced", "coreset / herding", "coreset / gradient", "coretokens / chefer"] + [f"coretokenset / {s}" for s in SCORERS]
+
+
+def markdown(rows: list[dict], budgets: list[float]) -> str:
+    out = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        rs = [r for r in rows if r["dataset"] == dataset]
+        token_bytes = next((r["budget_bytes"] / (r["budget_percent"] / 100) for r in rs if r.get("budget_bytes")), None)
+        out.append(f"**{DATASETS.get(dataset, {}).get('title', dataset)}**: final average accuracy % (mean ± std over "
+                   f"{max(r['seeds'] for r in rs)} seeds) · forgetting % · memory samples × tokens. Budgets are shares of "
+                   f"the train token file ({token_bytes:,.0f} bytes).\n" if token_bytes else f"**{dataset}**\n")
+        head = "| method / selection or scorer | " + " | ".join(
+            f"{b:g}% ({int(b / 100 * token_bytes):,} B)" if token_bytes else f"{b:g}%" for b in budgets) + " |"
+        out += [head, "|---" * (len(budgets) + 1) + "|"]
+        labels = [lab for lab in ORDER if any(r["label"] == lab for r in rs)]
+        for lab in labels:
+            cells = []
+            for b in budgets:
+                r = next((r for r in rs if r["label"] == lab and (r["budget_percent"] in (b, None))), None)
+                cells.append(_cell(r))
+            if lab in ("none", "joint"):
+                cells = [_cell(next(r for r in rs if r["label"] == lab))] + ["″"] * (len(budgets) - 1)
+            out.append(f"| {lab} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    if not r["runs"]:
+        return f"below minimum ({r['minimum_bytes']:,} B)"
+    size = f" · {r['memory_samples']:.0f}×{r['tokens_per_sample']}" if r.get("tokens_per_sample") else ""
+    return f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} · F {100 * r['forgetting_mean']:.1f}{size}"
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    """The issue's goal: a core tokenset at 1% beats the full-sample coreset at 5%."""
+    lines = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        base = next((r for r in rows if r["dataset"] == dataset and r["label"] == "coreset / class_balanced"
+                     and r["budget_percent"] == 5 and r["runs"]), None)
+        best = max((r for r in rows if r["dataset"] == dataset and r["method"] == "coretokenset" and r["budget_percent"] == 1
+                    and r["runs"]), key=lambda r: r["accuracy_mean"], default=None)
+        if base and best:
+            verdict = "meets" if best["accuracy_mean"] > base["accuracy_mean"] else "misses"
+            lines.append(f"- {dataset}: best core tokenset at 1% ({best['label']}) {100 * best['accuracy_mean']:.1f}% vs "
+                         f"coreset at 5% {100 * base['accuracy_mean']:.1f}%: {verdict} the goal.")
+        else:
+            lines.append(f"- {dataset}: not measurable (a budget below the minimum, or not run).")
+    return lines
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rs = [r for r in rows if r["dataset"] == dataset]
+        for lab in ORDER:
+            pts = sorted((r for r in rs if r["label"] == lab and r["runs"] and r["budget_percent"]), key=lambda r: r["memory_bytes"])
+            if not pts:
+                continue
+            style = "-o" if lab.startswith("coretokenset") else "--s" if lab.startswith("coreset") else ":^"
+            ax.errorbar([r["memory_bytes"] for r in pts], [100 * r["accuracy_mean"] for r in pts],
+                        yerr=[100 * r["accuracy_std"] for r in pts], fmt=style, ms=4, capsize=2, label=lab)
+        for lab, color in (("none", "grey"), ("joint", "black")):
+            r = next((r for r in rs if r["label"] == lab and r["runs"]), None)
+            if r:
+                ax.axhline(100 * r["accuracy_mean"], color=color, ls="-.", lw=1, label=f"{lab} (no memory)" if lab == "none" else "joint (upper bound)")
+        ax.set_xscale("log")
+        ax.set_xlabel("memory bytes on disk after the last task")
+        ax.set_ylabel("final average accuracy (%)")
+        ax.set_title(DATASETS.get(dataset, {}).get("title", dataset))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_outputs(results: list[dict], budgets: list[float], out: Path, meta: dict) -> str:
+    rows = aggregate(results)
+    table = markdown(rows, budgets) + "\n" + "\n".join(goal_lines(rows)) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "coretokens.json").write_text(json.dumps({"meta": meta, "summary": rows, "runs": results}, indent=2) + "\n")
+    (out / "coretokens.md").write_text(table)
+    plot(rows, out / "coretokens.png")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(DATASETS), default=list(DATASETS), help="datasets to run")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (class order, init, memory)")
+    parser.add_argument("--budgets", nargs="+", type=float, default=BUDGETS, help="budgets in %% of the train token bytes")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--work", type=Path, default=HERE / "work" / "coretokens", help="scratch folder; finished runs are reused")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where coretokens.json/.md/.png go")
+    parser.add_argument("--table-only", action="store_true", help="redo the table and plot from coretokens.json")
+    args = parser.parse_args()
+    if args.table_only:
+        saved = json.loads((args.out / "coretokens.json").read_text())
+        print(write_outputs(saved["runs"], saved["meta"]["budgets"], args.out, saved["meta"]))
+        return
+    os.environ["TQDM_DISABLE"] = "1"
+    start = time.perf_counter()
+    jobs = []
+    for name in args.only:
+        d = prepare(name, args.work, args.seeds)
+        jobs += [(str(d), v, seed, DATASETS[name]["tasks"], name) for seed in args.seeds for v in variants(args.budgets)]
+    print(f"{len(jobs)} runs", flush=True)
+    results = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(one_run, d, v, seed, tasks): name for d, v, seed, tasks, name in jobs}
+        for i, fut in enumerate(as_completed(futures), 1):
+            try:
+                r = {**fut.result(), "dataset": futures[fut]}
+            except Exception as exc:  # one broken run must not lose the others; it is reported and left out
+                print(f"[{i}/{len(jobs)}] FAILED: {exc}", flush=True)
+                continue
+            results.append(r)
+            acc = "below minimum" if r["infeasible"] else f"{100 * r['final_average_accuracy']:.1f}%"
+            print(f"[{i}/{len(jobs)}] {r['dataset']} {r['label']} {r.get('budget', '')} seed {r['seed']}: {acc} "
+                  f"({r['wall_s']:.0f} s, {time.perf_counter() - start:.0f} s in all)", flush=True)
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "seeds": args.seeds,
+        "budgets": args.budgets,
+        "train": TRAIN,
+        "token_fraction": TOKEN_FRACTION,
+        "datasets": {n: DATASETS[n] for n in args.only},
+        "wall_s": time.perf_counter() - start,
+    }
+    print(write_outputs(results, args.budgets, args.out, meta))
+
+
+if __name__ == "__main__":
+    main()
