@@ -8,6 +8,7 @@ from tokenforge.errors import TokenforgeError
 from tokenforge.memory import (
     Memory,
     Policy,
+    _proxy,
     build_memory,
     check_minimum,
     fit_budget,
@@ -106,10 +107,13 @@ def test_coretokens_takes_the_most_tokens_that_fit_every_sample():
     keys, labels, ids = data()
     pol = policy(method="coretokens", budget=2500)
     k = resolve_tokens(pol, keys, labels, ids)
-    mem = Memory(keys, labels, np.zeros(len(keys), np.int64), np.tile(np.arange(k), (len(keys), 1)), ids.reshape(len(keys), -1)[:, :k])
-    assert pol.nbytes(mem) <= 2500
-    mem_more = Memory(keys, labels, mem.tasks, np.tile(np.arange(k + 1), (len(keys), 1)), ids.reshape(len(keys), -1)[:, : k + 1])
-    assert pol.nbytes(mem_more) > 2500
+
+    def every_sample(tokens):  # every sample with `tokens` scattered tokens, as resolve_tokens sizes it
+        mem = _proxy(labels, ids, tokens)
+        mem.keys = keys
+        return pol.nbytes(mem)
+
+    assert every_sample(k) <= 2500 < every_sample(k + 1)
 
 
 def test_a_budget_too_small_for_one_sample_per_class_states_the_minimum():

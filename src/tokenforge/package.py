@@ -241,6 +241,9 @@ def build_metrics(R: np.ndarray, stats: dict[str, dict]) -> dict:
     result["bytes"] = storage_bytes(stats, result["num_tasks"])
     result["wall_time_s"] = wall_times(stats)
     result["tokenizer"] = tokenizer_numbers(stats) if "tokenizer" in stats else None
+    last = stats[f"train-{result['num_tasks'] - 1}"]["data"]
+    # What the memory was, for comparing runs (older train stats lack these keys: None).
+    result["memory"] = {key: last.get(f"memory_{key}") for key in ("method", "budget_bytes", "samples", "tokens_per_sample")}
     return result
 
 
