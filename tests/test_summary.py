@@ -98,3 +98,10 @@ def test_bad_parent_json(results, tokenforge, capsys):
     (results / "mlflow/parent.json").write_text("{not json")
     assert tokenforge(["summary", str(results)]) == 2
     assert "parent.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_memory_line_names_the_method_and_budget():
+    b = {"memory": 1863, "dataset_images": 1797, "dataset_tokens": 24388}
+    line = summary.memory_lines(b, {"method": "coretokenset", "budget_bytes": 1868, "samples": 103, "tokens_per_sample": 8})[0]
+    assert line.endswith("1,863 bytes after the last task (coretokenset: 103 samples x 8 tokens, budget 1,868)")
+    assert summary.memory_lines(b)[0].endswith("bytes after the last task")  # older metrics.json: no memory entry

@@ -63,9 +63,14 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def memory_lines(b: dict) -> list[str]:
+def memory_lines(b: dict, memory: dict | None = None) -> list[str]:
     """The replay memory in bytes, per dataset image, and as a share of the dataset's token bytes."""
-    lines = [f"  replay memory:          {b['memory']:,} bytes after the last task"]
+    what = ""
+    if memory and memory.get("method"):
+        budget = memory.get("budget_bytes")
+        what = f" ({memory['method']}: {memory.get('samples') or 0} samples x {memory.get('tokens_per_sample') or 0} tokens"
+        what += f", budget {budget:,})" if budget else ")"
+    lines = [f"  replay memory:          {b['memory']:,} bytes after the last task{what}"]
     images, tokens = b.get("dataset_images"), b.get("dataset_tokens")
     if images and tokens:
         # memory / dataset_tokens == (memory per dataset image) / (token bytes per image)
@@ -103,7 +108,7 @@ def summary_lines(results: Path, result: dict, parent: dict | None) -> list[str]
         f"  average forgetting:     {_pct(result['average_forgetting'])}",
         f"  backward transfer:      {_pct(result['backward_transfer'])}",
     ]
-    lines += memory_lines(result["bytes"])
+    lines += memory_lines(result["bytes"], result.get("memory"))
     lines += [
         f"  report:                 {results / 'package' / 'report.html'}",
         f"  bundle:                 {archive}" + ("" if archive.is_file() else " (not written yet)"),
