@@ -6,7 +6,8 @@ r"""Train the token ViT on one task through a DeepSpeed engine, replaying the ea
 Task 0 starts from a seeded initialisation; task t > 0 starts from task t-1's model and replays its
 memory: every step adds CE(memory batch) to CE(current batch), with memory samples fed as short
 sequences of their kept tokens. Logits are restricted to the classes seen so far. After training,
-this task's memory is built and appended. On a CPU it runs as one process with gloo; under
+the memory of all tasks so far is rebuilt within the byte budget (older tasks give up their
+last-ranked samples, class-balanced; see tokenforge.memory). On a CPU it runs as one process with gloo; under
 `torchrun`/`deepspeed` the same code runs one process per GPU.
 """
 
@@ -94,8 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-dropout",
         type=float,
         default=1.0,
-        help="share of current-task batches fed as random subsets of as many tokens as a memory sample keeps, "
-        "so the model learns partial inputs and cannot tell replayed samples by their length (0: off)",
+        help="from task 1 on: share of current-task batches fed as random subsets of as many tokens as a memory "
+        "sample keeps, so the model learns partial inputs and cannot tell replayed samples by their length (0: off)",
     )
 
 
