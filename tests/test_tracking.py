@@ -81,3 +81,33 @@ def test_unreachable_store_warns_and_goes_on(tmp_path, caplog):
         tracker.log_metrics({"x": 1.0})
     assert isinstance(tracker, NullTracker)
     assert "tracking unavailable" in caplog.text
+
+
+def test_datasets_are_logged_as_run_inputs_with_digest_and_context(tmp_path):
+    from mlflow import MlflowClient
+
+    from tokenforge.tracking import dataset_digest
+
+    results = tmp_path / "run"
+    info = start_parent(results, experiment="exp-data")
+    tokens = tmp_path / "tokens" / "train.parquet"
+    tokens.parent.mkdir()
+    tokens.write_bytes(b"x" * 100)
+    shards = tmp_path / "shard"
+    shards.mkdir()
+    (shards / "index.json").write_text("{}")
+    with child_run(results, "train", {}, argparse.Namespace()) as tracker:
+        tracker.log_dataset("tokens/train.parquet", tokens, "training", {"samples": 7})
+        tracker.log_dataset("shard", shards, "source")
+        run_id = tracker.run_id
+    inputs = MlflowClient(info["tracking_uri"]).get_run(run_id).inputs.dataset_inputs
+    by_name = {i.dataset.name: i for i in inputs}
+    train = by_name["tokens/train.parquet"]
+    assert train.dataset.digest == dataset_digest(tokens)
+    assert json.loads(train.dataset.profile) == {"bytes": 100, "samples": 7}
+    assert json.loads(train.dataset.source)["uri"] == tokens.resolve().as_uri()
+    assert [(t.key, t.value) for t in train.tags] == [("mlflow.data.context", "training")]
+    assert by_name["shard"].tags[0].value == "source"
+    before = dataset_digest(tokens)
+    tokens.write_bytes(b"y" * 100)  # same size, other content: another digest
+    assert dataset_digest(tokens) != before

@@ -17,7 +17,7 @@ TINY = """
 run: tiny
 tokenizer: {codebook_size: 32, code_dim: 8, hidden_dim: 16, epochs: 2}
 split: {tasks: 2, classes_per_task: 2}
-train: {epochs: 2, embed_dim: 32, depth: 2}
+train: {epochs: 2, embed_dim: 32, depth: 2, log_every: 2}
 memory: {method: coretokenset, selection: herding, scorer: chefer, token_fraction: 0.5, budget: "20%"}
 """
 
@@ -131,6 +131,10 @@ def test_end_to_end_tiny_pipeline(workdir):
     )
     by_rule = {(c.data.tags["rule"], c.data.tags.get("task")): c for c in children}
     assert "loss" in by_rule[("train", "1")].data.metrics
+    history = client.get_metric_history(by_rule[("train", "1")].info.run_id, "step_loss")
+    assert len(history) >= 2 and {"max_rss_mb", "step_lr", "step_samples_per_s"} <= set(by_rule[("train", "1")].data.metrics)
+    inputs = {(i.dataset.name, i.tags[0].value) for i in client.get_run(by_rule[("train", "1")].info.run_id).inputs.dataset_inputs}
+    assert inputs == {("tokens/train.parquet", "training")}
     assert "accuracy_task_0" in by_rule[("evaluate", "1")].data.metrics
     assert "psnr" in by_rule[("tokenizer", None)].data.metrics
     assert all(c.info.status == "FINISHED" for c in children)

@@ -54,6 +54,8 @@ def run(args, tracker) -> None:
     seen = [c for t in tasks[: args.task + 1] for c in t["classes"]]
     model = load_model(args.model)
     _, labels, units = load_units(model.config.input, args.tokens, args.shards, "test", model.config.patch)
+    source = args.tokens if model.config.input == "tokens" else args.shards
+    tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "evaluation", {"samples": int(len(labels))})
     preds = predict(model, units, seen, args.batch_size)
     accuracy, counts = [], []
     for t in tasks:

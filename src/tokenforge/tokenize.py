@@ -306,6 +306,7 @@ def run(args: argparse.Namespace, tracker) -> None:
             "wall_s": time.perf_counter() - start,
         }
         write_json(tmp / "stats.json", stats)
+    tracker.log_dataset(f"{args.shards.name}", args.shards, "source", {"images": int(sum(counts.values()))})
     tracker.log_metrics({f"bytes_per_image_{k}": float(v) for k, v in bytes_per_image.items()})
     tracker.log_metrics({f"images_{k}": v for k, v in counts.items()})
     tracker.log_artifact(args.out / "stats.json")

@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     opt.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs")
     opt.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and memory sampling")
+    opt.add_argument("--log-every", type=int, default=10, help="log step metrics (loss, lr, samples/s, peak memory) every N steps")
     opt.add_argument("--deepspeed-config", type=Path, default=None, help="DeepSpeed JSON config (ZeRO stage, bf16, ...)")
     arch = parser.add_argument_group("model (task 0 only; later tasks inherit it)")
     arch.add_argument("--embed-dim", type=int, default=64, help="ViT width")
@@ -131,6 +132,12 @@ def _augmenter(args, codebook):
             raise TokenforgeError("--synonyms: required when augment.synonym_p > 0")
         synonyms = load_synonyms(args.synonyms, config.synonym_k)
     return TokenAugmenter(config, codebook, synonyms, seed=args.seed * 1000 + args.task)
+
+
+def _max_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _ensure_distributed_env() -> None:
@@ -275,6 +282,8 @@ def run(args, tracker) -> None:
     start = time.perf_counter()
     if not 0 <= args.input_dropout <= 1:
         raise TokenforgeError(f"--input-dropout: must be in [0, 1], got {args.input_dropout}")
+    if args.log_every < 1:
+        raise TokenforgeError(f"--log-every: must be >= 1, got {args.log_every}")
     if args.memory_replay_ratio <= 0:
         raise TokenforgeError(f"memory.replay_ratio: must be > 0, got {args.memory_replay_ratio}")
     seed_everything(args.seed + args.task)
@@ -290,6 +299,8 @@ def run(args, tracker) -> None:
         raise TokenforgeError(
             f"{args.tokens}: code id {int(all_units.max())} is outside the codebook of {model.config.codebook_size} codes"
         )
+    source = args.tokens if args.input == "tokens" else args.shards
+    tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "training", {"samples": int(len(all_keys)), "grid": list(model.config.grid)})
     policy = memory_policy(args, model, args.tokens.stat().st_size if args.tokens else None, num_classes)
     split_mask = np.isin(all_labels, every)  # the samples of the task sequence's classes
     split_keys = [k for k, m in zip(all_keys, split_mask) if m]
@@ -351,6 +362,12 @@ def run(args, tracker) -> None:
             loss_sum += loss.item() * len(idx)
             seen_samples += len(idx)
             step += 1
+            if step % args.log_every == 0:  # step metrics: the curve within an epoch, and the process's peak memory
+                tracker.log_metrics(
+                    {"step_loss": loss.item(), "step_lr": engine.get_lr()[0],
+                     "step_samples_per_s": seen_samples / (time.perf_counter() - t_train), "max_rss_mb": _max_rss_mb()},
+                    step=step,
+                )
         epoch_loss, epoch_acc = loss_sum / len(local), correct / len(local)
         rate = seen_samples / (time.perf_counter() - t_train)
         bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{epoch_acc:.3f}", refresh=False)
