@@ -135,6 +135,16 @@ def test_end_to_end_tiny_pipeline(workdir):
     assert len(history) >= 2 and {"max_rss_mb", "step_lr", "step_samples_per_s"} <= set(by_rule[("train", "1")].data.metrics)
     inputs = {(i.dataset.name, i.tags[0].value) for i in client.get_run(by_rule[("train", "1")].info.run_id).inputs.dataset_inputs}
     assert inputs == {("tokens/train.parquet", "training")}
+    # the final model is in the registry, alias "latest-run" ("latest" is reserved by MLflow), with a signature, and loads back as a working model
+    import mlflow.pytorch
+    import torch
+
+    version = client.get_model_version_by_alias("tokenforge-vit", "latest-run")
+    assert version.run_id == by_rule[("package", None)].info.run_id
+    mlflow.set_tracking_uri(info["tracking_uri"])
+    served = mlflow.pytorch.load_model("models:/tokenforge-vit@latest-run")
+    assert served(torch.zeros(1, 4, 4, dtype=torch.int64)).shape == (1, 10)
+    assert mlflow.models.get_model_info("models:/tokenforge-vit@latest-run").signature is not None
     assert "accuracy_task_0" in by_rule[("evaluate", "1")].data.metrics
     assert "psnr" in by_rule[("tokenizer", None)].data.metrics
     assert all(c.info.status == "FINISHED" for c in children)

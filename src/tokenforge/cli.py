@@ -19,6 +19,7 @@ from . import __version__
 from .errors import TokenforgeError
 
 # In pipeline order; each name is also the module, the Snakemake rule and the results folder.
+# After them the tools that read finished runs; a '-' in their name is a '_' in the module's.
 STAGES = (
     "shard",
     "tokenizer",
@@ -31,6 +32,8 @@ STAGES = (
     "package",
     "summary",
     "track",
+    "compare",
+    "log-bundle",
 )
 
 
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokenforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name in STAGES:
-        module = importlib.import_module(f"tokenforge.{name}")
+        module = importlib.import_module(f"tokenforge.{name.replace('-', '_')}")
         doc = (module.__doc__ or name).strip()
         p = sub.add_parser(
             name,

@@ -86,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive", required=True, metavar="FILE.tar.gz", help="archive of the bundle to write")
     parser.add_argument("--title", default="tokenforge results", help="title of report.html")
     parser.add_argument(
+        "--registered-model",
+        default=None,
+        metavar="NAME",
+        help="with --track: log the final model with its signature and register it as a new version of NAME in the "
+        "MLflow model registry, alias 'latest-run' (default: not registered)",
+    )
+    parser.add_argument(
         "--images",
         nargs="+",
         default=[],
@@ -113,6 +120,24 @@ def run(args: argparse.Namespace, tracker) -> None:
         stats_out = {"num_tasks": result["num_tasks"], "archive_bytes": archive.stat().st_size}
         write_json(tmp / "stats.json", {**stats_out, "wall_s": time.perf_counter() - start})
     log_to_tracker(tracker, result, out, images)
+    register_final_model(tracker, out, getattr(args, "registered_model", None))
+
+
+def register_final_model(tracker, out: Path, name: str) -> None:
+    """The final model into the MLflow model registry as a new version of `name`, alias "latest-run"."""
+    if not name or not getattr(tracker, "enabled", False):
+        return
+    import torch
+
+    from .model import load_model
+
+    model = load_model(out)
+    h, w = model.config.grid
+    if model.config.input == "tokens":
+        example = torch.zeros(1, h, w, dtype=torch.int64)  # a grid of code ids
+    else:
+        example = torch.zeros(1, h, w, model.config.code_dim, dtype=torch.uint8)  # pixel patches
+    tracker.register_model(model, example, name)
 
 
 # --- inputs -----------------------------------------------------------------------------------

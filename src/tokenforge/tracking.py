@@ -46,6 +46,8 @@ class NullTracker:
 
     def log_dataset(self, name: str, path, context: str, profile: dict | None = None) -> None: ...
 
+    def register_model(self, model, example, name: str, alias: str = "latest-run") -> None: ...
+
 
 def dataset_digest(path) -> str:
     """A content digest of a data file or folder. Folders (shards) hash their file names and sizes plus the
@@ -107,6 +109,31 @@ class MlflowTracker:
     def set_tags(self, tags: dict) -> None:
         for key, value in tags.items():
             self._call("set_tag", self.run_id, key, str(value))
+
+    def register_model(self, model, example, name: str, alias: str = "latest-run") -> None:
+        """Log a torch model with a signature inferred from `example` into this run, register it as a new
+        version of `name` in the model registry and point `alias` at that version."""
+        if not self.enabled:
+            return
+        try:
+            import mlflow
+            import mlflow.pytorch
+            import torch
+            from mlflow.models import infer_signature
+
+            with torch.no_grad():
+                signature = infer_signature(example.numpy(), model(example).numpy())
+            mlflow.set_tracking_uri(self.client.tracking_uri)
+            with mlflow.start_run(run_id=self.run_id):
+                info = mlflow.pytorch.log_model(
+                    model, name="model", signature=signature, registered_model_name=name, input_example=example.numpy(),
+                    serialization_format="pickle",  # MLflow's pt2 export fixed the batch size to the example's (1)
+                    pip_requirements=["tokenforge", "torch", "timm"],  # inferring them would import and time every module
+                )
+            _retry_locked(self.client.set_registered_model_alias, name, alias, info.registered_model_version)
+        except Exception as exc:  # tracking must never kill the job
+            self.enabled = False
+            log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
 
     def log_dataset(self, name: str, path, context: str, profile: dict | None = None) -> None:
         """`mlflow.log_input` for a local file or folder: name, content digest, path, size and `profile`."""

@@ -30,6 +30,7 @@ rule package:
         title=f"tokenforge run '{config['run']}'",
         images=lambda w, input: f"--images reconstructions={input.images}" if input.images else "",
         track=track(),
+        registered=config["mlflow"]["registered_model"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -39,5 +40,5 @@ rule package:
     shell:
         "tokenforge package --evaluations {input.evaluations} --stats {params.stats} --model {input.model}"
         " --config {params.config} --out {params.outdir} --archive {output.archive} --title {params.title:q}"
-        " {params.images}"
+        " {params.images} --registered-model {params.registered:q}"
         " {params.track} > {log} 2>&1"
