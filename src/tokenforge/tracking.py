@@ -156,8 +156,12 @@ class MlflowTracker:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    text = str(exc).strip()
+    unreachable = re.search(r"API request to (\S+?)/api/\S* failed with exception .*?(Max retries exceeded|Connection refused|timed out)", text)
+    if unreachable:
+        return f"the tracking server {unreachable.group(1)} is unreachable ({unreachable.group(2).lower()})"
+    lines = text.splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def _param_value(value: Any) -> str:
@@ -212,9 +216,17 @@ def base_tags() -> dict[str, str]:
     return tags
 
 
+# MLflow's HTTP client retries 7 times with exponential backoff (minutes) before giving up on a server that
+# is down; a job must not stall that long on tracking. Users' own settings win.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # one warning of ours, not one per retry
     return MlflowClient(tracking_uri=uri)
 
 
