@@ -122,6 +122,8 @@ def test_end_to_end_tiny_pipeline(workdir):
     parent = client.get_run(info["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.params["train.epochs"] == "2"
+    logged = {a.path for a in client.list_artifacts(info["parent_run_id"], "logs/train")}
+    assert logged == {"logs/train/task-0.log", "logs/train/task-1.log"}  # every job's log, on the parent
     children = client.search_runs(
         [info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'"
     )

@@ -261,8 +261,13 @@ def start_parent(
 
 
 def end_parent(results_dir: str | os.PathLike, status: str = "FINISHED") -> None:
+    """Log every job's log file to the parent run (under logs/), then close it with `status`."""
     info = read_json(Path(results_dir) / PARENT_FILE)
-    _client(info["tracking_uri"]).set_terminated(info["parent_run_id"], status=status)
+    client = _client(info["tracking_uri"])
+    logs = Path(results_dir) / "logs"
+    if logs.is_dir():
+        client.log_artifacts(info["parent_run_id"], str(logs), "logs")
+    client.set_terminated(info["parent_run_id"], status=status)
 
 
 @contextlib.contextmanager
