@@ -66,6 +66,9 @@ def variants(budgets: list[float]) -> list[dict]:
         out.append({"method": "coretokens", "budget": b, "scorer": "chefer"})
         for s in SCORERS:
             out.append({"method": "coretokenset", "budget": b, "scorer": s, "selection": "class_balanced"})
+        if b >= 2:  # half the tokens: fewer, fuller samples (below 2% not even one per class fits)
+            for s in ("chefer", "atman", "random"):
+                out.append({"method": "coretokenset", "budget": b, "scorer": s, "selection": "class_balanced", "fraction": 0.5})
     return out
 
 
@@ -75,11 +78,13 @@ def label(v: dict) -> str:
         parts.append(v["selection"])
     elif "scorer" in v:
         parts.append(v["scorer"])
+    if v["method"] == "coretokenset":
+        parts.append(f"{100 * v.get('fraction', TOKEN_FRACTION):g}% tokens")
     return " / ".join(parts)
 
 
 def run_id(v: dict, seed: int) -> str:
-    fraction = f"f{TOKEN_FRACTION}" if v["method"] == "coretokenset" else ""
+    fraction = f"f{v.get('fraction', TOKEN_FRACTION)}" if v["method"] == "coretokenset" else ""
     return "-".join([v["method"], v.get("selection", ""), v.get("scorer", ""), fraction, str(v.get("budget", "")), f"s{seed}"]).replace("--", "-")
 
 
@@ -112,8 +117,8 @@ def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
     d = Path(d)
     out = d / "runs" / run_id(v, seed)
     if (out / "result.json").is_file():
-        return json.loads((out / "result.json").read_text())
-    mem = ["--memory-method", v["method"], "--memory-token-fraction", str(TOKEN_FRACTION)]
+        return {**json.loads((out / "result.json").read_text()), "label": label(v)}
+    mem = ["--memory-method", v["method"], "--memory-token-fraction", str(v.get("fraction", TOKEN_FRACTION))]
     mem += ["--memory-budget", f"{v['budget']}%" if "budget" in v else "none"]
     if "budget" not in v:
         mem += ["--memory-samples-per-class", "1"]  # unused: none and joint keep nothing
@@ -193,7 +198,8 @@ def aggregate(results: list[dict]) -> list[dict]:
     return rows
 
 
-ORDER = ["none", "joint", "coreset / class_balanced", "coreset / herding", "coreset / gradient", "coretokens / chefer"] + [f"coretokenset / {s}" for s in SCORERS]
+ORDER = ["none", "joint", "coreset / class_balanced", "coreset / herding", "coreset / gradient", "coretokens / chefer"] + [
+    f"coretokenset / {s} / 12.5% tokens" for s in SCORERS] + [f"coretokenset / {s} / 50% tokens" for s in ("chefer", "atman", "random")]
 
 
 def markdown(rows: list[dict], budgets: list[float]) -> str:

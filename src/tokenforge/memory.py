@@ -291,10 +291,14 @@ def build_memory(
     kept = np.take_along_axis(flat, positions[:, :, None], axis=1)
     kept = kept[:, :, 0].astype(np.int64) if units.ndim == 3 else kept
     new = Memory([keys[i] for i in order], sel_labels.astype(np.int64), np.full(len(order), task, np.int64), positions, kept)
-    memory, quota = fit_budget(previous.concat(new), policy, seen)
+    candidates = previous.concat(new)
+    memory, quota = fit_budget(candidates, policy, seen)
     if policy.budget is not None and any(quota[c] == 0 for c in seen):
-        need = check_minimum(policy, keys, labels, units)  # raises with the minimum when even one per class is too much
-        raise TokenforgeError(f"memory.budget: {policy.budget:,} bytes hold no sample of some class; the minimum is about {need:,} bytes")
+        need = policy.nbytes(_assemble(candidates, policy.balanced, dict.fromkeys(seen, 1)))
+        raise TokenforgeError(
+            f"memory.budget: {policy.budget:,} bytes cannot hold one sample per class ({len(seen)} classes x "
+            f"{policy.tokens} tokens) after task {task}; the minimum is about {need:,} bytes"
+        )
     return memory, {"samples_per_class": {int(c): int((memory.labels == c).sum()) for c in seen}}
 
 
