@@ -259,16 +259,17 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets) + 3, 4.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         rs = [r for r in rows if r["dataset"] == dataset]
-        for lab in ORDER:
+        for i, lab in enumerate(ORDER):
             pts = sorted((r for r in rs if r["label"] == lab and r["runs"] and r["budget_percent"]), key=lambda r: r["memory_bytes"])
             if not pts:
                 continue
             style = "-o" if lab.startswith("coretokenset") else "--s" if lab.startswith("coreset") else ":^"
             ax.errorbar([r["memory_bytes"] for r in pts], [100 * r["accuracy_mean"] for r in pts],
-                        yerr=[100 * r["accuracy_std"] for r in pts], fmt=style, ms=4, capsize=2, label=lab)
+                        yerr=[100 * r["accuracy_std"] for r in pts], fmt=style, ms=4, capsize=2, label=lab,
+                        color=plt.cm.tab20(i % 20))  # one colour per series: the default cycle repeats after 10
         for lab, color in (("none", "grey"), ("joint", "black")):
             r = next((r for r in rs if r["label"] == lab and r["runs"]), None)
             if r:
@@ -278,7 +279,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("final average accuracy (%)")
         ax.set_title(DATASETS.get(dataset, {}).get("title", dataset))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
