@@ -41,7 +41,7 @@ DATASETS = {
     ),
 }
 TRAIN = ["--epochs", "15", "--embed-dim", "64", "--depth", "4", "--num-heads", "4", "--input-dropout", "0",
-         "--memory-samples-per-class", "0", "--threads", "2"]
+         "--memory-method", "none", "--threads", "2"]
 
 
 def tf(*args: str) -> None:

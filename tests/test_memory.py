@@ -167,6 +167,8 @@ def test_fit_budget_with_no_candidates_of_a_class_keeps_zero():
 def test_policy_errors_name_the_key():
     with pytest.raises(TokenforgeError, match="memory.method: unknown method 'x'"):
         policy(method="x")
+    with pytest.raises(TokenforgeError, match="memory.samples_per_class: must be >= 1"):
+        policy(samples_per_class=0)
     with pytest.raises(TokenforgeError, match="memory.budget: method 'coreset' needs a budget"):
         policy(method="coreset", budget=None)
     with pytest.raises(TokenforgeError, match="token_fraction"):

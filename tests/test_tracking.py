@@ -111,3 +111,12 @@ def test_datasets_are_logged_as_run_inputs_with_digest_and_context(tmp_path):
     before = dataset_digest(tokens)
     tokens.write_bytes(b"y" * 100)  # same size, other content: another digest
     assert dataset_digest(tokens) != before
+
+
+def test_slurm_job_id_is_a_tag_only_under_slurm(monkeypatch):
+    from tokenforge.tracking import base_tags
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert "slurm_job_id" not in base_tags()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert base_tags()["slurm_job_id"] == "4242"

@@ -122,6 +122,7 @@ def test_end_to_end_tiny_pipeline(workdir):
     parent = client.get_run(info["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.params["train.epochs"] == "2"
+    assert "config.resolved.yaml" in {a.path for a in client.list_artifacts(info["parent_run_id"])}
     logged = {a.path for a in client.list_artifacts(info["parent_run_id"], "logs/train")}
     assert logged == {"logs/train/task-0.log", "logs/train/task-1.log"}  # every job's log, on the parent
     children = client.search_runs(
@@ -133,6 +134,8 @@ def test_end_to_end_tiny_pipeline(workdir):
     )
     by_rule = {(c.data.tags["rule"], c.data.tags.get("task")): c for c in children}
     assert "loss" in by_rule[("train", "1")].data.metrics
+    tags = by_rule[("train", "1")].data.tags
+    assert tags["run"] == "tiny" and tags["snakemake_version"] and tags["git_commit"] and tags["host"]
     history = client.get_metric_history(by_rule[("train", "1")].info.run_id, "step_loss")
     assert len(history) >= 2 and {"max_rss_mb", "step_lr", "step_samples_per_s"} <= set(by_rule[("train", "1")].data.metrics)
     inputs = {(i.dataset.name, i.tags[0].value) for i in client.get_run(by_rule[("train", "1")].info.run_id).inputs.dataset_inputs}

@@ -128,6 +128,10 @@ class Policy:
     def __post_init__(self):
         if self.method not in METHODS:
             raise TokenforgeError(f"memory.method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.samples_per_class is not None and self.samples_per_class < 1:
+            raise TokenforgeError(
+                f"memory.samples_per_class: must be >= 1, got {self.samples_per_class} (memory.method none keeps no memory)"
+            )
         if self.method in ("coreset", "coretokenset", "coretokens") and self.budget is None and self.samples_per_class is None:
             raise TokenforgeError(f"memory.budget: method {self.method!r} needs a budget or memory.samples_per_class")
         if self.method == "coreset":
