@@ -178,3 +178,90 @@ def test_same_seed_same_model_across_processes_with_two_threads(data, tmp_path):
         )
     for file in ("model.safetensors", "memory.arrows.zst"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def _tokenforge_train(data, out, task, *extra):
+    """`tokenforge train` as its own process (one thread), the way the pipeline runs it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    args = [str(Path(sys.executable).parent / "tokenforge"), "train", "--tokens", str(data / "train.parquet"),
+            "--tokenizer", str(data / "tokenizer"), "--split", str(data / "split"), "--task", str(task), "--out", str(out),
+            "--epochs", "6", "--embed-dim", "16", "--depth", "1", "--batch-size", "16", "--memory-budget", "none",
+            "--memory-samples-per-class", "40", "--memory-scorer", "atman", "--threads", "1", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _latest_step(ckpt) -> int:
+    latest = ckpt / "latest"
+    return int(latest.read_text().strip().removeprefix("step")) if latest.is_file() else -1
+
+
+def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_memory(data, tmp_path):
+    import random
+    import signal
+    import time
+
+    ref = _tokenforge_train(data, tmp_path / "ref", 0)
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+    target = random.randint(3, 50)  # of 60 steps; the seed is printed by pytest on failure via the assert message
+    ckpt = tmp_path / "ckpt"
+    job = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1")
+    deadline = time.time() + 600
+    while _latest_step(ckpt) < target:
+        assert job.poll() is None and time.time() < deadline, f"the job ended before step {target}"
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    killed_at = _latest_step(ckpt)
+    assert not (tmp_path / "out").exists()  # no half-written outputs
+    again = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1")
+    log = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, log
+    assert f"resuming from step {killed_at} " in log, (target, log[-2000:])
+    for name in ("model.safetensors", "memory.arrows.zst"):
+        assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), (name, target)
+    assert not ckpt.exists()  # removed once the outputs are written
+
+
+def test_training_killed_while_building_its_memory_resumes_without_training_again(data, tmp_path):
+    import signal
+
+    ref = _tokenforge_train(data, tmp_path / "ref", 0)
+    assert ref.wait(timeout=600) == 0
+    ckpt = tmp_path / "ckpt"
+    os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"] = "30"  # a window inside the memory phase
+    try:
+        job = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt))
+    finally:
+        del os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"]
+    for line in job.stdout:
+        if "building the memory" in line:
+            job.send_signal(signal.SIGKILL)
+            break
+    job.wait()
+    assert not (tmp_path / "out").exists() and _latest_step(ckpt) == 60  # the final checkpoint, after all 60 steps
+    again = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt))
+    log = again.communicate(timeout=600)[0]
+    assert again.returncode == 0 and "resuming from step 60 (epoch 6, batch 0)" in log, log[-2000:]
+    for name in ("model.safetensors", "memory.arrows.zst"):
+        assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
+
+
+def test_a_checkpoint_of_other_arguments_is_ignored(data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"] = "30"
+    try:
+        first = _tokenforge_train(data, tmp_path / "a", 0, "--checkpoint-dir", str(ckpt))
+    finally:
+        del os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"]
+    for line in first.stdout:
+        if "building the memory" in line:
+            first.kill()
+            break
+    first.wait()
+    other = _tokenforge_train(data, tmp_path / "b", 0, "--checkpoint-dir", str(ckpt), "--lr", "0.002")
+    log = other.communicate(timeout=600)[0]
+    assert other.returncode == 0 and "made with other arguments" in log and "resuming" not in log, log[-2000:]

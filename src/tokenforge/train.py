@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     opt.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs")
     opt.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and memory sampling")
+    opt.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="save a resumable checkpoint here every --checkpoint-every steps and resume from it when restarted "
+        "(keep it outside --out; removed once the outputs are written; default: no checkpoints)",
+    )
+    opt.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (with --checkpoint-dir)")
     opt.add_argument("--log-every", type=int, default=10, help="log step metrics (loss, lr, samples/s, peak memory) every N steps")
     opt.add_argument("--deepspeed-config", type=Path, default=None, help="DeepSpeed JSON config (ZeRO stage, bf16, ...)")
     arch = parser.add_argument_group("model (task 0 only; later tasks inherit it)")
@@ -276,12 +284,15 @@ def run(args, tracker) -> None:
     import torch.nn.functional as F
 
     from .memory import MEMORY_FILE, Memory, as_tensors, build_memory, check_minimum, read_memory, resolve_tokens, write_memory
+    from .checkpoint import Checkpointer, fingerprint
     from .model import save_model
     from .runtime import progress, seed_everything
 
     start = time.perf_counter()
     if not 0 <= args.input_dropout <= 1:
         raise TokenforgeError(f"--input-dropout: must be in [0, 1], got {args.input_dropout}")
+    if args.checkpoint_every < 1:
+        raise TokenforgeError(f"--checkpoint-every: must be >= 1, got {args.checkpoint_every}")
     if args.log_every < 1:
         raise TokenforgeError(f"--log-every: must be >= 1, got {args.log_every}")
     if args.memory_replay_ratio <= 0:
@@ -332,12 +343,32 @@ def run(args, tracker) -> None:
 
     engine.train()
     step, seen_samples, loss_sum = 0, 0, 0.0
+    ckpt = Checkpointer(args.checkpoint_dir, args.checkpoint_every, fingerprint(args)) if args.checkpoint_dir else None
+    resumed = ckpt.load(engine) if ckpt else None
+    start_epoch = 0
+    if resumed is not None:
+        gen.set_state(resumed["gen"])
+        torch.set_rng_state(resumed["torch_rng"])
+        if augmenter is not None:
+            augmenter.generator.set_state(resumed["augment_rng"])
+        start_epoch, step, seen_samples = resumed["epoch"], resumed["step"], resumed["seen_samples"]
+        print(f"task {args.task}: resuming from step {step} (epoch {start_epoch}, batch {resumed['batch']}) "
+              f"of the checkpoint in {args.checkpoint_dir}", flush=True)
+
+    def checkpoint_state(epoch, batch, order, loss_sum, correct, **extra) -> dict:
+        return {"epoch": epoch, "batch": batch, "order": order, "loss_sum": loss_sum, "correct": correct, "step": step,
+                "seen_samples": seen_samples, "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "augment_rng": augmenter.generator.get_state() if augmenter is not None else None, **extra}
+
     t_train = time.perf_counter()
-    bar = progress(range(args.epochs), desc=f"task {args.task}", unit="epoch")
+    bar = progress(range(start_epoch, args.epochs), desc=f"task {args.task}", unit="epoch", initial=start_epoch, total=args.epochs)
     for epoch in bar:
-        order = local[torch.randperm(len(local), generator=gen)]
-        loss_sum, correct = 0.0, 0
-        for b in range(steps_per_epoch):
+        if resumed is not None and epoch == start_epoch:  # mid-epoch: that epoch's order and sums, the next batch
+            order, loss_sum, correct, first = resumed["order"], resumed["loss_sum"], resumed["correct"], resumed["batch"]
+        else:
+            order = local[torch.randperm(len(local), generator=gen)]
+            loss_sum, correct, first = 0.0, 0, 0
+        for b in range(first, steps_per_epoch):
             idx = order[b * args.batch_size : (b + 1) * args.batch_size]
             units, targets = ids[idx], F.one_hot(labels[idx], num_classes).float()
             if augmenter is not None:  # augmented grids enter as embedding maps, channels last for `subset`
@@ -368,6 +399,8 @@ def run(args, tracker) -> None:
                      "step_samples_per_s": seen_samples / (time.perf_counter() - t_train), "max_rss_mb": _max_rss_mb()},
                     step=step,
                 )
+            if ckpt is not None and ckpt.due(step):
+                ckpt.save(engine, checkpoint_state(epoch, b + 1, order, loss_sum, correct), step)
         epoch_loss, epoch_acc = loss_sum / len(local), correct / len(local)
         rate = seen_samples / (time.perf_counter() - t_train)
         bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{epoch_acc:.3f}", refresh=False)
@@ -376,7 +409,15 @@ def run(args, tracker) -> None:
             step=epoch,
         )
 
+    if resumed is not None and start_epoch >= args.epochs:  # killed after training: straight to the memory
+        epoch_loss, epoch_acc, rate = resumed["epoch_loss"], resumed["epoch_acc"], resumed["rate"]
+    elif ckpt is not None:  # training done: a kill while building the memory does not train again
+        ckpt.save(engine, checkpoint_state(args.epochs, 0, None, loss_sum, correct, epoch_loss=epoch_loss,
+                                           epoch_acc=epoch_acc, rate=rate), step)
     model = engine.module.eval()
+    print(f"task {args.task}: building the memory", flush=True)
+    if os.environ.get("TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"):  # tests: a window to kill the job in this phase
+        time.sleep(float(os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"]))
     t_memory = time.perf_counter()
     task_mask = np.isin(all_labels, classes)  # the memory takes this task's samples only, also for joint (which keeps none)
     memory, info = build_memory(
@@ -413,6 +454,8 @@ def run(args, tracker) -> None:
             "wall_s": time.perf_counter() - start,
         }
         write_json(tmp / "stats.json", stats)
+    if ckpt is not None:
+        ckpt.clear()
     tracker.log_metrics({k: v for k, v in stats.items() if k in ("final_loss", "memory_bytes", "memory_samples", "memory_build_s")})
     for name in ("stats.json", "model.json"):
         tracker.log_artifact(args.out / name)
