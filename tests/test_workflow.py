@@ -193,3 +193,45 @@ def test_pipeline_on_a_seit_token_release(workdir):
     metrics = json.loads((run / "package" / "metrics.json").read_text())
     assert len(metrics["accuracy_matrix"]) == 2
     assert (run / "tokens" / "synonyms.json").is_file()
+
+
+@pytest.mark.slow
+def test_pipeline_killed_mid_training_resumes_to_the_same_accuracy_matrix(tmp_path):
+    """Kill the whole pipeline (Snakemake and its job) at a random step of task 1's training; `--unlock` and
+    `--rerun-incomplete` resume that job from its checkpoint, and the result equals an uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    text = TINY + "train: {epochs: 3, embed_dim: 32, depth: 2, checkpoint_every: 1}\n"
+    runs = {}
+    for name in ("whole", "killed"):
+        work = tmp_path / name
+        shutil.copytree(REPO / "config", work / "config")
+        runs[name] = (work, write_config(work, text))
+    work, cfg = runs["whole"]
+    snakemake(work, "--configfile", cfg)
+
+    work, cfg = runs["killed"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.Popen([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2",
+                             "--configfile", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    ckpt = work / "results" / "tiny" / "checkpoints" / "train" / "task-1"
+    target = random.randint(2, 12)  # task 1 has 3 epochs x 5 steps
+    deadline = time.time() + 900
+    while not ((ckpt / "latest").is_file() and int((ckpt / "latest").read_text().strip()[4:]) >= target):
+        assert proc.poll() is None and time.time() < deadline, f"the pipeline ended before step {target} of task 1"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "results" / "tiny" / "train" / "task-1" / "model.safetensors").exists()  # nothing half-written
+    snakemake(work, "--configfile", cfg, "--unlock")
+    snakemake(work, "--configfile", cfg, "--rerun-incomplete")
+    log = (work / "results" / "tiny" / "logs" / "train" / "task-1.log").read_text()
+    assert "task 1: resuming from step" in log, log[-2000:]
+    whole = json.loads((runs["whole"][0] / "results" / "tiny" / "package" / "metrics.json").read_text())
+    resumed = json.loads((work / "results" / "tiny" / "package" / "metrics.json").read_text())
+    assert resumed["accuracy_matrix"] == whole["accuracy_matrix"], target
+    assert not ckpt.exists()

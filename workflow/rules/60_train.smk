@@ -26,6 +26,8 @@ rule train:
         shards="" if SEIT else f"--shards {R}/shard",
         split=dirname("input.split"),
         outdir=dirname("output.model"),
+        # Outside the declared outputs, so a killed job's rerun (--rerun-incomplete) resumes from it.
+        checkpoints=lambda w: f"{R}/checkpoints/train/task-{w.task}",
         seed=config["seed"],
         track=lambda w: track(f"--tag task={w.task}"),
     threads: config["threads"]
@@ -37,6 +39,7 @@ rule train:
     shell:
         "tokenforge train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.previous} --out {params.outdir} {params.args} {params.memory}"
+        " --checkpoint-dir {params.checkpoints}"
         " --synonyms {input.synonyms} {params.augment}"
         " --seed {params.seed} --threads {threads} {params.track} > {log} 2>&1"
 
