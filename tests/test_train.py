@@ -196,7 +196,7 @@ def _tokenforge_train(data, out, task, *extra):
 
 def _latest_step(ckpt) -> int:
     latest = ckpt / "latest"
-    return int(latest.read_text().strip().removeprefix("step")) if latest.is_file() else -1
+    return int(latest.read_text().strip().removeprefix("step")) if latest.is_file() else -1  # replaced atomically
 
 
 def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_memory(data, tmp_path):

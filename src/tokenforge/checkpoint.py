@@ -6,7 +6,7 @@ sample order and running sums. A killed job restarted with the same arguments (S
 `--rerun-incomplete` reruns it) loads the newest checkpoint and continues from there, so the result
 equals that of an uninterrupted run. A final checkpoint after the last step means a job killed while
 building its memory does not train again. Checkpoints are written under a new tag and `latest` moves
-to it only after the tag is complete (DeepSpeed writes `latest` last), so a kill during a save leaves
+to it atomically only after the tag is complete, so a kill during a save leaves
 the previous checkpoint usable. A checkpoint made with other arguments is ignored, with a warning.
 The folder is removed once the job's outputs are written.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -56,7 +57,13 @@ class Checkpointer:
 
     def save(self, engine, state: dict, step: int) -> None:
         tag = f"step{step:09d}"
-        engine.save_checkpoint(str(self.directory), tag=tag, client_state={**state, "fingerprint": self.fingerprint})
+        engine.save_checkpoint(
+            str(self.directory), tag=tag, client_state={**state, "fingerprint": self.fingerprint}, save_latest=False
+        )
+        # `latest` names the new tag only once it is complete, and atomically (DeepSpeed rewrites it in place).
+        pending = self.directory / "latest.tmp"
+        pending.write_text(tag)
+        os.replace(pending, self.directory / "latest")
         for old in self.directory.iterdir():  # keep only the checkpoint `latest` names
             if old.is_dir() and old.name.startswith("step") and old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
