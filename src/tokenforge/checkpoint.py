@@ -32,7 +32,8 @@ def fingerprint(args) -> str:
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, every: int, fingerprint: str):
+    def __init__(self, directory: Path, every: int, fingerprint: str, rank: int = 0):
+        self.rank = rank  # every rank saves its part; rank 0 alone moves `latest` and prunes
         self.directory = Path(directory)
         self.every = every
         self.fingerprint = fingerprint
@@ -60,6 +61,8 @@ class Checkpointer:
         engine.save_checkpoint(
             str(self.directory), tag=tag, client_state={**state, "fingerprint": self.fingerprint}, save_latest=False
         )
+        if self.rank != 0:
+            return
         # `latest` names the new tag only once it is complete, and atomically (DeepSpeed rewrites it in place).
         pending = self.directory / "latest.tmp"
         pending.write_text(tag)
@@ -69,4 +72,5 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.rank == 0:
+            shutil.rmtree(self.directory, ignore_errors=True)

@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         from .tracking import child_run
 
-        with child_run(args.track, rule=args.command, tags=_parse_tags(args.tag), args=args) as tracker:
+        # Under torchrun every process runs this; only rank 0 tracks, so a job is one MLflow run.
+        track = args.track if int(os.environ.get("RANK", "0") or 0) == 0 else None
+        with child_run(track, rule=args.command, tags=_parse_tags(args.tag), args=args) as tracker:
             start = time.perf_counter()
             args.func(args, tracker)
             tracker.log_metrics({"wall_s": time.perf_counter() - start})

@@ -14,6 +14,7 @@ last-ranked samples, class-balanced; see tokenforge.memory). On a CPU it runs as
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import os
@@ -283,7 +284,17 @@ def run(args, tracker) -> None:
     import torch
     import torch.nn.functional as F
 
-    from .memory import MEMORY_FILE, Memory, as_tensors, build_memory, check_minimum, read_memory, resolve_tokens, write_memory
+    from .memory import (
+        MEMORY_FILE,
+        Memory,
+        as_tensors,
+        build_memory,
+        check_minimum,
+        read_memory,
+        resolve_tokens,
+        serialize,
+        write_memory,
+    )
     from .checkpoint import Checkpointer, fingerprint
     from .model import save_model
     from .runtime import progress, seed_everything
@@ -333,7 +344,10 @@ def run(args, tracker) -> None:
     augmenter = _augmenter(args, getattr(model, "codebook", None))
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = torch.arange(len(ids))[rank::world]  # each rank trains on its own slice
+    # Each rank trains on its own slice; slices are padded to equal length (as DistributedSampler does) so
+    # every rank takes the same number of steps and no collective waits forever.
+    per_rank = math.ceil(len(ids) / world)
+    local = (torch.arange(per_rank * world) % len(ids))[rank::world]
     steps_per_epoch = max(1, math.ceil(len(local) / args.batch_size))
     engine = _engine(model, args, steps_per_epoch * args.epochs)
     unseen = torch.ones(num_classes, dtype=torch.bool)
@@ -343,7 +357,7 @@ def run(args, tracker) -> None:
 
     engine.train()
     step, seen_samples, loss_sum = 0, 0, 0.0
-    ckpt = Checkpointer(args.checkpoint_dir, args.checkpoint_every, fingerprint(args)) if args.checkpoint_dir else None
+    ckpt = Checkpointer(args.checkpoint_dir, args.checkpoint_every, fingerprint(args), rank) if args.checkpoint_dir else None
     resumed = ckpt.load(engine) if ckpt else None
     start_epoch = 0
     if resumed is not None:
@@ -432,6 +446,16 @@ def run(args, tracker) -> None:
         seed=args.seed * 1000 + args.task,
     )
     memory_s = time.perf_counter() - t_memory
+    digest = hashlib.sha256(serialize(memory, policy.num_codes, policy.num_positions, policy.num_classes)).hexdigest()
+    if world > 1:  # every rank built the memory from the same model and data: check they agree, then rank 0 writes
+        import torch.distributed as dist
+
+        digests = [None] * world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise TokenforgeError(f"task {args.task}: the ranks built different memories ({', '.join(d[:12] for d in digests)})")
+        if rank != 0:
+            return
     with atomic_dir(args.out) as tmp:
         save_model(model, tmp)
         memory_bytes = write_memory(memory, tmp / MEMORY_FILE, policy.num_codes, policy.num_positions, policy.num_classes)
@@ -451,6 +475,7 @@ def run(args, tracker) -> None:
             "memory_samples_per_class": info.get("samples_per_class", {}),
             "memory_build_s": memory_s,
             "world_size": world,
+            "memory_sha256": digest,
             "wall_s": time.perf_counter() - start,
         }
         write_json(tmp / "stats.json", stats)

@@ -17,7 +17,13 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/task-{{task}}.tsv"
     params:
-        args=cli_args(config["train"]),
+        args=cli_args({k: v for k, v in config["train"].items() if k != "processes"}),
+        # One process, or torchrun with train.processes processes (data parallel; rank 0 writes the outputs).
+        launch=(
+            "tokenforge"
+            if config["train"]["processes"] == 1
+            else f"torchrun --standalone --nproc_per_node {config['train']['processes']} -m tokenforge.cli"
+        ),
         # budget null means no limit, which the CLI spells "none" (its own default is 10%)
         memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),
         augment=cli_args(config["augment"], prefix="augment-"),
@@ -29,6 +35,7 @@ rule train:
         # Outside the declared outputs, so a killed job's rerun (--rerun-incomplete) resumes from it.
         checkpoints=lambda w: f"{R}/checkpoints/train/task-{w.task}",
         seed=config["seed"],
+        threads=lambda w, threads: max(1, threads // config["train"]["processes"]),
         track=lambda w: track(f"--tag task={w.task}"),
     threads: config["threads"]
     resources:
@@ -37,11 +44,11 @@ rule train:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
+        "{params.launch} train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.previous} --out {params.outdir} {params.args} {params.memory}"
         " --checkpoint-dir {params.checkpoints}"
         " --synonyms {input.synonyms} {params.augment}"
-        " --seed {params.seed} --threads {threads} {params.track} > {log} 2>&1"
+        " --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"
 
 
 # Named partial targets task_0 ... task_<N-1>: train and evaluate up to task k, e.g. `snakemake task_2`.
