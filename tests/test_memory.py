@@ -109,9 +109,7 @@ def test_coretokens_takes_the_most_tokens_that_fit_every_sample():
     k = resolve_tokens(pol, keys, labels, ids)
 
     def every_sample(tokens):  # every sample with `tokens` scattered tokens, as resolve_tokens sizes it
-        mem = _proxy(labels, ids, tokens)
-        mem.keys = keys
-        return pol.nbytes(mem)
+        return pol.nbytes(_proxy(keys, labels, ids, tokens))
 
     assert every_sample(k) <= 2500 < every_sample(k + 1)
 

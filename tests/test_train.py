@@ -226,15 +226,13 @@ def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_mem
     assert not ckpt.exists()  # removed once the outputs are written
 
 
-def test_training_killed_while_building_its_memory_resumes_without_training_again(data, tmp_path):
+def _kill_while_building_memory(data, out, ckpt) -> None:
+    """Start task 0 with checkpoints and SIGKILL it inside its memory phase (a test pause keeps the window open)."""
     import signal
 
-    ref = _tokenforge_train(data, tmp_path / "ref", 0)
-    assert ref.wait(timeout=600) == 0
-    ckpt = tmp_path / "ckpt"
-    os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"] = "30"  # a window inside the memory phase
+    os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"] = "30"
     try:
-        job = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt))
+        job = _tokenforge_train(data, out, 0, "--checkpoint-dir", str(ckpt))
     finally:
         del os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"]
     for line in job.stdout:
@@ -242,6 +240,13 @@ def test_training_killed_while_building_its_memory_resumes_without_training_agai
             job.send_signal(signal.SIGKILL)
             break
     job.wait()
+
+
+def test_training_killed_while_building_its_memory_resumes_without_training_again(data, tmp_path):
+    ref = _tokenforge_train(data, tmp_path / "ref", 0)
+    assert ref.wait(timeout=600) == 0
+    ckpt = tmp_path / "ckpt"
+    _kill_while_building_memory(data, tmp_path / "out", ckpt)
     assert not (tmp_path / "out").exists() and _latest_step(ckpt) == 60  # the final checkpoint, after all 60 steps
     again = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt))
     log = again.communicate(timeout=600)[0]
@@ -252,16 +257,7 @@ def test_training_killed_while_building_its_memory_resumes_without_training_agai
 
 def test_a_checkpoint_of_other_arguments_is_ignored(data, tmp_path):
     ckpt = tmp_path / "ckpt"
-    os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"] = "30"
-    try:
-        first = _tokenforge_train(data, tmp_path / "a", 0, "--checkpoint-dir", str(ckpt))
-    finally:
-        del os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"]
-    for line in first.stdout:
-        if "building the memory" in line:
-            first.kill()
-            break
-    first.wait()
+    _kill_while_building_memory(data, tmp_path / "a", ckpt)
     other = _tokenforge_train(data, tmp_path / "b", 0, "--checkpoint-dir", str(ckpt), "--lr", "0.002")
     log = other.communicate(timeout=600)[0]
     assert other.returncode == 0 and "made with other arguments" in log and "resuming" not in log, log[-2000:]

@@ -67,17 +67,23 @@ def rank_samples(model, units: np.ndarray, labels: np.ndarray, method: str, seed
     return _interleave(orders)
 
 
-def take(order: np.ndarray, labels: np.ndarray, method: str, per_class: int) -> np.ndarray:
-    """Indices kept when each class may hold `per_class` samples: for class-balanced methods the first `per_class` of each class
-    in `order`; for random the first per_class * (number of classes) of `order`. Returned in priority order."""
+def take(order: np.ndarray, labels: np.ndarray, method: str, per_class: int | dict[int, int]) -> np.ndarray:
+    """Indices kept when each class may hold `per_class` samples (one number, or a quota per class label; a class
+    not in the dict keeps none): for class-balanced methods the first of each class in `order`; for random the
+    first sum-of-quotas (over the classes present) of `order`. Returned in priority order."""
     _check_method(method)
-    if per_class < 0:
+    quota = per_class if isinstance(per_class, dict) else None
+    if quota is None and per_class < 0:
         raise TokenforgeError(f"memory.samples_per_class: must be >= 0, got {per_class}")
     order = np.asarray(order, dtype=np.int64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
+    present = np.unique(labels)
     if not CLASS_BALANCED[method]:
-        return order[: per_class * len(np.unique(labels))].copy()
-    return order[_rank_within_class(labels[order]) < per_class]
+        total = per_class * len(present) if quota is None else sum(quota.get(int(c), 0) for c in present)
+        return order[:total].copy()
+    ordered = labels[order]
+    limit = per_class if quota is None else np.array([quota.get(int(c), 0) for c in ordered], dtype=np.int64)
+    return order[_rank_within_class(ordered) < limit]
 
 
 def _rank_within_class(labels: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .coreset import take
 from .errors import TokenforgeError
 
 MEMORY_FILE = "memory.arrows.zst"
@@ -143,15 +144,11 @@ class Policy:
     def keeps_memory(self) -> bool:
         return self.method in ("coreset", "coretokens", "coretokenset")
 
-    @property
-    def balanced(self) -> bool:
-        return self.selection != "random"
-
     def nbytes(self, memory: Memory) -> int:
         return len(serialize(memory, self.num_codes, self.num_positions, self.num_classes))
 
 
-def _proxy(labels: np.ndarray, units: np.ndarray, k: int, task: int = 0) -> Memory:
+def _proxy(keys: list[str], labels: np.ndarray, units: np.ndarray, k: int, task: int = 0) -> Memory:
     """Samples with k random units each as kept tokens: about the right size, for sizing before any scoring."""
     n = units.shape[1] * units.shape[2]
     # Scattered positions, as attribution picks them: contiguous ones would compress far better than real memories.
@@ -159,7 +156,7 @@ def _proxy(labels: np.ndarray, units: np.ndarray, k: int, task: int = 0) -> Memo
     positions = np.sort(np.argsort(rng.random((len(units), n)), axis=1)[:, :k], axis=1).astype(np.int64)
     flat = np.take_along_axis(units.reshape(len(units), n, -1), positions[:, :, None], axis=1)
     ids = flat[:, :, 0].astype(np.int64) if units.ndim == 3 else flat
-    return Memory([f"{i}" for i in range(len(units))], labels.astype(np.int64), np.full(len(units), task, np.int64), positions, ids)
+    return Memory(list(keys), labels.astype(np.int64), np.full(len(units), task, np.int64), positions, ids)
 
 
 def first_per_class(labels: np.ndarray) -> np.ndarray:
@@ -175,8 +172,7 @@ def resolve_tokens(policy: Policy, keys: list[str], labels: np.ndarray, units: n
     lo, hi = 1, policy.num_positions
     while lo < hi:  # the largest k whose all-sample memory fits
         mid = (lo + hi + 1) // 2
-        memory = _proxy(labels, units, mid)
-        memory.keys = list(keys)
+        memory = _proxy(keys, labels, units, mid)
         if policy.nbytes(memory) <= policy.budget:
             lo = mid
         else:
@@ -187,8 +183,7 @@ def resolve_tokens(policy: Policy, keys: list[str], labels: np.ndarray, units: n
 def check_minimum(policy: Policy, keys: list[str], labels: np.ndarray, units: np.ndarray) -> int:
     """Bytes of one sample per class (of every class given) at the policy's token count; raise if over budget."""
     pick = first_per_class(labels)
-    memory = _proxy(labels[pick], units[pick], policy.tokens)
-    memory.keys = [keys[i] for i in pick]
+    memory = _proxy([keys[i] for i in pick], labels[pick], units[pick], policy.tokens)
     need = policy.nbytes(memory)
     if policy.budget is not None and need > policy.budget:
         raise TokenforgeError(
@@ -201,21 +196,12 @@ def check_minimum(policy: Policy, keys: list[str], labels: np.ndarray, units: np
 # --- fitting the budget ---------------------------------------------------------------------------
 
 
-def _take_task(labels: np.ndarray, balanced: bool, quota: dict[int, int]) -> np.ndarray:
-    """Rows (already in priority order) kept for one task under per-class quotas."""
-    if balanced:
-        keep, count = [], dict.fromkeys(quota, 0)
-        for i, c in enumerate(labels.tolist()):
-            if count.get(c, 0) < quota.get(c, 0):
-                keep.append(i)
-                count[c] += 1
-        return np.array(keep, dtype=np.int64)
-    n = sum(quota.get(int(c), 0) for c in np.unique(labels))
-    return np.arange(min(n, len(labels)), dtype=np.int64)
-
-
-def _assemble(memory: Memory, balanced: bool, quota: dict[int, int]) -> Memory:
-    keep = [np.flatnonzero(memory.tasks == t)[_take_task(memory.labels[memory.tasks == t], balanced, quota)] for t in np.unique(memory.tasks)]
+def _assemble(memory: Memory, selection: str, quota: dict[int, int]) -> Memory:
+    """Per task, the rows (already in priority order) its selection keeps under per-class quotas."""
+    keep = []
+    for t in np.unique(memory.tasks):
+        rows = np.flatnonzero(memory.tasks == t)
+        keep.append(take(rows, memory.labels, selection, quota))
     return memory.rows(np.concatenate(keep)) if keep else memory
 
 
@@ -228,7 +214,7 @@ def fit_budget(candidates: Memory, policy: Policy, classes: list[int]) -> tuple[
         cap = min(cap, policy.samples_per_class)
 
     def build(quota):
-        return _assemble(candidates, policy.balanced, quota)
+        return _assemble(candidates, policy.selection, quota)
 
     def fits(quota) -> bool:
         return policy.budget is None or policy.nbytes(build(quota)) <= policy.budget
@@ -279,11 +265,11 @@ def build_memory(
     # (sized with stand-in tokens), plus one; attribution (AtMan above all) is the costly part.
     cap = policy.samples_per_class
     if policy.budget is not None and policy.tokens < policy.num_positions:
-        _, quota = fit_budget(previous.concat(_proxy(labels[order], units[order], policy.tokens, task)), policy, seen)
+        _, quota = fit_budget(previous.concat(_proxy([keys[i] for i in order], labels[order], units[order], policy.tokens, task)), policy, seen)
         bound = 2 * max(quota[c] for c in np.unique(labels).tolist()) + 1
         cap = bound if cap is None else min(cap, bound)
     if cap is not None:
-        order = order[_take_task(labels[order], policy.balanced, dict.fromkeys(np.unique(labels).tolist(), cap))]
+        order = take(order, labels, policy.selection, cap)
     sel_units, sel_labels = units[order], labels[order]
     k = policy.tokens
     if k >= policy.num_positions:
@@ -298,7 +284,7 @@ def build_memory(
     candidates = previous.concat(new)
     memory, quota = fit_budget(candidates, policy, seen)
     if policy.budget is not None and any(quota[c] == 0 for c in seen):
-        need = policy.nbytes(_assemble(candidates, policy.balanced, dict.fromkeys(seen, 1)))
+        need = policy.nbytes(_assemble(candidates, policy.selection, dict.fromkeys(seen, 1)))
         raise TokenforgeError(
             f"memory.budget: {policy.budget:,} bytes cannot hold one sample per class ({len(seen)} classes x "
             f"{policy.tokens} tokens) after task {task}; the minimum is about {need:,} bytes"

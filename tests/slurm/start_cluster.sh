@@ -18,15 +18,7 @@ MEMORY_MARGIN_MB=2048  # left to the OS and the daemons; slurmd drains a node wh
 skip() { echo "skip: $*"; exit 77; }
 die() { echo "error: $*" >&2; exit 1; }
 
-# The ids of processes whose command name is exactly $1 (from /proc, so procps is not needed).
-pids_of() {
-    local comm pid
-    for comm in /proc/[0-9]*/comm; do
-        pid=${comm#/proc/}; pid=${pid%/comm}
-        [[ "$(cat "$comm" 2>/dev/null)" == "$1" ]] && echo "$pid"
-    done
-    return 0
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 running() { [[ -n "$(pids_of "$1")" ]]; }
 
 # Stop a daemon by the ids of its processes and wait (up to 30 s) until it is gone.

@@ -13,15 +13,7 @@ if [[ "$uid" -ne 0 ]]; then
     exit 77
 fi
 
-# The ids of processes whose command name is exactly $1 (from /proc, so procps is not needed).
-pids_of() {
-    local comm pid
-    for comm in /proc/[0-9]*/comm; do
-        pid=${comm#/proc/}; pid=${pid%/comm}
-        [[ "$(cat "$comm" 2>/dev/null)" == "$1" ]] && echo "$pid"
-    done
-    return 0
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 stopped=()
 for name in slurmd slurmctld; do
