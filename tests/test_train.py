@@ -261,3 +261,89 @@ def test_a_checkpoint_of_other_arguments_is_ignored(data, tmp_path):
     other = _tokenforge_train(data, tmp_path / "b", 0, "--checkpoint-dir", str(ckpt), "--lr", "0.002")
     log = other.communicate(timeout=600)[0]
     assert other.returncode == 0 and "made with other arguments" in log and "resuming" not in log, log[-2000:]
+
+
+# --- DeepSpeed options (train.zero_stage, precision, gradient_accumulation, activation_checkpointing) ---------------
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--precision", "bf16"], ["--zero-stage", "1"], ["--zero-stage", "2"], ["--zero-stage", "2", "--precision", "bf16"],
+     ["--gradient-accumulation", "2"], ["--activation-checkpointing"]],
+    ids=["bf16", "zero1", "zero2", "zero2-bf16", "accumulation2", "activation-checkpointing"],
+)
+def test_each_deepspeed_option_trains_a_task_chain_that_loads_and_replays(data, tmp_path, flags):
+    from tokenforge.model import load_model
+
+    for task in (0, 1):
+        previous = ["--previous", str(tmp_path / "task-0")] if task else []
+        assert train(data, tmp_path / f"task-{task}", task, *previous, *flags) == 0
+    model = load_model(tmp_path / "task-1")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # saved as fp32 whatever the training precision
+    stats = json.loads((tmp_path / "task-1" / "stats.json").read_text())
+    assert stats["memory_samples"] == 12 and np.isfinite(stats["final_loss"])
+    assert stats["steps"] == 20  # micro-batches: 160 samples / 16, 2 epochs
+    trained, first = _weights(tmp_path / "task-1"), _weights(tmp_path / "task-0")
+    assert not torch.equal(trained["vit.head.weight"], first["vit.head.weight"])  # task 1 trained on from task 0
+
+
+def test_bf16_training_differs_from_fp32(data, tmp_path):
+    assert train(data, tmp_path / "fp32", 0) == 0
+    assert train(data, tmp_path / "bf16", 0, "--precision", "bf16") == 0
+    a, b = _weights(tmp_path / "fp32"), _weights(tmp_path / "bf16")
+    assert not torch.equal(a["vit.head.weight"], b["vit.head.weight"])  # the flag reaches DeepSpeed
+
+
+def test_activation_checkpointing_recomputes_to_the_same_model(data, tmp_path):
+    assert train(data, tmp_path / "plain", 0) == 0
+    assert train(data, tmp_path / "ckpt", 0, "--activation-checkpointing") == 0
+    for name in ("model.safetensors", "memory.arrows.zst"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "ckpt" / name).read_bytes()
+
+
+def test_two_accumulated_half_batches_equal_one_whole_batch(data, tmp_path):
+    """DeepSpeed averages the micro-batches' gradients and steps the optimizer and schedule once per cycle."""
+    assert train(data, tmp_path / "whole", 0, "--batch-size", "16") == 0
+    assert train(data, tmp_path / "halves", 0, "--batch-size", "8", "--gradient-accumulation", "2") == 0
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "halves")
+    # Equal up to float summation order; the key bias gets no gradient, so Adam scales its rounding noise up to ~1e-5.
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-4, msg=name)
+    assert train(data, tmp_path / "single", 0, "--batch-size", "8") == 0  # without accumulation: twice the steps
+    assert not torch.allclose(a["vit.head.weight"], _weights(tmp_path / "single")["vit.head.weight"], atol=1e-3)
+
+
+def test_deepspeed_config_file_errors_name_the_file(data, tmp_path, capsys):
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    assert train(data, tmp_path / "m", 0, "--deepspeed-config", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert "ds.json" in err and "stage 3 is not supported" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_two_cpu_processes_through_the_deepspeed_launcher(data, tmp_path):
+    """The launch command the pipeline builds for `train.launcher: deepspeed` with 2 processes, run for real (gloo)."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tokenforge.launch import train_command
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    flags = ["train", "--tokens", data / "train.parquet", "--tokenizer", data / "tokenizer", "--split", data / "split",
+             "--task", "0", "--out", tmp_path / "out", "--epochs", "2", "--embed-dim", "16", "--depth", "1",
+             "--batch-size", "16", "--memory-budget", "none", "--memory-samples-per-class", "3", "--threads", "1", "-q"]
+    cmd = train_command(processes=2, launcher="deepspeed") + " " + " ".join(shlex.quote(str(f)) for f in flags)
+    proc = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["world_size"] == 2 and stats["steps"] == 10  # each rank: half of 160 samples, 16 a batch, 2 epochs

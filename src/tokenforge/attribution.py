@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import TokenforgeError
+from .model import device_of
 
 SCORERS = ("rollout", "chefer", "gradcam", "atman", "random")
 _ATMAN_TOKENS = 12288  # tokens per AtMan forward: small forwards stay in cache (measured fastest on CPU) and bound memory
@@ -79,7 +80,7 @@ def _rollout(model, units: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         _, maps = _attention_forward(model, _embedded(model, units), list(range(len(model.vit.blocks))))
     n = maps[0].shape[-1]
-    eye = torch.eye(n)
+    eye = torch.eye(n, device=maps[0].device)
     rollout = eye.expand(maps[0].shape[0], n, n)
     for attn in maps:
         a = attn.mean(dim=1) + eye  # the residual path
@@ -104,7 +105,7 @@ def _chefer(model, units: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """R = I; per block in order R = R + mean_heads(clamp(grad_A * A, min=0)) @ R; the CLS row."""
     maps, grads = _target_gradients(model, units, labels, list(range(len(model.vit.blocks))))
     n = maps[0].shape[-1]
-    relevance = torch.eye(n).expand(maps[0].shape[0], n, n)
+    relevance = torch.eye(n, device=maps[0].device).expand(maps[0].shape[0], n, n)
     for attn, grad in zip(maps, grads):
         weighted = (grad * attn).clamp(min=0).mean(dim=1)
         relevance = relevance + weighted @ relevance
@@ -185,7 +186,7 @@ def _atman_factors(model, units: torch.Tensor, suppression: float, conceptual: f
     b = units.shape[0]
     prefix = model.vit.num_prefix_tokens
     n = units.shape[1] * units.shape[2]
-    eye = torch.eye(n)
+    eye = torch.eye(n, device=units.device)
     if conceptual is None:
         grid = (1.0 - suppression * eye).expand(b, n, n)
     else:
@@ -196,10 +197,10 @@ def _atman_factors(model, units: torch.Tensor, suppression: float, conceptual: f
             emb = F.linear(model.embed(units).flatten(1, 2), proj.weight.flatten(1), proj.bias)
             emb = F.normalize(model.vit.patch_embed.norm(emb), dim=-1)
             sim = (emb @ emb.transpose(1, 2)).clamp(0, 1)
-        sim = torch.where(sim > conceptual, sim, torch.zeros(()))
+        sim = torch.where(sim > conceptual, sim, torch.zeros((), device=sim.device))
         sim = torch.maximum(sim, eye)  # token j itself is always fully suppressed
         grid = 1.0 - suppression * sim
-    return torch.cat([torch.ones(b, n, prefix), grid], dim=2)
+    return torch.cat([torch.ones(b, n, prefix, device=grid.device), grid], dim=2)
 
 
 def _atman(model, units: torch.Tensor, labels: torch.Tensor, suppression: float, conceptual: float | None) -> torch.Tensor:
@@ -261,17 +262,19 @@ def token_scores(
     out = []
     with _eval_mode(model):
         for i in range(0, m, batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size]))
-            target = torch.from_numpy(labels[i : i + batch_size].astype(np.int64))
+            # on the model's device (a GPU after GPU training); the scores come back to the CPU
+            batch = torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device_of(model))
+            target = torch.from_numpy(labels[i : i + batch_size].astype(np.int64)).to(device_of(model))
             if scorer == "rollout":
-                out.append(_rollout(model, batch))
+                scores = _rollout(model, batch)
             elif scorer == "chefer":
-                out.append(_chefer(model, batch, target))
+                scores = _chefer(model, batch, target)
             elif scorer == "gradcam":
-                out.append(_gradcam(model, batch, target))
+                scores = _gradcam(model, batch, target)
             else:
-                out.append(_atman(model, batch, target, suppression, conceptual))
-    return torch.cat(out).float()
+                scores = _atman(model, batch, target, suppression, conceptual)
+            out.append(scores.float().cpu())
+    return torch.cat(out)
 
 
 def top_positions(scores: torch.Tensor, k: int) -> np.ndarray:

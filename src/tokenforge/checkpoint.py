@@ -37,9 +37,12 @@ class Checkpointer:
         self.directory = Path(directory)
         self.every = every
         self.fingerprint = fingerprint
+        self.last = 0  # the step of the newest checkpoint (saved or loaded)
 
     def due(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
+        """Whether a multiple of `every` was reached since the last checkpoint (asked only where saving is possible,
+        e.g. at the end of a gradient-accumulation cycle, so it may be asked past the multiple itself)."""
+        return self.every > 0 and step // self.every > self.last // self.every
 
     def load(self, engine) -> dict | None:
         """The client state of the newest checkpoint, with the engine restored to it; None when there is none."""
@@ -54,10 +57,12 @@ class Checkpointer:
             log.warning("checkpoint %s was made with other arguments; starting from step 0", self.directory)
             self.clear()
             return None
+        self.last = state.get("step", 0)
         return state
 
     def save(self, engine, state: dict, step: int) -> None:
         tag = f"step{step:09d}"
+        self.last = step
         engine.save_checkpoint(
             str(self.directory), tag=tag, client_state={**state, "fingerprint": self.fingerprint}, save_latest=False
         )

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import TokenforgeError
+from .model import device_of
 
 SELECTIONS = ("random", "class_balanced", "herding", "gradient")
 CLASS_BALANCED = {"class_balanced": True, "herding": True, "gradient": True, "random": False}
@@ -57,7 +58,7 @@ def rank_samples(model, units: np.ndarray, labels: np.ndarray, method: str, seed
         unit_features = features / np.maximum(norms, 1e-12)
         return _interleave([idx[_herding_order(unit_features[idx])] for idx in members])
     with torch.no_grad():
-        logits = model.vit.head(torch.from_numpy(features).float()).double().numpy()
+        logits = model.vit.head(torch.from_numpy(features).float().to(device_of(model))).double().cpu().numpy()
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
         raise TokenforgeError(f"memory.selection: labels must lie in [0, {logits.shape[1]}) for the model's head")
     orders = []
@@ -117,7 +118,7 @@ def _features(model, units: np.ndarray, batch_size: int) -> np.ndarray:
     try:
         with torch.no_grad():
             out = [
-                model.features(torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size]))).double()
+                model.features(torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device_of(model))).double().cpu()
                 for i in range(0, len(units), batch_size)
             ]
     finally:

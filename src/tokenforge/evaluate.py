@@ -33,26 +33,29 @@ def predict(model, ids: np.ndarray, seen: list[int], batch_size: int = 512) -> n
     """Class predictions among the `seen` classes for token grids `ids` (N, h, w)."""
     import torch
 
-    allowed = torch.zeros(model.config.num_classes, dtype=torch.bool)
+    from .model import device_of
+
+    allowed = torch.zeros(model.config.num_classes, dtype=torch.bool, device=device_of(model))
     allowed[seen] = True
     preds = []
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
-            logits = model(torch.from_numpy(ids[i : i + batch_size]))
-            preds.append(logits.masked_fill(~allowed, float("-inf")).argmax(1).numpy())
+            logits = model(torch.from_numpy(ids[i : i + batch_size]).to(device_of(model)))
+            preds.append(logits.masked_fill(~allowed, float("-inf")).argmax(1).cpu().numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 
 def run(args, tracker) -> None:
     from .model import load_model
     from .train import load_units
+    from .runtime import compute_device
 
     start = time.perf_counter()
     tasks = read_json(args.split / "tasks.json")["tasks"]
     if not 0 <= args.task < len(tasks):
         raise TokenforgeError(f"--task {args.task}: the split has tasks 0..{len(tasks) - 1}")
     seen = [c for t in tasks[: args.task + 1] for c in t["classes"]]
-    model = load_model(args.model)
+    model = load_model(args.model).to(compute_device())  # a GPU where the job has one
     _, labels, units = load_units(model.config.input, args.tokens, args.shards, "test", model.config.patch)
     source = args.tokens if model.config.input == "tokens" else args.shards
     tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "evaluation", {"samples": int(len(labels))})

@@ -84,12 +84,15 @@ class TokenViT(nn.Module):
         return self.config.grid[0] * self.config.grid[1]
 
     def embed(self, units: torch.Tensor) -> torch.Tensor:
-        """Units -> features (..., D): codebook vectors of ids, or pixel patches scaled to [0, 1]."""
+        """Units -> features (..., D): codebook vectors of ids, or pixel patches scaled to [0, 1].
+
+        In the weights' dtype: under bf16 training the float inputs (pixels, augmented maps) are cast to it."""
+        dtype = self.vit.cls_token.dtype
         if units.is_floating_point():
-            return units
+            return units.to(dtype)
         if self.config.input == "tokens":
-            return self.codebook[units]
-        return units.float() / 255.0
+            return self.codebook[units].to(dtype)
+        return (units.float() / 255.0).to(dtype)
 
     def forward(self, units: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for full grids, or for unit subsets at `positions` (B, k).
@@ -127,8 +130,18 @@ class TokenViT(nn.Module):
         cls = vit.cls_token.expand(x.shape[0], -1, -1) + pos[:1]
         x = vit.pos_drop(torch.cat([cls, x], dim=1))
         x = vit.norm_pre(x)
-        x = vit.blocks(x)
+        if vit.grad_checkpointing and torch.is_grad_enabled():  # as timm's forward_features does (activation checkpointing)
+            from timm.models import checkpoint_seq
+
+            x = checkpoint_seq(vit.blocks, x)
+        else:
+            x = vit.blocks(x)
         return vit.norm(x)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where a model's weights are (a GPU after GPU training): its inputs go there."""
+    return next(module.parameters(), torch.empty(0)).device
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:

@@ -34,3 +34,14 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> "Iterable[T]":
     kwargs.setdefault("disable", os.environ.get("TQDM_DISABLE") == "1")
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, file=sys.stderr, **kwargs)
+
+
+def compute_device():
+    """The device a process computes on: its GPU where CUDA is there (LOCAL_RANK's, under a launcher), else the CPU.
+
+    CUDA_VISIBLE_DEVICES="" keeps a job on the CPU on a GPU machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")

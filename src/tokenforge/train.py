@@ -29,6 +29,9 @@ from .io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
+ZERO_STAGES = (0, 1, 2)
+PRECISIONS = ("fp32", "bf16")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
@@ -61,7 +64,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (with --checkpoint-dir)")
     opt.add_argument("--log-every", type=int, default=10, help="log step metrics (loss, lr, samples/s, peak memory) every N steps")
-    opt.add_argument("--deepspeed-config", type=Path, default=None, help="DeepSpeed JSON config (ZeRO stage, bf16, ...)")
+    ds = parser.add_argument_group("DeepSpeed (each flag given overrides the same setting in --deepspeed-config)")
+    ds.add_argument("--deepspeed-config", type=Path, default=None, help="DeepSpeed JSON config for everything else (clipping, ...)")
+    ds.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=ZERO_STAGES,
+        default=None,
+        help="ZeRO stage: 0 off, 1 partitions optimizer states, 2 also gradients, across data-parallel processes "
+        "(3 is not offered: memory building and the partial-sequence path need whole parameters)",
+    )
+    ds.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="fp32, or bf16 mixed precision (bf16 weights and activations, fp32 optimizer state; CPUs and GPUs)",
+    )
+    ds.add_argument(
+        "--gradient-accumulation",
+        type=int,
+        default=None,
+        help="micro-batches per optimizer step: the effective batch is batch size x this x processes",
+    )
+    ds.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute each ViT block's activations in the backward pass instead of keeping them (timm's checkpoint_seq): "
+        "less memory, about a third more compute",
+    )
     arch = parser.add_argument_group("model (task 0 only; later tasks inherit it)")
     arch.add_argument("--embed-dim", type=int, default=64, help="ViT width")
     arch.add_argument("--depth", type=int, default=4, help="ViT blocks")
@@ -159,23 +190,41 @@ def _ensure_distributed_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def _deepspeed_config(path: Path | None, batch_size: int) -> dict:
+def _deepspeed_config(path: Path | None, args) -> dict:
+    """The JSON file's settings, with the batch size and every DeepSpeed flag given on the command line on top."""
     config = read_json(path) if path else {}
     if not isinstance(config, dict):
         raise TokenforgeError(f"{path}: a DeepSpeed config must be a JSON object")
     config = {k: v for k, v in config.items() if k not in ("train_batch_size", "optimizer", "scheduler")}
-    config["train_micro_batch_size_per_gpu"] = batch_size
+    config["train_micro_batch_size_per_gpu"] = args.batch_size
+    if args.gradient_accumulation is not None:
+        config["gradient_accumulation_steps"] = args.gradient_accumulation
     config.setdefault("gradient_accumulation_steps", 1)
+    if args.zero_stage is not None:
+        config["zero_optimization"] = {**config.get("zero_optimization", {}), "stage": args.zero_stage}
+    if args.precision is not None:
+        config["bf16"] = {**config.get("bf16", {}), "enabled": args.precision == "bf16"}
+        if args.precision == "bf16":
+            config["fp16"] = {**config.get("fp16", {}), "enabled": False}
     config.setdefault("steps_per_print", 10**9)
+    gas, stage = config["gradient_accumulation_steps"], config.get("zero_optimization", {}).get("stage", 0)
+    if not isinstance(gas, int) or gas < 1:
+        raise TokenforgeError(f"{path or '--gradient-accumulation'}: gradient_accumulation_steps must be an integer >= 1, got {gas!r}")
+    if stage not in ZERO_STAGES:
+        raise TokenforgeError(f"{path}: zero_optimization.stage {stage!r} is not supported; use one of {ZERO_STAGES}")
     return config
 
 
-def _engine(model, args, steps: int):
+def _engine(model, args, micro_steps: int):
+    """The DeepSpeed engine: AdamW and a warm-up + cosine schedule over the run's optimizer steps."""
     import deepspeed
     import torch
 
     _ensure_distributed_env()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    config = _deepspeed_config(args.deepspeed_config, args)
+    # DeepSpeed steps the optimizer and the scheduler once per gradient_accumulation_steps micro-batches.
+    steps = max(1, math.ceil(micro_steps / config["gradient_accumulation_steps"]))
     # A torch optimizer: DeepSpeed's own Adam would JIT-compile a fused kernel first.
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     warmup = max(1, int(args.warmup_epochs * steps / max(args.epochs, 1)))
@@ -190,10 +239,21 @@ def _engine(model, args, steps: int):
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=_deepspeed_config(args.deepspeed_config, args.batch_size),
+        config=config,
         dist_init_required=True,
     )
     return engine
+
+
+def _plain_model(module, device):
+    """The trained weights in a fresh fp32 model on `device`, in eval mode: memory building and saving see the same
+    model whatever the training precision, and without activation checkpointing or DeepSpeed's hooks."""
+    from .model import TokenViT
+
+    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in module.state_dict().items()}
+    plain = TokenViT(module.config, state.get("codebook"))
+    plain.load_state_dict(state)
+    return plain.to(device).eval()
 
 
 def _task_info(split_dir: Path, task: int) -> tuple[list[int], list[int], int, list[int]]:
@@ -349,8 +409,11 @@ def run(args, tracker) -> None:
     per_rank = math.ceil(len(ids) / world)
     local = (torch.arange(per_rank * world) % len(ids))[rank::world]
     steps_per_epoch = max(1, math.ceil(len(local) / args.batch_size))
+    model.vit.set_grad_checkpointing(bool(args.activation_checkpointing))
     engine = _engine(model, args, steps_per_epoch * args.epochs)
-    unseen = torch.ones(num_classes, dtype=torch.bool)
+    device = engine.device  # this rank's GPU under a GPU launch, else the CPU; batches are made on the CPU, then moved
+    accumulation = engine.gradient_accumulation_steps()
+    unseen = torch.ones(num_classes, dtype=torch.bool, device=device)
     unseen[seen] = False
     gen = torch.Generator().manual_seed(args.seed * 1000 + args.task)
     mem_ids, mem_pos, mem_labels = as_tensors(memory)
@@ -391,17 +454,17 @@ def run(args, tracker) -> None:
             if dropout and torch.rand((), generator=gen) < dropout:
                 # A random subset of each sample's tokens, as short as a replayed memory sample.
                 pos = torch.rand(len(idx), model.num_tokens, generator=gen).argsort(1)[:, :keep].sort(1).values
-                logits = engine(subset(units, pos), pos)
+                logits = engine(subset(units, pos).to(device), pos.to(device))
             else:
-                logits = engine(units.permute(0, 3, 1, 2) if units.is_floating_point() else units)
+                logits = engine((units.permute(0, 3, 1, 2) if units.is_floating_point() else units).to(device))
             # A large finite value, not -inf: soft (CutMix) targets times -inf would give NaN.
             logits = logits.float().masked_fill(unseen, -1e9)
-            loss = F.cross_entropy(logits, targets)
-            correct += int((logits.argmax(1) == labels[idx]).sum())
+            loss = F.cross_entropy(logits, targets.to(device))
+            correct += int((logits.argmax(1).cpu() == labels[idx]).sum())
             if len(memory):
                 m = torch.randint(len(memory), (replay,), generator=gen)
-                mem_logits = engine(mem_ids[m], mem_pos[m]).float().masked_fill(unseen, -1e9)
-                loss = loss + F.cross_entropy(mem_logits, mem_labels[m])
+                mem_logits = engine(mem_ids[m].to(device), mem_pos[m].to(device)).float().masked_fill(unseen, -1e9)
+                loss = loss + F.cross_entropy(mem_logits, mem_labels[m].to(device))
             engine.backward(loss)
             engine.step()
             loss_sum += loss.item() * len(idx)
@@ -413,7 +476,8 @@ def run(args, tracker) -> None:
                      "step_samples_per_s": seen_samples / (time.perf_counter() - t_train), "max_rss_mb": _max_rss_mb()},
                     step=step,
                 )
-            if ckpt is not None and ckpt.due(step):
+            # Only where an optimizer step just ended: gradients accumulated so far are not in a checkpoint.
+            if ckpt is not None and step % accumulation == 0 and ckpt.due(step):
                 ckpt.save(engine, checkpoint_state(epoch, b + 1, order, loss_sum, correct), step)
         epoch_loss, epoch_acc = loss_sum / len(local), correct / len(local)
         rate = seen_samples / (time.perf_counter() - t_train)
@@ -428,7 +492,7 @@ def run(args, tracker) -> None:
     elif ckpt is not None:  # training done: a kill while building the memory does not train again
         ckpt.save(engine, checkpoint_state(args.epochs, 0, None, loss_sum, correct, epoch_loss=epoch_loss,
                                            epoch_acc=epoch_acc, rate=rate), step)
-    model = engine.module.eval()
+    model = _plain_model(engine.module, device)
     print(f"task {args.task}: building the memory", flush=True)
     if os.environ.get("TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"):  # tests: a window to kill the job in this phase
         time.sleep(float(os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"]))
@@ -475,6 +539,11 @@ def run(args, tracker) -> None:
             "memory_samples_per_class": info.get("samples_per_class", {}),
             "memory_build_s": memory_s,
             "world_size": world,
+            "device": str(device),
+            "deepspeed": {"zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
+                          "gradient_accumulation": accumulation, "activation_checkpointing": bool(args.activation_checkpointing)},
+            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "peak_rss_mb": _max_rss_mb(),
             "memory_sha256": digest,
             "wall_s": time.perf_counter() - start,
         }
