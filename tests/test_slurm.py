@@ -18,6 +18,10 @@ SKIP = 77  # start_cluster.sh: no cluster can be started here (not root, no SLUR
 # and a GPU for train) could never be scheduled on it. These replace the profile's set-resources for this run only.
 SMALL_NODE = [f"{rule}:{key}={value}" for rule in ("train", "tokenizer") for key, value in
               (("gpu", 0), ("cpus_per_task", 2), ("mem_mb", 3000), ("runtime", 30))]
+# Training takes the multi-node launch path on this one node: `mpi` makes the job's shell call srun itself, which
+# starts torchrun with a c10d rendezvous at the job's first node, and torchrun starts train.processes = 2 ranks.
+# The plugin wants tasks > 1 for an MPI job: 2 tasks of 1 CPU fill the node's 2 CPUs (srun starts 1 task per node).
+SRUN = ["train:mpi=srun", "train:tasks=2", "train:cpus_per_task=1"]
 # Every job of the tiny pipeline; each runs as its own SLURM job.
 JOBS = ["shard", "tokenizer", "tokenize", "synonyms", "split", "train", "train", "evaluate", "evaluate", "package"]
 
@@ -41,10 +45,10 @@ def test_tiny_pipeline_runs_through_slurm(workdir, monkeypatch):
     # The partition comes from the environment, as on a real cluster; no account (this cluster has no accounting).
     monkeypatch.setenv("SLURM_PARTITION", "debug")
     monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
-    cfg = write_config(workdir, TINY)
+    cfg = write_config(workdir, TINY + "train: {epochs: 2, embed_dim: 32, depth: 2, log_every: 2, processes: 2}\n")
     snakemake(
         workdir, "--configfile", cfg, "--workflow-profile", str(PROFILE),
-        "--set-resources", *SMALL_NODE,
+        "--set-resources", *(r for r in SMALL_NODE if r != "train:cpus_per_task=2"), *SRUN,
         "--slurm-status-command", "squeue",  # sacct needs slurmdbd
         "--slurm-init-seconds-before-status-checks", "2",  # poll soon after each submission (default 40 s)
         "--slurm-keep-successful-logs",  # the per-job SLURM logs are the evidence below
@@ -69,6 +73,12 @@ def test_tiny_pipeline_runs_through_slurm(workdir, monkeypatch):
     tagged = {c.data.tags.get("slurm_job_id"): c.data.tags["rule"] for c in children}
     assert len(children) == len(JOBS) and all(c.info.status == "FINISHED" for c in children)
     assert {job_id: f"rule_{rule}" for job_id, rule in tagged.items()} == rule_of
+    # The training jobs ran 2 ranks under srun + torchrun, whose rendezvous id is the SLURM job's id
+    for child in children:
+        if child.data.tags["rule"] == "train":
+            assert child.data.tags.get("world_size") == "2", child.data.tags
+            assert child.data.tags.get("torchelastic_run_id") == child.data.tags["slurm_job_id"], child.data.tags
+    assert all(json.loads((run / "train" / f"task-{t}" / "stats.json").read_text())["world_size"] == 2 for t in (0, 1))
 
     # SLURM's own record of the last job (squeue keeps finished jobs for MinJobAge = 10 minutes): the partition from
     # the environment, no account (the profile gives none when SLURM_ACCOUNT is unset), completed

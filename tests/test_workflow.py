@@ -81,6 +81,10 @@ def test_lint_is_clean(workdir):
         ("shard: {source: 'ftp:x'}", "shard.source"),
         ("split: {tasks: 2, order: [1, 1]}", "split.order"),
         ("trian: {epochs: 2}", "(top level)"),
+        ("train: {zero_stage: 3}", "train.zero_stage"),
+        ("train: {precision: fp16}", "train.precision"),
+        ("train: {gradient_accumulation: 0}", "train.gradient_accumulation"),
+        ("train: {nodes: 2, gpus: 8, launcher: deepspeed}", "train.launcher"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workdir, text, key):
@@ -88,6 +92,25 @@ def test_bad_config_is_rejected_before_any_job(workdir, text, key):
     assert proc.returncode != 0
     assert f"config key {key}" in proc.stderr + proc.stdout
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "text, resources, launch",
+    [
+        ("", [], "tokenforge train "),
+        ("train: {gpus: 1}", [], "tokenforge train "),
+        ("train: {gpus: 4}", [], "torchrun --standalone --nproc_per_node=4 -m tokenforge.cli train "),
+        ("train: {gpus: 2, launcher: deepspeed}", [], "deepspeed --no_local_rank --num_gpus 2 "),
+        ("", ["--set-resources", "train:gpu=4"], "torchrun --standalone --nproc_per_node=4 "),  # a profile's resources win
+        ("train: {gpus: 8, nodes: 2}", [], "srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --whole --gpus-per-node=4 "),
+    ],
+)
+def test_training_is_launched_from_the_jobs_resources(workdir, text, resources, launch):
+    out = snakemake(workdir, "-n", "-p", *resources, "--configfile", write_config(workdir, text or "{}")).stdout
+    commands = [line for line in out.splitlines() if " train --tokens " in line]
+    assert len(commands) == 5 and all(launch in c for c in commands), commands  # every task of the default config
+    if "nodes: 2" in text:  # one SLURM task per node, and the job's shell runs srun itself
+        assert "mpi=srun" in out and "tasks=2" in out
 
 
 @pytest.mark.slow

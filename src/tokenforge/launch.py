@@ -50,13 +50,15 @@ def train_command(gpu: int = 0, nodes: int = 1, processes: int = 1, launcher: st
         if launcher != "torchrun":
             raise TokenforgeError("train.launcher: several nodes start through srun and torchrun; set train.launcher: torchrun")
         # Runs in the job's shell on its first node: that node hosts the rendezvous, at a port of this job's own.
-        head = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
+        # The SLURM plugin's job step keeps only SLURM_JOB_ID of SLURM's variables, so the node list comes from
+        # squeue when SLURM_JOB_NODELIST is gone.
+        nodelist = '${SLURM_JOB_NODELIST:-$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)}'
+        head = f'"$(scontrol show hostnames "{nodelist}" | head -n 1)"'
         port = "$((20000 + SLURM_JOB_ID % 40000))"
-        # The step gets the job's CPUs per task (srun does not take them from sbatch) and each node's GPUs.
-        cpus = '${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"}'
+        # --whole: each node's one task gets all the CPUs the job holds there (srun alone would give it one CPU).
         gpus = f" --gpus-per-node={per_node}" if gpu else ""
         return (
-            f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 {cpus}{gpus} --kill-on-bad-exit=1 "
+            f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --whole{gpus} --kill-on-bad-exit=1 "
             f"torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv_backend=c10d "
             f'--rdzv_endpoint={head}:{port} --rdzv_id="$SLURM_JOB_ID" -m {MODULE}'
         )

@@ -213,6 +213,11 @@ def base_tags() -> dict[str, str]:
         tags["git_commit"] = "unknown"
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    # Under a launcher: how many processes the job ran, and torchrun's run id (the SLURM job id on several nodes)
+    if os.environ.get("WORLD_SIZE"):
+        tags["world_size"] = os.environ["WORLD_SIZE"]
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        tags["torchelastic_run_id"] = os.environ["TORCHELASTIC_RUN_ID"]
     return tags
 
 

@@ -17,13 +17,10 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/task-{{task}}.tsv"
     params:
-        args=cli_args({k: v for k, v in config["train"].items() if k != "processes"}),
-        # One process, or torchrun with train.processes processes (data parallel; rank 0 writes the outputs).
-        launch=(
-            "tokenforge"
-            if config["train"]["processes"] == 1
-            else f"torchrun --standalone --nproc_per_node {config['train']['processes']} -m tokenforge.cli"
-        ),
+        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS}),
+        # From the job's resources: one process (CPU or one GPU), one per GPU or train.processes on a node (torchrun
+        # or the deepspeed launcher), or srun + torchrun across nodes. Data parallel; rank 0 writes the outputs.
+        launch=lambda w, resources: train_launch(resources),
         # budget null means no limit, which the CLI spells "none" (its own default is 10%)
         memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),
         augment=cli_args(config["augment"], prefix="augment-"),
@@ -35,12 +32,16 @@ rule train:
         # Outside the declared outputs, so a killed job's rerun (--rerun-incomplete) resumes from it.
         checkpoints=lambda w: f"{R}/checkpoints/train/task-{w.task}",
         seed=config["seed"],
-        threads=lambda w, threads: max(1, threads // config["train"]["processes"]),
+        threads=lambda w, threads, resources: max(1, threads // train_processes(resources)),
         track=lambda w: track(f"--tag task={w.task}"),
     threads: config["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=config["train"]["gpus"],
+        nodes=config["train"]["nodes"],
+        # several nodes: one SLURM task per node, and the job's shell calls srun itself (the plugin does not wrap it)
+        **({"tasks": config["train"]["nodes"], "mpi": "srun"} if config["train"]["nodes"] > 1 else {}),
     conda:
         "../../envs/tokenforge.yaml"
     shell:

@@ -36,6 +36,36 @@ SYNONYMS = f"{TOKENS}/synonyms.json" if SEIT else f"{R}/synonyms/synonyms.json"
 SHARD_STATS = [] if SEIT else f"{R}/shard/stats.json"  # inputs of rules that read images (pixels)
 LAST = TASKS[-1]
 
+# train.* keys that choose how a training job is launched (resources), not `tokenforge train` flags
+LAUNCH_KEYS = ("gpus", "nodes", "processes", "launcher")
+if config["train"]["nodes"] > 1 and config["train"]["launcher"] != "torchrun":
+    raise WorkflowError("config key train.launcher: several nodes start through srun and torchrun; set train.launcher: torchrun")
+
+
+def _resource(resources, name, default):
+    value = resources.get(name, default) if hasattr(resources, "get") else getattr(resources, name, default)
+    return default if value in (None, "") else value
+
+
+def train_processes(resources):
+    """Training processes per node of a job with these resources: one per GPU, else train.processes."""
+    from tokenforge.launch import processes_per_node
+
+    return processes_per_node(int(_resource(resources, "gpu", 0)), int(_resource(resources, "nodes", 1)), config["train"]["processes"])
+
+
+def train_launch(resources):
+    """What starts `tokenforge` in a training job (tokenforge.launch.train_command, from the job's resources)."""
+    from tokenforge.launch import train_command
+
+    return train_command(
+        gpu=int(_resource(resources, "gpu", 0)),
+        nodes=int(_resource(resources, "nodes", 1)),
+        processes=config["train"]["processes"],
+        launcher=config["train"]["launcher"],
+        srun=bool(_resource(resources, "mpi", "")),
+    )
+
 
 def dirname(key):
     """A params function: the directory of the named input or output file (for --out DIR flags)."""
