@@ -199,16 +199,19 @@ def _latest_step(ckpt) -> int:
     return int(latest.read_text().strip().removeprefix("step")) if latest.is_file() else -1  # replaced atomically
 
 
-def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_memory(data, tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_memory(data, tmp_path, accumulation):
+    """With gradient accumulation, checkpoints fall only where an optimizer step ended (even steps here)."""
     import random
     import signal
     import time
 
-    ref = _tokenforge_train(data, tmp_path / "ref", 0)
+    flags = ["--gradient-accumulation", str(accumulation)]
+    ref = _tokenforge_train(data, tmp_path / "ref", 0, *flags)
     assert ref.wait(timeout=600) == 0, ref.stdout.read()
     target = random.randint(3, 50)  # of 60 steps; the seed is printed by pytest on failure via the assert message
     ckpt = tmp_path / "ckpt"
-    job = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1")
+    job = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", *flags)
     deadline = time.time() + 600
     while _latest_step(ckpt) < target:
         assert job.poll() is None and time.time() < deadline, f"the job ended before step {target}"
@@ -216,8 +219,9 @@ def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_mem
     job.send_signal(signal.SIGKILL)
     job.wait()
     killed_at = _latest_step(ckpt)
+    assert killed_at % accumulation == 0
     assert not (tmp_path / "out").exists()  # no half-written outputs
-    again = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1")
+    again = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", *flags)
     log = again.communicate(timeout=600)[0]
     assert again.returncode == 0, log
     assert f"resuming from step {killed_at} " in log, (target, log[-2000:])
