@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="recompute each ViT block's activations in the backward pass instead of keeping them (timm's checkpoint_seq): "
-        "less memory, about a third more compute",
+        "less memory, more compute (one more forward pass per block)",
     )
     arch = parser.add_argument_group("model (task 0 only; later tasks inherit it)")
     arch.add_argument("--embed-dim", type=int, default=64, help="ViT width")
