@@ -83,9 +83,11 @@ def run_setting(work: Path, p: dict, name: str, flags: list[str], threads: int) 
 
 def table(rows: list[dict], p: dict, device: str) -> str:
     base = rows[0]
+    kind = "GPU memory allocated by torch" if base["memory_kind"].startswith("GPU") else "the process's RSS"
     lines = [f"ViT {p['embed']}x{p['depth']} ({p['heads']} heads) on {p['side']}x{p['side']} token grids, "
-             f"{p['samples']} samples, batch {p['batch']}, {p['epochs']} epochs, one process on {device}.", "",
-             f"| setting | micro-batch | samples/s | vs fp32 | peak memory, MB ({base['memory_kind']}) | vs fp32 | final train loss |",
+             f"{p['samples']} samples, batch {p['batch']}, {p['epochs']} epochs, one process on {device}; "
+             f"peak memory is {kind}.", "",
+             "| setting | micro-batch | samples/s | vs fp32 | peak memory, MB | vs fp32 | final train loss |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['micro_batch']} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base['samples_per_s']:.2f}x"
