@@ -64,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (with --checkpoint-dir)")
     opt.add_argument("--log-every", type=int, default=10, help="log step metrics (loss, lr, samples/s, peak memory) every N steps")
-    ds = parser.add_argument_group("DeepSpeed (each flag given overrides the same setting in --deepspeed-config)")
+    ds = parser.add_argument_group(
+        "DeepSpeed (a flag given overrides the same setting in --deepspeed-config; one not given keeps the file's, "
+        "else ZeRO 0, fp32, no accumulation, no activation checkpointing)"
+    )
     ds.add_argument("--deepspeed-config", type=Path, default=None, help="DeepSpeed JSON config for everything else (clipping, ...)")
     ds.add_argument(
         "--zero-stage",
