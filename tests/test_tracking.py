@@ -120,3 +120,35 @@ def test_slurm_job_id_is_a_tag_only_under_slurm(monkeypatch):
     assert "slurm_job_id" not in base_tags()
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     assert base_tags()["slurm_job_id"] == "4242"
+
+
+def test_two_jobs_logging_the_same_dataset_at_once_both_keep_tracking(tmp_path, monkeypatch):
+    """Seen in the pipeline: evaluate-0 and evaluate-1 logged tokens/test.parquet at the same moment, one insert of
+    the dataset row lost the race (UNIQUE constraint failed: datasets...), and that job's tracking was switched off
+    with its run left RUNNING. The loser now retries and links the row the other job inserted."""
+    from mlflow import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    results = tmp_path / "run"
+    info = start_parent(results, experiment="exp-race")
+    tokens = tmp_path / "test.parquet"
+    tokens.write_bytes(b"z" * 10)
+    with child_run(results, "evaluate", {"task": "0"}, argparse.Namespace()) as first:
+        first.log_dataset("tokens/test.parquet", tokens, "evaluation")
+    real, calls = SqlAlchemyStore.log_inputs, []
+
+    def lose_the_race_once(self, *args, **kwargs):  # as if the other job inserted the row just before this one
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, "
+                               "datasets.digest")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlAlchemyStore, "log_inputs", lose_the_race_once)
+    with child_run(results, "evaluate", {"task": "1"}, argparse.Namespace()) as second:
+        second.log_dataset("tokens/test.parquet", tokens, "evaluation")
+        second.log_metrics({"average_accuracy": 0.5})
+    assert second.enabled and len(calls) == 2
+    run = MlflowClient(info["tracking_uri"]).get_run(second.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["average_accuracy"] == 0.5
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["tokens/test.parquet"]

@@ -170,13 +170,20 @@ def _param_value(value: Any) -> str:
     return str(value)[:500]
 
 
+def _transient(exc: Exception) -> bool:
+    """Errors of parallel jobs sharing one SQLite store that a retry clears: the file momentarily locked, or two
+    jobs inserting the same dataset row at once (log_inputs; the retry finds the row and links it to the run)."""
+    text = str(exc).lower()
+    return "locked" in text or "unique constraint failed: datasets." in text
+
+
 def _retry_locked(fn, *args, **kwargs):
-    """Parallel jobs share one SQLite file: retry briefly when it is momentarily locked."""
+    """Retry briefly on a transient error of a shared SQLite store (see _transient)."""
     for attempt in range(8):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if "locked" not in str(exc).lower() or attempt == 7:
+            if not _transient(exc) or attempt == 7:
                 raise
             time.sleep(0.25 * 2**attempt)
 
