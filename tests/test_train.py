@@ -13,12 +13,13 @@ from tokenforge.tokenize import TokenSet, save_tokens
 from tokenforge.tokenizer import build_model, make_config, save_tokenizer
 
 pytestmark = pytest.mark.slow
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # set by training for DeepSpeed
 
 
 @pytest.fixture(autouse=True)
 def _keep_environment(monkeypatch):
     """Training sets the rendezvous variables for DeepSpeed; keep them out of later tests."""
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for name in RENDEZVOUS:
         monkeypatch.setenv(name, os.environ.get(name, ""))
         monkeypatch.delenv(name)
 
@@ -168,7 +169,7 @@ def test_same_seed_same_model_across_processes_with_two_threads(data, tmp_path):
     from pathlib import Path
 
     tokenforge = Path(sys.executable).parent / "tokenforge"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = _clean_env()
     for name in ("a", "b"):
         subprocess.run(
             [str(tokenforge), "train", "--tokens", str(data / "train.parquet"), "--tokenizer", str(data / "tokenizer"),
@@ -180,13 +181,18 @@ def test_same_seed_same_model_across_processes_with_two_threads(data, tmp_path):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
+def _clean_env() -> dict:
+    """This process's environment without the rendezvous variables that in-process training leaves behind."""
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+
+
 def _tokenforge_train(data, out, task, *extra):
     """`tokenforge train` as its own process (one thread), the way the pipeline runs it."""
     import subprocess
     import sys
     from pathlib import Path
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = _clean_env()
     args = [str(Path(sys.executable).parent / "tokenforge"), "train", "--tokens", str(data / "train.parquet"),
             "--tokenizer", str(data / "tokenizer"), "--split", str(data / "split"), "--task", str(task), "--out", str(out),
             "--epochs", "6", "--embed-dim", "16", "--depth", "1", "--batch-size", "16", "--memory-budget", "none",
@@ -341,7 +347,7 @@ def test_two_cpu_processes_through_the_deepspeed_launcher(data, tmp_path):
 
     from tokenforge.launch import train_command
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = _clean_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     flags = ["train", "--tokens", data / "train.parquet", "--tokenizer", data / "tokenizer", "--split", data / "split",
              "--task", "0", "--out", tmp_path / "out", "--epochs", "2", "--embed-dim", "16", "--depth", "1",

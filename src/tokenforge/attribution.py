@@ -260,11 +260,11 @@ def token_scores(
     if labels.min() < 0 or labels.max() >= num_classes:
         raise TokenforgeError(f"memory: labels must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
     out = []
+    device = device_of(model)  # a GPU after GPU training; the scores come back to the CPU
     with _eval_mode(model):
         for i in range(0, m, batch_size):
-            # on the model's device (a GPU after GPU training); the scores come back to the CPU
-            batch = torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device_of(model))
-            target = torch.from_numpy(labels[i : i + batch_size].astype(np.int64)).to(device_of(model))
+            batch = torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device)
+            target = torch.from_numpy(labels[i : i + batch_size].astype(np.int64)).to(device)
             if scorer == "rollout":
                 scores = _rollout(model, batch)
             elif scorer == "chefer":

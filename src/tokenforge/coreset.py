@@ -115,10 +115,11 @@ def _features(model, units: np.ndarray, batch_size: int) -> np.ndarray:
     """Pre-logit features (M, E) as float64, in eval mode without gradients; the model's mode is restored."""
     was_training = model.training
     model.eval()
+    device = device_of(model)
     try:
         with torch.no_grad():
             out = [
-                model.features(torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device_of(model))).double().cpu()
+                model.features(torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device)).double().cpu()
                 for i in range(0, len(units), batch_size)
             ]
     finally:

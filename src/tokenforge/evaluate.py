@@ -35,12 +35,13 @@ def predict(model, ids: np.ndarray, seen: list[int], batch_size: int = 512) -> n
 
     from .model import device_of
 
-    allowed = torch.zeros(model.config.num_classes, dtype=torch.bool, device=device_of(model))
+    device = device_of(model)
+    allowed = torch.zeros(model.config.num_classes, dtype=torch.bool, device=device)
     allowed[seen] = True
     preds = []
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
-            logits = model(torch.from_numpy(ids[i : i + batch_size]).to(device_of(model)))
+            logits = model(torch.from_numpy(ids[i : i + batch_size]).to(device))
             preds.append(logits.masked_fill(~allowed, float("-inf")).argmax(1).cpu().numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 

@@ -37,7 +37,7 @@ def processes_per_node(gpu: int, nodes: int, processes: int) -> int:
     if not gpu:
         return processes
     if gpu % nodes:
-        raise TokenforgeError(f"resources.gpu: {gpu} GPUs do not split evenly over {nodes} nodes")
+        raise TokenforgeError(f"train.gpus: {gpu} GPUs do not split evenly over {nodes} nodes (the job's gpu resource)")
     return gpu // nodes
 
 

@@ -81,8 +81,11 @@ class MlflowTracker:
         try:
             _retry_locked(getattr(self.client, method), *args, **kwargs)
         except Exception as exc:  # tracking must never kill the job
-            self.enabled = False
-            log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
+            self._disable(exc)
+
+    def _disable(self, exc: Exception) -> None:
+        self.enabled = False
+        log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
@@ -132,8 +135,7 @@ class MlflowTracker:
                 )
             _retry_locked(self.client.set_registered_model_alias, name, alias, info.registered_model_version)
         except Exception as exc:  # tracking must never kill the job
-            self.enabled = False
-            log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
+            self._disable(exc)
 
     def log_dataset(self, name: str, path, context: str, profile: dict | None = None) -> None:
         """`mlflow.log_input` for a local file or folder: name, content digest, path, size and `profile`."""

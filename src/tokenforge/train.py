@@ -18,7 +18,6 @@ import hashlib
 import logging
 import math
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -185,12 +184,11 @@ def _max_rss_mb() -> float:
 
 def _ensure_distributed_env() -> None:
     """One plain process still needs the rendezvous variables, or DeepSpeed falls back to mpi4py."""
+    from .launch import free_port
+
     if "RANK" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def _deepspeed_config(path: Path | None, args) -> dict:
@@ -356,7 +354,6 @@ def run(args, tracker) -> None:
         read_memory,
         resolve_tokens,
         serialize,
-        write_memory,
     )
     from .checkpoint import Checkpointer, fingerprint
     from .model import save_model
@@ -518,7 +515,8 @@ def run(args, tracker) -> None:
         seed=args.seed * 1000 + args.task,
     )
     memory_s = time.perf_counter() - t_memory
-    digest = hashlib.sha256(serialize(memory, policy.num_codes, policy.num_positions, policy.num_classes)).hexdigest()
+    blob = serialize(memory, policy.num_codes, policy.num_positions, policy.num_classes)  # zstd-19: once, for digest and file
+    digest = hashlib.sha256(blob).hexdigest()
     if world > 1:  # every rank built the memory from the same model and data: check they agree, then rank 0 writes
         import torch.distributed as dist
 
@@ -530,7 +528,8 @@ def run(args, tracker) -> None:
             return
     with atomic_dir(args.out) as tmp:
         save_model(model, tmp)
-        memory_bytes = write_memory(memory, tmp / MEMORY_FILE, policy.num_codes, policy.num_positions, policy.num_classes)
+        (tmp / MEMORY_FILE).write_bytes(blob)
+        memory_bytes = len(blob)
         stats = {
             "task": args.task,
             "classes": classes,

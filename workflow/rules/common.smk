@@ -7,6 +7,7 @@ import snakemake
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from tokenforge.errors import TokenforgeError
 
 try:
     validate(config, schema="../schemas/config.schema.yaml")
@@ -38,33 +39,39 @@ LAST = TASKS[-1]
 
 # train.* keys that choose how a training job is launched (resources), not `tokenforge train` flags
 LAUNCH_KEYS = ("gpus", "nodes", "processes", "launcher")
-if config["train"]["nodes"] > 1 and config["train"]["launcher"] != "torchrun":
-    raise WorkflowError("config key train.launcher: several nodes start through srun and torchrun; set train.launcher: torchrun")
 
 
-def _resource(resources, name, default):
-    value = resources.get(name, default) if hasattr(resources, "get") else getattr(resources, name, default)
-    return default if value in (None, "") else value
+def _launch(resources):
+    """The launch settings of a training job: its resources, and the config's processes and launcher."""
+    return dict(
+        gpu=int(resources.get("gpu", 0) or 0),
+        nodes=int(resources.get("nodes", 1) or 1),
+        processes=config["train"]["processes"],
+        launcher=config["train"]["launcher"],
+        srun=bool(resources.get("mpi")),
+    )
 
 
 def train_processes(resources):
     """Training processes per node of a job with these resources: one per GPU, else train.processes."""
     from tokenforge.launch import processes_per_node
 
-    return processes_per_node(int(_resource(resources, "gpu", 0)), int(_resource(resources, "nodes", 1)), config["train"]["processes"])
+    settings = _launch(resources)
+    return processes_per_node(settings["gpu"], settings["nodes"], settings["processes"])
 
 
 def train_launch(resources):
     """What starts `tokenforge` in a training job (tokenforge.launch.train_command, from the job's resources)."""
     from tokenforge.launch import train_command
 
-    return train_command(
-        gpu=int(_resource(resources, "gpu", 0)),
-        nodes=int(_resource(resources, "nodes", 1)),
-        processes=config["train"]["processes"],
-        launcher=config["train"]["launcher"],
-        srun=bool(_resource(resources, "mpi", "")),
-    )
+    return train_command(**_launch(resources))
+
+
+# The configured launch is checked before any job runs (a profile's resources are checked when a job starts).
+try:
+    train_launch({"gpu": config["train"]["gpus"], "nodes": config["train"]["nodes"]})
+except TokenforgeError as exc:
+    raise WorkflowError(f"config key {exc}") from None
 
 
 def dirname(key):
