@@ -111,7 +111,7 @@ def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
     import torch
 
     from tokenforge.cli import main
-    from tokenforge.metrics import summarize
+    from tokenforge.report.metrics import summarize
 
     torch.set_num_threads(1)
     d = Path(d)

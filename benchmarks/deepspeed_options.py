@@ -47,8 +47,8 @@ def make_data(work: Path, p: dict) -> None:
     import numpy as np
     import torch
 
-    from tokenforge.tokenize import TokenSet, save_tokens
-    from tokenforge.tokenizer import build_model, make_config, save_tokenizer
+    from tokenforge.data.tokens import TokenSet, save_tokens
+    from tokenforge.tokenizer.vq import build_model, make_config, save_tokenizer
 
     torch.manual_seed(0)
     (work / "tokenizer").mkdir(parents=True, exist_ok=True)

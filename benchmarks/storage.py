@@ -53,7 +53,7 @@ def jpeg_bytes(shards: Path, quality: int = 90) -> tuple[float, float]:
     """(mean JPEG payload, WebDataset shard bytes per image) for the same images stored as JPEG."""
     from PIL import Image
 
-    from tokenforge.shard import load_split
+    from tokenforge.data.shards import load_split
 
     payload, tar_bytes, count = 0, 0, 0
     for split in ("train", "test"):
@@ -75,7 +75,7 @@ def jpeg_bytes(shards: Path, quality: int = 90) -> tuple[float, float]:
 
 
 def run_dataset(name: str, work: Path) -> dict:
-    from tokenforge.tokenize import read_throughput
+    from tokenforge.data.tokens import read_throughput
 
     shard_args, tok_args = DATASETS[name]
     d = work / name

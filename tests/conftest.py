@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tokenforge import tokenizer
+from tokenforge.tokenizer import vq as tokenizer
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tokenforge.memory
-from tokenforge.attribution import SCORERS, token_scores, top_positions
+from tokenforge.continual.scorers import SCORERS, token_scores, top_positions
 from tokenforge.errors import TokenforgeError
-from tokenforge.model import ModelConfig, TokenViT
+from tokenforge.models.vit import ModelConfig, TokenViT
 
 GRAD_SCORERS = ("rollout", "chefer", "gradcam", "atman")
 
@@ -296,9 +295,6 @@ def test_rollout_matches_the_old_memory_implementation():
     ids = torch.from_numpy(units)
     ours = token_scores(model, units, labels, "rollout", seed=0)
     assert torch.allclose(ours, old_rollout(model, ids), atol=1e-6)
-    old = getattr(tokenforge.memory, "attention_rollout", None)  # while memory.py still has its own copy
-    if old is not None:
-        assert torch.allclose(ours, old(model, ids), atol=1e-6)
 
 
 def test_rollout_is_label_independent():

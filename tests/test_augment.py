@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenforge.augment import (
+from tokenforge.data.augment import (
     AugmentConfig,
     TokenAugmenter,
     _crop_resize,
@@ -20,7 +20,7 @@ from tokenforge.augment import (
     swap_squares,
 )
 from tokenforge.errors import TokenforgeError
-from tokenforge.synonyms import nearest_codes, synonyms_json
+from tokenforge.tokenizer.synonyms import nearest_codes, synonyms_json
 
 K, D, B, H, W, C = 12, 4, 6, 5, 6, 6
 

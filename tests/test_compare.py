@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tokenforge import cli, compare, log_bundle
-from tokenforge.tracking import MlflowTracker, _client, child_run, end_parent, start_parent
+from tokenforge import cli
+from tokenforge.tracking import compare
+from tokenforge.tracking import bundle as log_bundle
+from tokenforge.tracking.runs import MlflowTracker, _client, child_run, end_parent, start_parent
 
 REAL_BUNDLE = Path("/work/main/results/default/tokenforge-results.tar.gz")
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(32)
@@ -290,7 +292,7 @@ def test_log_bundle_folder_and_environment(tokenforge, capsys, tmp_path, monkeyp
 
 def test_headline_names_match_package(tmp_path):
     """log-bundle logs the numbers under the names `tokenforge package` uses."""
-    from tokenforge.package import log_to_tracker
+    from tokenforge.report.package import log_to_tracker
 
     class Recorder:
         def __init__(self):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from tokenforge.coreset import (
+from tokenforge.continual.selection import (
     CLASS_BALANCED,
     SELECTIONS,
     _facility_location_order,
@@ -16,7 +16,7 @@ from tokenforge.coreset import (
     take,
 )
 from tokenforge.errors import TokenforgeError
-from tokenforge.model import ModelConfig, TokenViT
+from tokenforge.models.vit import ModelConfig, TokenViT
 
 SIZES = [15, 10, 9, 6]  # unequal classes
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.launch import main, processes_per_node, train_command
+from tokenforge.engine.launch import main, processes_per_node, train_command
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.memory import (
+from tokenforge.continual.memory import (
     Memory,
     Policy,
     _proxy,
@@ -19,7 +19,7 @@ from tokenforge.memory import (
     serialize,
     write_memory,
 )
-from tokenforge.model import ModelConfig, TokenViT
+from tokenforge.models.vit import ModelConfig, TokenViT
 
 CODES = 32
 

@@ -5,7 +5,7 @@ import doctest
 import numpy as np
 import pytest
 
-from tokenforge import metrics
+from tokenforge.report import metrics
 from tokenforge.errors import TokenforgeError
 
 # After task 0: 0.9 on task 0. After task 1: task 0 drops to 0.7. After task 2: 0.5 and 0.6.

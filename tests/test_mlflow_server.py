@@ -170,13 +170,13 @@ def test_parallel_jobs_share_one_sqlite_store_without_lock_errors(tmp_path):
     """Eight processes log runs and metrics into one SQLite file at once: none may lose its tracking."""
     from mlflow import MlflowClient
 
-    from tokenforge.tracking import start_parent
+    from tokenforge.tracking.runs import start_parent
 
     results = tmp_path / "results"
     info = start_parent(results, experiment="parallel")
     script = (
         "import argparse, sys\n"
-        "from tokenforge.tracking import child_run\n"
+        "from tokenforge.tracking.runs import child_run\n"
         "with child_run(sys.argv[1], 'train', {'task': sys.argv[2]}, argparse.Namespace(x=1)) as t:\n"
         "    for step in range(30):\n"
         "        t.log_metrics({'loss': step}, step=step)\n"

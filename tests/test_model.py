@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.model import ModelConfig, TokenViT, load_model, save_model
+from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model
 
 
 def tiny(num_classes=6):

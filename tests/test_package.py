@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenforge import cli, package
+from tokenforge import cli
+from tokenforge.report import package
 from tokenforge.errors import TokenforgeError
 
 R = [[0.9, 0.2, 0.1], [0.7, 0.8, 0.3], [0.5, 0.6, 0.9]]

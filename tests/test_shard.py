@@ -16,8 +16,8 @@ from PIL import Image
 
 from tokenforge import cli
 from tokenforge.errors import TokenforgeError
-from tokenforge.shard import load_split, prepare_image, split_of, stratified_test_mask
-from tokenforge.sources import open_source
+from tokenforge.data.shards import load_split, prepare_image, split_of, stratified_test_mask
+from tokenforge.data.sources import open_source
 from test_sources import fake_cifar10, fake_cifar100, make_imagefolder
 
 SHAPES = ["--source", "shapes", "--shapes-count", "40", "--shapes-classes", "4", "--shapes-size", "16"]

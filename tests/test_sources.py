@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.sources import (
+from tokenforge.data.sources import (
     RestrictedUnpickler,
     load_pickle,
     max_shape_classes,

@@ -4,7 +4,7 @@ import pytest
 
 from tokenforge.cli import main
 from tokenforge.errors import TokenforgeError
-from tokenforge.split import make_tasks, resolve_order
+from tokenforge.data.split import make_tasks, resolve_order
 
 NAMES = [str(i) for i in range(10)]
 

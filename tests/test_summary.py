@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenforge import cli, summary
+from tokenforge import cli
+from tokenforge.report import summary
 
 METRICS = {
     "num_tasks": 3,

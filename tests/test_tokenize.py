@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tokenforge import cli, tokenizer
+from tokenforge import cli
+from tokenforge.tokenizer import vq as tokenizer
 from tokenforge.errors import TokenforgeError
-from tokenforge.tokenize import (
+from tokenforge.data.tokens import (
     TokenSet, id_bits, load_tokens, pack_ids, packed_size, read_throughput, save_tokens, tokens_table, unpack_ids,
 )
 

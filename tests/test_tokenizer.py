@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokenforge import cli, tokenizer
+from tokenforge import cli
+from tokenforge.tokenizer import vq as tokenizer
 from tokenforge.errors import TokenforgeError
 
 TINY = dict(downsample=2, codebook_size=16, code_dim=4, hidden_dim=8, seed=0)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tokenforge.tracking import (
+from tokenforge.tracking.runs import (
     NullTracker,
     child_run,
     end_parent,
@@ -86,7 +86,7 @@ def test_unreachable_store_warns_and_goes_on(tmp_path, caplog):
 def test_datasets_are_logged_as_run_inputs_with_digest_and_context(tmp_path):
     from mlflow import MlflowClient
 
-    from tokenforge.tracking import dataset_digest
+    from tokenforge.tracking.runs import dataset_digest
 
     results = tmp_path / "run"
     info = start_parent(results, experiment="exp-data")
@@ -114,7 +114,7 @@ def test_datasets_are_logged_as_run_inputs_with_digest_and_context(tmp_path):
 
 
 def test_slurm_job_id_is_a_tag_only_under_slurm(monkeypatch):
-    from tokenforge.tracking import base_tags
+    from tokenforge.tracking.runs import base_tags
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert "slurm_job_id" not in base_tags()

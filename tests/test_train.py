@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tokenforge.cli import main
-from tokenforge.memory import read_memory
-from tokenforge.tokenize import TokenSet, save_tokens
-from tokenforge.tokenizer import build_model, make_config, save_tokenizer
+from tokenforge.continual.memory import read_memory
+from tokenforge.data.tokens import TokenSet, save_tokens
+from tokenforge.tokenizer.vq import build_model, make_config, save_tokenizer
 
 pytestmark = pytest.mark.slow
 RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # set by training for DeepSpeed
@@ -131,8 +131,8 @@ def test_pixel_baseline_trains_and_evaluates_on_the_same_grid(tmp_path):
 
 
 def test_training_with_every_augmentation_on(data, tmp_path):
-    from tokenforge.synonyms import nearest_codes
-    from tokenforge.tokenizer import load_tokenizer
+    from tokenforge.tokenizer.synonyms import nearest_codes
+    from tokenforge.tokenizer.vq import load_tokenizer
 
     neighbours = nearest_codes(load_tokenizer(data / "tokenizer").codebook.numpy(), 3)
     synonyms = tmp_path / "synonyms.json"
@@ -289,7 +289,7 @@ def _weights(out):
     ids=["bf16", "zero1", "zero2", "zero2-bf16", "accumulation2", "activation-checkpointing"],
 )
 def test_each_deepspeed_option_trains_a_task_chain_that_loads_and_replays(data, tmp_path, flags):
-    from tokenforge.model import load_model
+    from tokenforge.models.vit import load_model
 
     for task in (0, 1):
         previous = ["--previous", str(tmp_path / "task-0")] if task else []
@@ -345,7 +345,7 @@ def test_two_cpu_processes_through_the_deepspeed_launcher(data, tmp_path):
     import sys
     from pathlib import Path
 
-    from tokenforge.launch import train_command
+    from tokenforge.engine.launch import train_command
 
     env = _clean_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"

@@ -134,7 +134,7 @@ def test_end_to_end_tiny_pipeline(workdir):
     for name in ("report.html", "accuracy_matrix.png", "average_accuracy.png", "accuracy_matrix.csv"):
         assert (run / "package" / name).is_file()
     assert (run / "tokenforge-results.tar.gz").is_file()
-    from tokenforge.model import load_model
+    from tokenforge.models.vit import load_model
 
     assert load_model(run / "package").config.num_classes == 10  # the bundled final model loads on its own
 
@@ -195,7 +195,7 @@ def test_pipeline_on_a_seit_token_release(workdir):
     """A release in SeiT's format is a source: imported, no shards or tokenizer, then trained task by task."""
     import numpy as np
 
-    from tokenforge.seit import write_seit
+    from tokenforge.data.seit import write_seit
 
     rng = np.random.default_rng(0)
     release = workdir / "release"

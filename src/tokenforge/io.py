@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import TokenforgeError
+from tokenforge.errors import TokenforgeError
 
 # Written into every output directory we create, so we only ever replace our own directories.
 MARKER = ".tokenforge"

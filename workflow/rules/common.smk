@@ -54,7 +54,7 @@ def _launch(resources):
 
 def train_processes(resources):
     """Training processes per node of a job with these resources: one per GPU, else train.processes."""
-    from tokenforge.launch import processes_per_node
+    from tokenforge.engine.launch import processes_per_node
 
     settings = _launch(resources)
     return processes_per_node(settings["gpu"], settings["nodes"], settings["processes"])
@@ -62,7 +62,7 @@ def train_processes(resources):
 
 def train_launch(resources):
     """What starts `tokenforge` in a training job (tokenforge.launch.train_command, from the job's resources)."""
-    from tokenforge.launch import train_command
+    from tokenforge.engine.launch import train_command
 
     return train_command(**_launch(resources))
 

@@ -1,0 +1,109 @@
+"""Bundle the results: metrics, plots, an HTML report, the model, the config, and a .tar.gz of it all.
+
+Reads one evaluation file per task (row t of the accuracy matrix R) and the stats.json of every
+stage, computes the continual-learning metrics (tokenforge.metrics), the storage bytes (pixels vs
+tokens vs the replay memory) and the wall time per stage, and writes into --out:
+
+    metrics.json            all numbers below, machine-readable
+    accuracy_matrix.csv     R, one row per trained task
+    accuracy_matrix.png     R as a heatmap; average_accuracy.png: the learning curve
+    report.html             one self-contained page (plots embedded) to read or mail
+    model.safetensors (+ model.json beside it), config.yaml, versions.json, stats.json
+    NAME.png                each --images NAME=FILE (e.g. the tokenizer's reconstruction grid), also shown
+                            in report.html with NAME as its caption
+
+then the same files (minus this stage's own stats.json, whose wall time changes run to run) as a
+deterministic --archive. Example:
+
+    tokenforge package --evaluations results/evaluate/task-{0,1}/evaluation.json \\
+        --stats shard=results/shard/stats.json tokenize=results/tokenize/stats.json \\
+        tokenizer=results/tokenizer/stats.json train-0=... train-1=... \\
+        --model results/train/task-1/model.safetensors --config results/config.yaml \\
+        --images reconstructions=results/tokenizer/reconstructions.png \\
+        --out results/package --archive results/tokenforge-results.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tokenforge.errors import TokenforgeError
+from tokenforge.io import atomic_dir, require_file, write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tokenforge.report.package import OPTIONAL_STATS, REQUIRED_STATS
+
+    parser.add_argument(
+        "--evaluations",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="evaluation JSON of every task, one per trained task (any order; each names its task)",
+    )
+    parser.add_argument(
+        "--stats",
+        nargs="+",
+        default=[],
+        metavar="NAME=FILE",
+        help="stats.json of each stage, e.g. shard=... tokenize=... tokenizer=... train-0=... evaluate-0=...; "
+        f"needs {', '.join(REQUIRED_STATS)} and train-T for every task; {', '.join(OPTIONAL_STATS)} when the "
+        "run made them",
+    )
+    parser.add_argument("--model", required=True, metavar="FILE", help="final model weights (.safetensors) to bundle")
+    parser.add_argument("--config", required=True, metavar="FILE", help="resolved config (YAML) of the run to bundle")
+    parser.add_argument("--out", required=True, metavar="DIR", help="bundle directory to write (replaced atomically)")
+    parser.add_argument("--archive", required=True, metavar="FILE.tar.gz", help="archive of the bundle to write")
+    parser.add_argument("--title", default="tokenforge results", help="title of report.html")
+    parser.add_argument(
+        "--registered-model",
+        default=None,
+        metavar="NAME",
+        help="with --track: log the final model with its signature and register it as a new version of NAME in the "
+        "MLflow model registry, alias 'latest-run' (default: not registered)",
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        metavar="NAME=FILE",
+        help="PNG images to bundle as NAME.png and show in report.html with NAME as caption, "
+        "e.g. reconstructions=results/tokenizer/reconstructions.png",
+    )
+
+
+def run(args: argparse.Namespace, tracker) -> None:
+    from tokenforge.report.package import (
+        archive_root,
+        build_metrics,
+        load_accuracy_matrix,
+        load_stats,
+        log_to_tracker,
+        package_versions,
+        parse_images_args,
+        parse_stats_args,
+        register_final_model,
+        write_archive,
+        write_bundle,
+    )
+
+    start = time.perf_counter()
+    R = load_accuracy_matrix([Path(p) for p in args.evaluations])
+    stats = load_stats(parse_stats_args(args.stats))
+    model = require_file(args.model, "model file")
+    config = require_file(args.config, "config file")
+    images = parse_images_args(args.images)
+    result = build_metrics(R, stats)
+    versions = package_versions()
+    out, archive = Path(args.out), Path(args.archive)
+    if out.resolve() in archive.resolve().parents:
+        raise TokenforgeError(f"--archive {archive}: must lie outside --out {out}, which is replaced as a whole")
+    with atomic_dir(out) as tmp:
+        write_bundle(tmp, result, versions, model, config, args.title, images)
+        write_archive(tmp, archive, root=archive_root(archive))
+        stats_out = {"num_tasks": result["num_tasks"], "archive_bytes": archive.stat().st_size}
+        write_json(tmp / "stats.json", {**stats_out, "wall_s": time.perf_counter() - start})
+    log_to_tracker(tracker, result, out, images)
+    register_final_model(tracker, out, getattr(args, "registered_model", None))

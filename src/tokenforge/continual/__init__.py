@@ -1,0 +1,19 @@
+"""Continual learning: what the replay memory keeps and how it is fed back.
+
+- `memory`: the memory record (key, label, task, kept positions and ids) and its storage on disk;
+- `policy`: the buffer policy, what to keep: the budget, per-class quotas, building the memory after a task;
+- `selection`: which samples of a task are kept, as a priority order;
+- `scorers`: which tokens of a kept sample are kept (attribution through the model's probe API);
+- `replay`: the replay mechanism, how kept samples are fed back during training.
+
+The choice lists below are the one place each option's values are named: the CLI, the modules and a test
+of the config schema read them from here (this file imports nothing heavy, so `--help` stays fast).
+"""
+
+# memory.method: none (fine-tuning) | coreset (whole samples) | coretokens (every sample, few tokens)
+# | coretokenset (chosen samples, their top tokens) | joint (all data so far: the upper bound)
+METHODS = ("none", "coreset", "coretokens", "coretokenset", "joint")
+# memory.selection: which samples a task keeps (continual/selection.py)
+SELECTIONS = ("random", "class_balanced", "herding", "gradient")
+# memory.scorer: which tokens of a kept sample are stored (continual/scorers.py)
+SCORERS = ("rollout", "chefer", "gradcam", "atman", "random")

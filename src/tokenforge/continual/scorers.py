@@ -1,0 +1,287 @@
+"""Token attribution scorers: which grid tokens of a sample matter most for its own label.
+
+The replay memory keeps only each sample's most relevant tokens ("core tokensets", Paul et al. 2024), so
+it needs a relevance score per grid token. Every scorer returns the class token's row over the grid
+tokens (the prefix column dropped), higher = more relevant:
+- rollout: attention rollout (Abnar & Zuidema 2020), label-independent;
+- chefer: gradient-weighted attention relevance (Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability");
+- gradcam: attention GradCAM on the last block (one of Chefer et al.'s baselines);
+- atman: attention-suppression perturbation (AtMan, Deiseroth et al. 2023): the loss increase when a token is hidden;
+- random: uniform noise, the control.
+
+Attention probabilities are read with a forward hook on each block's `attn.attn_drop` while timm's
+unfused attention path is on (`fused_attn = False`), so they stay in the autograd graph; gradients are
+taken with `torch.autograd.grad` w.r.t. those maps only, so no parameter ever gets a `.grad`. AtMan
+scales keys through a hook on each block's `attn.k_norm` instead, which keeps timm's fused attention.
+Every change to the model (eval mode, fused_attn, hooks, a temporary forward) is undone on the way out.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tokenforge.continual import SCORERS
+from tokenforge.errors import TokenforgeError
+from tokenforge.models.vit import device_of
+
+_ATMAN_TOKENS = 12288  # tokens per AtMan forward: small forwards stay in cache (measured fastest on CPU) and bound memory
+
+
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """Eval mode (no dropout, so scores are deterministic) for the duration; the previous mode comes back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _embedded(model, units: torch.Tensor) -> torch.Tensor:
+    """Units -> the embedded map (B, D, h, w) that `model(...)` accepts as a float input."""
+    return model.embed(units).permute(0, 3, 1, 2)
+
+
+def _attention_forward(model, emb: torch.Tensor, blocks: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and the attention probabilities (B, heads, N, N) of the given blocks, in the autograd graph."""
+    maps: dict[int, torch.Tensor] = {}
+    saved: list[tuple[object, bool]] = []
+    handles = []
+
+    def capture(index: int) -> Callable:
+        def hook(_module, _inputs, output):
+            maps[index] = output
+
+        return hook
+
+    try:
+        for i in blocks:
+            attn = model.vit.blocks[i].attn
+            saved.append((attn, attn.fused_attn))
+            attn.fused_attn = False  # the manual path: softmax(q k^T * scale) -> attn_drop -> @ v
+            handles.append(attn.attn_drop.register_forward_hook(capture(i)))
+        logits = model(emb)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for attn, fused in saved:
+            attn.fused_attn = fused
+    return logits, [maps[i] for i in blocks]
+
+
+def _rollout(model, units: torch.Tensor) -> torch.Tensor:
+    """Attention rollout: head-mean attention + identity, row-normalised, multiplied across blocks; the CLS row."""
+    with torch.no_grad():
+        _, maps = _attention_forward(model, _embedded(model, units), list(range(len(model.vit.blocks))))
+    n = maps[0].shape[-1]
+    eye = torch.eye(n, device=maps[0].device)
+    rollout = eye.expand(maps[0].shape[0], n, n)
+    for attn in maps:
+        a = attn.mean(dim=1) + eye  # the residual path
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a @ rollout
+    return rollout[:, 0, model.vit.num_prefix_tokens :]
+
+
+def _target_gradients(model, units: torch.Tensor, labels: torch.Tensor, blocks: list[int]):
+    """Attention maps of `blocks` and the gradients of each sample's label logit w.r.t. them (parameters untouched)."""
+    with torch.enable_grad():
+        # Gradients flow from a leaf input, so they exist even when every parameter is frozen.
+        emb = _embedded(model, units).detach().requires_grad_(True)
+        logits, maps = _attention_forward(model, emb, blocks)
+        # Samples are independent (eval mode, per-token norms), so one backward of the sum gives every sample's gradients.
+        target = logits.gather(1, labels[:, None]).sum()
+        grads = torch.autograd.grad(target, maps)
+    return [m.detach() for m in maps], [g.detach() for g in grads]
+
+
+def _chefer(model, units: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """R = I; per block in order R = R + mean_heads(clamp(grad_A * A, min=0)) @ R; the CLS row."""
+    maps, grads = _target_gradients(model, units, labels, list(range(len(model.vit.blocks))))
+    n = maps[0].shape[-1]
+    relevance = torch.eye(n, device=maps[0].device).expand(maps[0].shape[0], n, n)
+    for attn, grad in zip(maps, grads):
+        weighted = (grad * attn).clamp(min=0).mean(dim=1)
+        relevance = relevance + weighted @ relevance
+    return relevance[:, 0, model.vit.num_prefix_tokens :]
+
+
+def _gradcam(model, units: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Last block: per-head weights = mean gradient over queries and keys; clamp(mean_heads(weights * A), min=0); the CLS row."""
+    (attn,), (grad,) = _target_gradients(model, units, labels, [len(model.vit.blocks) - 1])
+    weights = grad.mean(dim=(-2, -1), keepdim=True)
+    cam = (weights * attn).mean(dim=1).clamp(min=0)
+    return cam[:, 0, model.vit.num_prefix_tokens :]
+
+
+@contextmanager
+def _key_scaling(model) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, `state["factor"]` (B, N) scales every block's keys per token.
+
+    Scaling key j by f multiplies the pre-softmax logits q_i . k_j * scale of column j by f for every query i:
+    exactly AtMan's suppression, on the fused and the unfused attention paths alike. Hooked on `k_norm`
+    (an Identity unless the model uses qk-norm), whose output is the key fed to the attention product."""
+    state: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, k):
+        factor = state.get("factor")
+        return k if factor is None else k * factor[:, None, :, None]  # k: (B, heads, N, head_dim)
+
+    handles = [block.attn.k_norm.register_forward_hook(hook) for block in model.vit.blocks]
+    try:
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _prefix_only_last_block(model) -> Iterator[None]:
+    """While active, the last block computes only the prefix (class) tokens' outputs.
+
+    The logits read only the class token, so the last block's queries, attention rows, projection and MLP
+    for the grid tokens are wasted work: skipping them is exact and saves about a fifth of a depth-4
+    forward, which matters for AtMan's h*w forwards per sample. Keys and values still come from every token,
+    through `k_norm` (so the suppression hook still applies). Only for class-token pooling; otherwise a no-op."""
+    vit = model.vit
+    if vit.global_pool != "token" or getattr(vit, "attn_pool", None) is not None:
+        yield
+        return
+    block = vit.blocks[-1]
+    attn = block.attn
+    prefix = vit.num_prefix_tokens
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = block.norm1(x)
+        weight, bias = attn.qkv.weight, attn.qkv.bias
+        width = attn.num_heads * attn.head_dim
+        q = F.linear(h[:, :prefix], weight[:width], None if bias is None else bias[:width])
+        kv = F.linear(h, weight[width:], None if bias is None else bias[width:])
+        q = attn.q_norm(q.reshape(b, prefix, attn.num_heads, attn.head_dim).transpose(1, 2))
+        k, v = kv.reshape(b, n, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k = attn.k_norm(k)
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = attn.norm(out.transpose(1, 2).reshape(b, prefix, width))
+        if getattr(attn, "gate", None) is not None:
+            out = out * attn.gate(h[:, :prefix]).sigmoid()
+        y = x[:, :prefix] + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(out))))
+        return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+
+    block.forward = forward
+    try:
+        yield
+    finally:
+        del block.forward
+
+
+def _atman_factors(model, units: torch.Tensor, suppression: float, conceptual: float | None) -> torch.Tensor:
+    """Key multipliers (B, n, prefix + n): row j suppresses grid token j (and its look-alikes when `conceptual` is set)."""
+    b = units.shape[0]
+    prefix = model.vit.num_prefix_tokens
+    n = units.shape[1] * units.shape[2]
+    eye = torch.eye(n, device=units.device)
+    if conceptual is None:
+        grid = (1.0 - suppression * eye).expand(b, n, n)
+    else:
+        # AtMan's correlated suppression: tokens whose input embeddings (the ViT's patch embeddings, no positions)
+        # are closer than the threshold in cosine similarity to token j are suppressed too, in proportion to it.
+        proj = model.vit.patch_embed.proj
+        with torch.no_grad():
+            emb = F.linear(model.embed(units).flatten(1, 2), proj.weight.flatten(1), proj.bias)
+            emb = F.normalize(model.vit.patch_embed.norm(emb), dim=-1)
+            sim = (emb @ emb.transpose(1, 2)).clamp(0, 1)
+        sim = torch.where(sim > conceptual, sim, torch.zeros((), device=sim.device))
+        sim = torch.maximum(sim, eye)  # token j itself is always fully suppressed
+        grid = 1.0 - suppression * sim
+    return torch.cat([torch.ones(b, n, prefix, device=grid.device), grid], dim=2)
+
+
+def _atman(model, units: torch.Tensor, labels: torch.Tensor, suppression: float, conceptual: float | None) -> torch.Tensor:
+    """Score_j = CE(label | token j's attention column suppressed in every block) - CE(label | nothing suppressed).
+
+    Each sample's n perturbed copies run batched, whole samples per forward, about _ATMAN_TOKENS tokens each."""
+    b = units.shape[0]
+    n = units.shape[1] * units.shape[2]
+    per_chunk = max(1, _ATMAN_TOKENS // (n * (n + model.vit.num_prefix_tokens)))
+    with torch.no_grad():
+        emb = _embedded(model, units)
+        factors = _atman_factors(model, units, suppression, conceptual)  # (b, n, prefix + n)
+        losses = []
+        with _key_scaling(model) as state, _prefix_only_last_block(model):
+            base = F.cross_entropy(model(emb), labels, reduction="none")  # (b,): same path, so no suppression scores 0
+            for i in range(0, b, per_chunk):
+                part = emb[i : i + per_chunk]
+                state["factor"] = factors[i : i + per_chunk].flatten(0, 1)  # sample s, token j -> row s * n + j
+                logits = model(part.repeat_interleave(n, dim=0))
+                losses.append(F.cross_entropy(logits, labels[i : i + per_chunk].repeat_interleave(n), reduction="none"))
+    return torch.cat(losses).reshape(b, n) - base[:, None]
+
+
+def token_scores(
+    model,
+    units: np.ndarray,
+    labels: np.ndarray,
+    scorer: str,
+    seed: int,
+    batch_size: int = 128,
+    *,
+    suppression: float = 0.9,
+    conceptual: float | None = None,
+) -> torch.Tensor:
+    """A relevance score per grid token (M, h*w) float32, higher = more relevant, for each sample's own label.
+
+    `units`: code ids (M, h, w) or uint8 pixel patches (M, h, w, F); `labels`: (M,). `seed` only drives the
+    random control. `suppression` and `conceptual` are AtMan's suppression factor and look-alike threshold."""
+    if scorer not in SCORERS:
+        raise TokenforgeError(f"memory.scorer: unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
+    units = np.asarray(units)
+    labels = np.asarray(labels)
+    if units.ndim not in (3, 4):
+        raise TokenforgeError(f"memory: units must be (M, h, w) ids or (M, h, w, F) patches, got shape {units.shape}")
+    if labels.shape != (len(units),):
+        raise TokenforgeError(f"memory: {len(units)} samples but labels of shape {labels.shape}")
+    if scorer == "atman" and not 0 <= suppression <= 1:
+        raise TokenforgeError(f"memory.suppression: must be in [0, 1], got {suppression}")
+    m, n = len(units), units.shape[1] * units.shape[2]
+    if scorer == "random":
+        return torch.rand(m, n, generator=torch.Generator().manual_seed(seed))
+    if m == 0:
+        return torch.zeros(0, n)
+    if batch_size < 1:
+        raise TokenforgeError(f"memory.batch_size: must be at least 1, got {batch_size}")
+    num_classes = model.vit.num_classes
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise TokenforgeError(f"memory: labels must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    out = []
+    device = device_of(model)  # a GPU after GPU training; the scores come back to the CPU
+    with _eval_mode(model):
+        for i in range(0, m, batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device)
+            target = torch.from_numpy(labels[i : i + batch_size].astype(np.int64)).to(device)
+            if scorer == "rollout":
+                scores = _rollout(model, batch)
+            elif scorer == "chefer":
+                scores = _chefer(model, batch, target)
+            elif scorer == "gradcam":
+                scores = _gradcam(model, batch, target)
+            else:
+                scores = _atman(model, batch, target, suppression, conceptual)
+            out.append(scores.float().cpu())
+    return torch.cat(out)
+
+
+def top_positions(scores: torch.Tensor, k: int) -> np.ndarray:
+    """int64 (M, k): each row's k highest-scoring positions, most relevant first; ties go to the lower position (stable)."""
+    if scores.ndim != 2:
+        raise TokenforgeError(f"memory: scores must be (M, h*w), got shape {tuple(scores.shape)}")
+    if not 0 <= k <= scores.shape[1]:
+        raise TokenforgeError(f"memory: cannot keep {k} of {scores.shape[1]} tokens")
+    order = torch.argsort(-scores.detach().float(), dim=1, stable=True)[:, :k]
+    return order.numpy().astype(np.int64)

@@ -1,0 +1,9 @@
+"""Data in and out: image sources, WebDataset shards, token files, SeiT releases, task splits, token augmentations.
+
+- `sources`: read digits, shapes, image folders, CIFAR layouts (one `Source` per dataset);
+- `shards`: write and read the deterministic WebDataset tars and their Parquet index;
+- `tokens`: the bit-packed token Parquet files (`TokenSet`, `save_tokens`, `load_tokens`);
+- `seit`: import and export SeiT's released token format;
+- `split`: the class-incremental task sequence;
+- `augment`: token augmentations applied to batches during training.
+"""

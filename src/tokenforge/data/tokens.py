@@ -1,0 +1,271 @@
+"""Encode every image of the shards into a grid of code ids with the trained tokenizer.
+
+  tokenforge tokenize --shards results/shard --tokenizer results/tokenizer --out results/tokenize
+
+Writes into --out: train.parquet and test.parquet (one row per image: key, label, ids), tokenizer.json (the
+tokenizer's config) and stats.json (bytes per image: raw pixels, pixel shards, token files on disk, packed
+token ids). `ids` holds each image's grid row-major as a fixed-size binary of ceil(h*w*bits/8) bytes, where
+bits = max(1, ceil(log2(num_codes))) for the (pruned) codebook: token i fills bits i*bits .. (i+1)*bits-1 of
+a little-endian bit stream (bit j of the stream is bit j%8 of byte j//8; lowest bit of an id first). The
+schema metadata holds grid (b"h,w"), num_codes and bits. Read a file back with `load_tokens(path)`, which
+also reads the earlier layout (ids as a fixed-size list of uint8/uint16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokenforge.errors import TokenforgeError
+from tokenforge.io import read_json, read_parquet
+from tokenforge.runtime import progress
+
+SPLITS = ("train", "test")
+COLUMNS = ("key", "label", "ids")
+MAX_BITS = 16  # ids up to 65535: the tokenizer's MAX_CODES
+# Rows packed or unpacked at once: bounds the temporary arrays (rows x tokens x bits bytes) to ~64 MiB.
+CHUNK_ELEMENTS = 1 << 26
+# Parquet settings, chosen on measurements (pyarrow 25, 2 shared CPU cores; file bytes per image, train +
+# test; load_tokens images/s, best of 5; tokens from our tokenizers*, and uniform random ids):
+#
+#                               digits    shapes64   shapes128  random    random 32x32  read images/s,
+#                               4x4 grid  8x8 grid   16x16 grid 4x4 grid  (SeiT's size) random 32x32
+#                               64 codes  158 codes  472 codes  64 codes  391 codes
+#   packed payload (ids only)    12        64        288         12       1152
+#   uint8/16 list, zstd 3 (old)  15.55     48.00     192.9       16.01    1159.8         93k-103k
+#   uint8/16 list, zstd 19       15.37     39.17     150.5       15.93    1158.7         103k
+#   packed, no compression       15.58     67.84     291.9       15.58    1155.6         131k
+#   packed, zstd 3               13.73     42.70     168.6       14.10    1154.2         126k
+#   packed, zstd 9               13.71     39.40     157.1       14.08    1154.2         125k
+#   packed, zstd 19              13.57     36.89     146.4       14.04    1154.1         126k
+#   (packed rows: key column DELTA_BYTE_ARRAY, no dictionary or statistics on ids. * shapes: short-trained
+#   tokenizers, PSNR 15-16.5 dB, pruned 256 -> 158 and 512 -> 472 codes.)
+#
+# - Parquet already stores a uint8/uint16 list as bit-packed dictionary indices, so the old layout was
+#   about as small on random ids; packing makes each image's payload a fixed ceil(h*w*bits/8) bytes and
+#   reads faster (no dictionary decoding). A dictionary on the packed column costs +1.4 B/image (digits).
+# - zstd pays for itself on real tokens (repeated background codes): level 19 is 14% (shapes64) and 13%
+#   (shapes128) smaller than level 3, and half the uncompressed size; on random ids every setting is within
+#   0.1%. Decompression speed does not depend on the level; writing at level 19 costs 0.03-0.09 ms per
+#   image, far below encoding the image.
+# - Keys ("train_000042") cost 2.0 B/image with dictionary + zstd, 0.4 with DELTA_BYTE_ARRAY + zstd.
+ZSTD_LEVEL = 19
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    compression_level=ZSTD_LEVEL,
+    use_dictionary=["label"],
+    write_statistics=["key", "label"],
+    column_encoding={"key": "DELTA_BYTE_ARRAY"},
+)
+
+
+@dataclass
+class TokenSet:
+    """A split as code ids: ids[i] is the (h, w) grid of image keys[i], whose class is labels[i]."""
+
+    keys: list[str]
+    labels: np.ndarray  # int64 (N,)
+    ids: np.ndarray  # int64 (N, h, w)
+
+
+
+
+# ---------------------------------------------------------------------------------------------- bit packing
+
+
+def id_bits(num_codes: int) -> int:
+    """Bits per id for ids 0..num_codes-1: max(1, ceil(log2(num_codes))), e.g. 64 -> 6, 391 -> 9."""
+    if not 1 <= num_codes <= 1 << MAX_BITS:
+        raise TokenforgeError(f"num_codes {num_codes}: must be between 1 and {1 << MAX_BITS}")
+    return max(1, (int(num_codes) - 1).bit_length())
+
+
+def packed_size(num_tokens: int, bits: int) -> int:
+    """Bytes of one image's packed ids: ceil(num_tokens * bits / 8)."""
+    return (num_tokens * bits + 7) // 8
+
+
+def _row_blocks(rows: int, per_row: int):
+    """Slices of at most ~CHUNK_ELEMENTS / per_row rows covering 0..rows-1."""
+    step = max(1, CHUNK_ELEMENTS // max(per_row, 1))
+    return (slice(i, min(i + step, rows)) for i in range(0, rows, step))
+
+
+def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 (N, ceil(T*bits/8)): each row the little-endian bit stream of one row of int ids (N, T) < 2**bits."""
+    ids = np.asarray(ids)
+    n, t = ids.shape
+    out = np.empty((n, packed_size(t, bits)), dtype=np.uint8)
+    weights = np.arange(bits, dtype=np.int64)
+    for rows in _row_blocks(n, t * bits):
+        block = ids[rows].astype(np.int64)
+        # (rows, T, bits) bit planes, lowest bit first, flattened token after token: the stream's bit order.
+        planes = ((block[:, :, None] >> weights) & 1).astype(np.uint8).reshape(len(block), t * bits)
+        out[rows] = np.packbits(planes, axis=1, bitorder="little")
+    return out
+
+
+def unpack_ids(packed: np.ndarray, num_tokens: int, bits: int) -> np.ndarray:
+    """int64 (N, num_tokens) ids from the rows of `pack_ids` (uint8 (N, ceil(num_tokens*bits/8)))."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    n, nbytes = packed.shape
+    if bits == 8:
+        return packed.astype(np.int64)
+    if bits == 16:
+        return packed.view("<u2").astype(np.int64)
+    start = np.arange(num_tokens, dtype=np.int64) * bits
+    first, shift = start >> 3, (start & 7).astype(np.uint32)
+    # An id spans at most 3 bytes (7 + 16 bits). Gathers past the end are clamped to the last byte: they
+    # land above the id's highest bit and the mask drops them.
+    spans = int((int(shift.max(initial=0)) + bits + 7) >> 3)
+    out = np.empty((n, num_tokens), dtype=np.int64)
+    for rows in _row_blocks(n, num_tokens * spans):
+        word = np.zeros((rows.stop - rows.start, num_tokens), dtype=np.uint32)
+        for k in range(spans):
+            word |= packed[rows, np.minimum(first + k, nbytes - 1)].astype(np.uint32) << np.uint32(8 * k)
+        out[rows] = (word >> shift) & np.uint32((1 << bits) - 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def tokens_table(tokens: TokenSet, num_codes: int) -> pa.Table:
+    """The parquet layout of `tokens`: key, label int32, ids fixed-size binary (packed), + metadata."""
+    ids = np.asarray(tokens.ids)
+    if ids.ndim != 3:
+        raise TokenforgeError(f"ids: expected (N, h, w) token grids, got shape {ids.shape}")
+    n, h, w = ids.shape
+    bits = id_bits(num_codes)
+    if n and (ids.min() < 0 or ids.max() >= num_codes):
+        raise TokenforgeError(f"ids: values must lie in [0, {num_codes})")
+    if len(tokens.keys) != n or len(tokens.labels) != n:
+        raise TokenforgeError(f"tokens: {len(tokens.keys)} keys and {len(tokens.labels)} labels for {n} grids")
+    packed = pack_ids(ids.reshape(n, h * w), bits)
+    kind = pa.binary(packed.shape[1])
+    table = pa.table(
+        {
+            "key": pa.array(tokens.keys, type=pa.string()),
+            "label": pa.array(np.asarray(tokens.labels, dtype=np.int32), type=pa.int32()),
+            "ids": pa.FixedSizeBinaryArray.from_buffers(kind, n, [None, pa.py_buffer(packed.tobytes())]),
+        }
+    )
+    meta = {b"grid": f"{h},{w}".encode(), b"num_codes": str(num_codes).encode(), b"bits": str(bits).encode()}
+    return table.replace_schema_metadata(meta)
+
+
+def save_tokens(path: Path, tokens: TokenSet, num_codes: int) -> None:
+    """Write `tokens` as a parquet file at `path` with the measured settings (the caller makes it atomic)."""
+    pq.write_table(tokens_table(tokens, num_codes), path, **PARQUET_OPTIONS)
+
+
+def load_tokens(path: str | Path) -> TokenSet:
+    """Read a token parquet file written by `tokenforge tokenize` (packed, or the earlier list layout).
+
+    Bad files raise TokenforgeError naming them.
+    """
+    path = Path(path)
+    table = read_parquet(path, COLUMNS, "token file")
+    h, w, num_codes = _read_metadata(path, table.schema)
+    column = table.column("ids")
+    if column.null_count:
+        raise TokenforgeError(f"{path}: column ids has {column.null_count} null row(s)")
+    if pa.types.is_fixed_size_binary(column.type):
+        ids = _unpack_column(path, table.schema, column, h * w)
+    elif pa.types.is_fixed_size_list(column.type) and column.type.list_size == h * w:
+        ids = column.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        raise TokenforgeError(
+            f"{path}: column ids must be packed fixed-size binary or a fixed-size list of {h}*{w} ids, "
+            f"got {column.type}"
+        )
+    ids = ids.reshape(table.num_rows, h, w)
+    if num_codes is not None and ids.size and (ids.min() < 0 or ids.max() >= num_codes):
+        raise TokenforgeError(f"{path}: ids out of range for {num_codes} codes (max {int(ids.max())})")
+    labels = table.column("label").to_numpy().astype(np.int64)
+    return TokenSet(keys=table.column("key").to_pylist(), labels=labels, ids=ids)
+
+
+def _read_metadata(path: Path, schema: pa.Schema) -> tuple[int, int, int | None]:
+    """(h, w, num_codes or None) from the schema metadata."""
+    meta = schema.metadata or {}
+    try:
+        h, w = (int(v) for v in meta[b"grid"].decode().split(","))
+        num_codes = int(meta[b"num_codes"]) if b"num_codes" in meta else None
+    except (KeyError, ValueError):
+        raise TokenforgeError(f"{path}: schema metadata needs grid as b'h,w' (got {meta.get(b'grid')!r})") from None
+    return h, w, num_codes
+
+
+def _unpack_column(path: Path, schema: pa.Schema, column: pa.ChunkedArray, num_tokens: int) -> np.ndarray:
+    """int64 (N, num_tokens) ids of a packed ids column; its width must match the metadata's bits."""
+    meta = schema.metadata or {}
+    try:
+        bits, num_codes = int(meta[b"bits"]), int(meta[b"num_codes"])
+    except (KeyError, ValueError):
+        raise TokenforgeError(f"{path}: packed ids need bits and num_codes in the schema metadata") from None
+    if not (1 <= num_codes <= 1 << MAX_BITS and id_bits(num_codes) <= bits <= MAX_BITS):
+        raise TokenforgeError(f"{path}: bits {bits} cannot hold {num_codes} codes (at most {MAX_BITS} bits)")
+    nbytes = packed_size(num_tokens, bits)
+    if column.type.byte_width != nbytes:
+        raise TokenforgeError(
+            f"{path}: column ids holds {column.type.byte_width} bytes per image, "
+            f"{num_tokens} ids of {bits} bits need {nbytes}"
+        )
+    array = column.combine_chunks()
+    if len(array) == 0:
+        return np.zeros((0, num_tokens), dtype=np.int64)
+    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+    packed = data[array.offset * nbytes : (array.offset + len(array)) * nbytes].reshape(len(array), nbytes)
+    return unpack_ids(packed, num_tokens, bits)
+
+
+def read_throughput(path: str | Path, repeats: int = 3) -> float:
+    """Images per second of `load_tokens(path)`: the best of `repeats` timed reads (least disturbed)."""
+    if repeats < 1:
+        raise TokenforgeError(f"repeats {repeats}: must be at least 1")
+    best, count = float("inf"), 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = len(load_tokens(path).keys)
+        best = min(best, time.perf_counter() - start)
+    return count / best if best > 0 else float("inf")
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+def encode_split(model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
+    """Code ids (N, h, w) int64 of uint8 NHWC `images`, in batches with a progress bar."""
+    if batch_size < 1:
+        raise TokenforgeError(f"--batch-size {batch_size}: must be at least 1")
+    starts = range(0, len(images), batch_size)
+    parts = [model.encode(images[i : i + batch_size]).numpy() for i in progress(starts, total=len(starts), desc=desc)]
+    return np.concatenate(parts) if parts else np.zeros((0, *model.config["grid"]), dtype=np.int64)
+
+
+def _shard_bytes(shards: Path) -> dict[str, float]:
+    stats_path = shards / "stats.json"
+    stats = read_json(stats_path)
+    out = {}
+    for ours, theirs in (("raw_pixels", "raw_bytes_per_image"), ("pixel_shards", "shard_bytes_per_image")):
+        if not isinstance(stats, dict) or theirs not in stats:
+            raise TokenforgeError(f"{stats_path}: missing key {theirs}")
+        out[ours] = stats[theirs]
+    return out
+
+
+def _check_images(images: np.ndarray, config: dict, args: argparse.Namespace) -> None:
+    want = (*config["image_size"], config["channels"])
+    if tuple(images.shape[1:]) != tuple(want):
+        raise TokenforgeError(
+            f"{args.tokenizer / 'config.json'}: tokenizer expects {want} images, {args.shards} holds {images.shape[1:]}"
+        )
+
+

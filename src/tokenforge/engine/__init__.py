@@ -1,0 +1,15 @@
+"""Training machinery.
+
+- `train`: one task's training job: data, model, memory, the loop, outputs;
+- `loop`: the training loop, with tracking, checkpoints and progress as callbacks;
+- `deepspeed`: the DeepSpeed engine and its config (ZeRO, precision, accumulation);
+- `checkpoint`: resumable checkpoints outside the job's outputs;
+- `launch`: how a training job starts (one process, torchrun, the deepspeed launcher, srun);
+- `evaluate`: the accuracy of a trained model on every task's test set.
+"""
+
+# train.zero_stage: 0 off, 1 optimizer states, 2 also gradients (3 is not offered: memory building and the
+# subset path need whole parameters)
+ZERO_STAGES = (0, 1, 2)
+# train.precision
+PRECISIONS = ("fp32", "bf16")

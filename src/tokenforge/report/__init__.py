@@ -1,0 +1,2 @@
+"""Results: continual-learning metrics, the package stage (plots, report, bundle), the summary.
+"""

@@ -1,0 +1,103 @@
+"""Print what a finished run achieved and where its report, bundle and MLflow runs are.
+
+Reads RESULTS_DIR/package/metrics.json (written by `tokenforge package`, the last pipeline stage)
+and, if present, RESULTS_DIR/mlflow/parent.json. Writes nothing. Example:
+
+    tokenforge summary results/default          # human summary
+    tokenforge summary results/default --json   # the metrics.json itself, for scripts
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenforge.errors import TokenforgeError
+from tokenforge.io import read_json
+
+ARCHIVE = "tokenforge-results.tar.gz"
+
+
+
+
+
+
+def load_metrics(results: Path) -> dict:
+    """metrics.json of the run; its absence means the pipeline has not reached `package` yet."""
+    path = results / "package" / "metrics.json"
+    if not path.is_file():
+        raise TokenforgeError(
+            f"{path}: not found; the pipeline has not finished: run `make run` (or `snakemake`) first"
+        )
+    result = read_json(path)
+    for key in ("num_tasks", "final_average_accuracy", "average_forgetting", "backward_transfer", "bytes"):
+        if not isinstance(result, dict) or key not in result:
+            raise TokenforgeError(f"{path}: missing key {key!r}; rerun `tokenforge package`")
+    return result
+
+
+def load_parent(results: Path) -> dict | None:
+    """The MLflow parent run of this results folder ({tracking_uri, experiment_id, parent_run_id}), if any."""
+    path = results / "mlflow" / "parent.json"
+    if not path.is_file():
+        return None
+    parent = read_json(path)
+    if not isinstance(parent, dict) or "tracking_uri" not in parent:
+        raise TokenforgeError(f"{path}: expected a JSON object with 'tracking_uri'")
+    return parent
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def memory_lines(b: dict, memory: dict | None = None) -> list[str]:
+    """The replay memory in bytes, per dataset image, and as a share of the dataset's token bytes."""
+    what = ""
+    if memory and memory.get("method"):
+        budget = memory.get("budget_bytes")
+        what = f" ({memory['method']}: {memory.get('samples') or 0} samples x {memory.get('tokens_per_sample') or 0} tokens"
+        what += f", budget {budget:,})" if budget else ")"
+    lines = [f"  replay memory:          {b['memory']:,} bytes after the last task{what}"]
+    images, tokens = b.get("dataset_images"), b.get("dataset_tokens")
+    if images and tokens:
+        # memory / dataset_tokens == (memory per dataset image) / (token bytes per image)
+        lines.append(
+            f"                          {b['memory'] / images:,.1f} bytes per dataset image = "
+            f"{_pct(b['memory'] / tokens)} of the token bytes ({tokens:,} bytes for {images:,} images)"
+        )
+    return lines
+
+
+def mlflow_lines(parent: dict | None) -> list[str]:
+    """Where the runs are tracked and how to look at them."""
+    if parent is None:
+        return ["  MLflow:                 not tracked (no mlflow/parent.json in the results folder)"]
+    uri = parent["tracking_uri"]
+    lines = [
+        f"  MLflow tracking URI:    {uri}",
+        f"  MLflow experiment id:   {parent.get('experiment_id')}",
+        f"  MLflow parent run id:   {parent.get('parent_run_id')}",
+    ]
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"  open the UI:            {uri} in a browser")
+    else:
+        # A local store (sqlite:///..., file:...) is served by a UI started on this machine.
+        lines.append(f"  open the UI:            mlflow ui --backend-store-uri {uri}")
+    return lines
+
+
+def summary_lines(results: Path, result: dict, parent: dict | None) -> list[str]:
+    """The human summary, one line per fact."""
+    archive = results / ARCHIVE
+    lines = [
+        f"tokenforge results in {results} ({result['num_tasks']} tasks)",
+        f"  final average accuracy: {_pct(result['final_average_accuracy'])}",
+        f"  average forgetting:     {_pct(result['average_forgetting'])}",
+        f"  backward transfer:      {_pct(result['backward_transfer'])}",
+    ]
+    lines += memory_lines(result["bytes"], result.get("memory"))
+    lines += [
+        f"  report:                 {results / 'package' / 'report.html'}",
+        f"  bundle:                 {archive}" + ("" if archive.is_file() else " (not written yet)"),
+    ]
+    return lines + mlflow_lines(parent)
