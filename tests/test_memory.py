@@ -5,19 +5,16 @@ import pytest
 import torch
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.continual.memory import (
-    Memory,
+from tokenforge.continual.memory import Memory, read_memory, serialize, write_memory
+from tokenforge.continual.policy import (
     Policy,
     _proxy,
     build_memory,
     check_minimum,
     fit_budget,
     keep_count,
-    read_memory,
     resolve_budget,
     resolve_tokens,
-    serialize,
-    write_memory,
 )
 from tokenforge.models.vit import ModelConfig, TokenViT
 

@@ -13,8 +13,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json, write_json
 
@@ -30,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, tracker) -> None:
-    from tokenforge.engine.evaluate import predict
-    from tokenforge.engine.train import load_units
+    from tokenforge.data.units import load_units
+    from tokenforge.engine.evaluate import accuracy_row
     from tokenforge.models.vit import load_model
     from tokenforge.runtime import compute_device
 
@@ -39,28 +37,13 @@ def run(args, tracker) -> None:
     tasks = read_json(args.split / "tasks.json")["tasks"]
     if not 0 <= args.task < len(tasks):
         raise TokenforgeError(f"--task {args.task}: the split has tasks 0..{len(tasks) - 1}")
-    seen = [c for t in tasks[: args.task + 1] for c in t["classes"]]
     model = load_model(args.model).to(compute_device())  # a GPU where the job has one
     _, labels, units = load_units(model.config.input, args.tokens, args.shards, "test", model.config.patch)
     source = args.tokens if model.config.input == "tokens" else args.shards
     tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "evaluation", {"samples": int(len(labels))})
-    preds = predict(model, units, seen, args.batch_size)
-    accuracy, counts = [], []
-    for t in tasks:
-        mask = np.isin(labels, t["classes"])
-        if not mask.any():
-            raise TokenforgeError(f"{args.tokens or args.shards}: no test samples for task {t['task']}'s classes {t['classes']}")
-        accuracy.append(float((preds[mask] == labels[mask]).mean()))
-        counts.append(int(mask.sum()))
-    row = {
-        "task": args.task,
-        "accuracy": accuracy,
-        "num_test": counts,
-        "seen_classes": seen,
-        "average_accuracy": float(np.mean(accuracy[: args.task + 1])),
-        "wall_s": time.perf_counter() - start,
-    }
+    row = accuracy_row(model, units, labels, tasks, args.task, args.batch_size, source=source)
+    row["wall_s"] = time.perf_counter() - start
     write_json(args.out, row)
     tracker.log_artifact(args.out)
-    tracker.log_metrics({f"accuracy_task_{j}": a for j, a in enumerate(accuracy)} | {"average_accuracy": row["average_accuracy"]})
-    print(f"after task {args.task}: " + " ".join(f"{a:.3f}" for a in accuracy) + f" (average {row['average_accuracy']:.3f})")
+    tracker.log_metrics({f"accuracy_task_{j}": a for j, a in enumerate(row["accuracy"])} | {"average_accuracy": row["average_accuracy"]})
+    print(f"after task {args.task}: " + " ".join(f"{a:.3f}" for a in row["accuracy"]) + f" (average {row['average_accuracy']:.3f})")

@@ -1,6 +1,8 @@
-"""The replay memory: after each task keep the most important samples and, inside each, only its top tokens.
+"""The replay memory record and its storage: after each task the most important samples and, inside each,
+only its top tokens.
 
-A memory policy (`Policy`) says what to keep; the trainer replays it. Five methods share one code path:
+What to keep is the buffer policy's (continual/policy.py); how it is fed back is the replay's
+(continual/replay.py). Five methods (`memory.method`) share one code path:
 
 - `none`: no memory (fine-tuning, the lower bound);
 - `coreset`: whole samples (every token) chosen by `selection`, as many as the byte budget holds;
@@ -14,23 +16,17 @@ as one zstd-19 frame (`memory.arrows.zst`, readable with `pyarrow.input_stream(p
 Parquet's footer alone (~1 KB) would exceed a 1% budget on small datasets; this container costs ~300
 bytes. The memory's size is that file's bytes on disk.
 
-The budget (bytes, or a share of the training set's token bytes) holds for the memory of all tasks
-together. Every seen class gets the same number of samples; when a new task arrives, older tasks give up
-samples (the last-ranked first), so the memory stays class-balanced and within budget.
+A family may add columns to a row (classification adds none; see tokenforge.families).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from tokenforge.continual import METHODS
-from tokenforge.continual.selection import take
 from tokenforge.errors import TokenforgeError
 
 MEMORY_FILE = "memory.arrows.zst"
@@ -76,220 +72,6 @@ class Memory:
             np.concatenate([self.positions, other.positions]),
             np.concatenate([self.ids, other.ids]),
         )
-
-
-# --- the budget ------------------------------------------------------------------------------------
-
-_BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-
-
-def resolve_budget(value, token_bytes: int | None) -> int | None:
-    """`memory.budget` in bytes: an int (bytes), "N%" of the training set's token bytes, or None (no limit)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        return None
-    if isinstance(value, str):
-        match = _BUDGET.match(value)
-        if match:
-            if token_bytes is None:
-                raise TokenforgeError(f"memory.budget: {value!r} is a share of the token bytes, but no train tokens were given")
-            share = float(match.group(1)) / 100
-            if not 0 < share <= 1:
-                raise TokenforgeError(f"memory.budget: {value!r} must be a share in (0%, 100%]")
-            return int(share * token_bytes)
-        if value.strip().isdigit():
-            value = int(value)
-        else:
-            raise TokenforgeError(f"memory.budget: {value!r} is neither a byte count nor a percentage like '1%'")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise TokenforgeError(f"memory.budget: {value!r} must be a positive number of bytes or a percentage like '1%'")
-    return value
-
-
-def keep_count(num_tokens: int, token_fraction: float) -> int:
-    if not 0 < token_fraction <= 1:
-        raise TokenforgeError(f"memory.token_fraction: must be in (0, 1], got {token_fraction}")
-    return max(1, int(round(num_tokens * token_fraction)))
-
-
-@dataclass
-class Policy:
-    """What the memory keeps; `tokens` is the per-sample token count (k) once resolved."""
-
-    method: str = "coretokenset"
-    selection: str = "class_balanced"
-    scorer: str = "random"
-    token_fraction: float = 0.5
-    budget: int | None = None  # bytes for the memory of all tasks together; None: no limit
-    samples_per_class: int | None = None  # optional cap per class; None: only the budget limits
-    num_codes: int = 256  # bounds of the stored values, for the smallest integer types
-    num_positions: int = 16
-    num_classes: int = 256
-    tokens: int = field(default=0)
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise TokenforgeError(f"memory.method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if self.samples_per_class is not None and self.samples_per_class < 1:
-            raise TokenforgeError(
-                f"memory.samples_per_class: must be >= 1, got {self.samples_per_class} (memory.method none keeps no memory)"
-            )
-        if self.method in ("coreset", "coretokenset", "coretokens") and self.budget is None and self.samples_per_class is None:
-            raise TokenforgeError(f"memory.budget: method {self.method!r} needs a budget or memory.samples_per_class")
-        if self.method == "coreset":
-            self.tokens = self.num_positions
-        elif self.method == "coretokenset":
-            self.tokens = keep_count(self.num_positions, self.token_fraction)
-
-    @property
-    def keeps_memory(self) -> bool:
-        return self.method in ("coreset", "coretokens", "coretokenset")
-
-    def nbytes(self, memory: Memory) -> int:
-        return len(serialize(memory, self.num_codes, self.num_positions, self.num_classes))
-
-
-def _proxy(keys: list[str], labels: np.ndarray, units: np.ndarray, k: int, task: int = 0) -> Memory:
-    """Samples with k random units each as kept tokens: about the right size, for sizing before any scoring."""
-    n = units.shape[1] * units.shape[2]
-    # Scattered positions, as attribution picks them: contiguous ones would compress far better than real memories.
-    rng = np.random.default_rng(0)
-    positions = np.sort(np.argsort(rng.random((len(units), n)), axis=1)[:, :k], axis=1).astype(np.int64)
-    flat = np.take_along_axis(units.reshape(len(units), n, -1), positions[:, :, None], axis=1)
-    ids = flat[:, :, 0].astype(np.int64) if units.ndim == 3 else flat
-    return Memory(list(keys), labels.astype(np.int64), np.full(len(units), task, np.int64), positions, ids)
-
-
-def first_per_class(labels: np.ndarray) -> np.ndarray:
-    return np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)], dtype=np.int64)
-
-
-def resolve_tokens(policy: Policy, keys: list[str], labels: np.ndarray, units: np.ndarray) -> int:
-    """Tokens per sample. `coretokens`: the most that lets every training sample (all tasks) fit the budget, at least 1."""
-    if policy.method != "coretokens":
-        return policy.tokens
-    if policy.budget is None:
-        return keep_count(policy.num_positions, policy.token_fraction)
-    lo, hi = 1, policy.num_positions
-    while lo < hi:  # the largest k whose all-sample memory fits
-        mid = (lo + hi + 1) // 2
-        memory = _proxy(keys, labels, units, mid)
-        if policy.nbytes(memory) <= policy.budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def check_minimum(policy: Policy, keys: list[str], labels: np.ndarray, units: np.ndarray) -> int:
-    """Bytes of one sample per class (of every class given) at the policy's token count; raise if over budget."""
-    pick = first_per_class(labels)
-    memory = _proxy([keys[i] for i in pick], labels[pick], units[pick], policy.tokens)
-    need = policy.nbytes(memory)
-    if policy.budget is not None and need > policy.budget:
-        raise TokenforgeError(
-            f"memory.budget: {policy.budget:,} bytes cannot hold one sample per class ({len(pick)} classes x "
-            f"{policy.tokens} tokens); the minimum is about {need:,} bytes"
-        )
-    return need
-
-
-# --- fitting the budget ---------------------------------------------------------------------------
-
-
-def _assemble(memory: Memory, selection: str, quota: dict[int, int]) -> Memory:
-    """Per task, the rows (already in priority order) its selection keeps under per-class quotas."""
-    keep = []
-    for t in np.unique(memory.tasks):
-        rows = np.flatnonzero(memory.tasks == t)
-        keep.append(take(rows, memory.labels, selection, quota))
-    return memory.rows(np.concatenate(keep)) if keep else memory
-
-
-def fit_budget(candidates: Memory, policy: Policy, classes: list[int]) -> tuple[Memory, dict[int, int]]:
-    """Keep, per class, the same number of top-priority rows (plus one more for the first classes while it
-    fits), the most whose file fits the budget. `candidates` rows are in priority order within each task."""
-    sizes = {c: int((candidates.labels == c).sum()) for c in classes}
-    cap = max(sizes.values(), default=0)
-    if policy.samples_per_class is not None:
-        cap = min(cap, policy.samples_per_class)
-
-    def build(quota):
-        return _assemble(candidates, policy.selection, quota)
-
-    def fits(quota) -> bool:
-        return policy.budget is None or policy.nbytes(build(quota)) <= policy.budget
-
-    lo, hi = 0, cap
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(dict.fromkeys(classes, mid)):
-            lo = mid
-        else:
-            hi = mid - 1
-    quota = dict.fromkeys(classes, lo)
-    if lo < cap and policy.budget is not None:
-        for c in classes:  # the leftover bytes: one more sample for as many classes as fit, in class order
-            if sizes[c] > lo:
-                trial = {**quota, c: lo + 1}
-                if fits(trial):
-                    quota = trial
-    return build(quota), quota
-
-
-# --- building the memory after a task ---------------------------------------------------------------
-
-
-def build_memory(
-    model,
-    previous: Memory,
-    keys: list[str],
-    labels: np.ndarray,
-    units: np.ndarray,
-    task: int,
-    seen: list[int],
-    policy: Policy,
-    seed: int,
-) -> tuple[Memory, dict]:
-    """The memory after `task`: the previous one plus this task's samples, refitted to the budget.
-
-    `keys/labels/units` are this task's training samples; `seen` the classes of tasks 0..task."""
-    from tokenforge.continual.scorers import token_scores, top_positions
-    from tokenforge.continual.selection import rank_samples
-
-    if not policy.keeps_memory or len(keys) == 0:
-        return Memory.empty(), {}
-    model.eval()
-    # coretokens keeps every sample; its order only says which go first if even one token each is too much.
-    order = rank_samples(model, units, labels, policy.selection, seed)
-    # Score only what could be kept: per class, twice what the budget would hold of samples of this size
-    # (sized with stand-in tokens), plus one; attribution (AtMan above all) is the costly part.
-    cap = policy.samples_per_class
-    if policy.budget is not None and policy.tokens < policy.num_positions:
-        _, quota = fit_budget(previous.concat(_proxy([keys[i] for i in order], labels[order], units[order], policy.tokens, task)), policy, seen)
-        bound = 2 * max(quota[c] for c in np.unique(labels).tolist()) + 1
-        cap = bound if cap is None else min(cap, bound)
-    if cap is not None:
-        order = take(order, labels, policy.selection, cap)
-    sel_units, sel_labels = units[order], labels[order]
-    k = policy.tokens
-    if k >= policy.num_positions:
-        positions = np.broadcast_to(np.arange(policy.num_positions, dtype=np.int64), (len(order), k)).copy()
-    else:
-        scores = token_scores(model, sel_units, sel_labels, policy.scorer, seed)
-        positions = np.sort(top_positions(scores, k), axis=1)  # ascending positions compress better
-    flat = sel_units.reshape(len(order), policy.num_positions, -1)
-    kept = np.take_along_axis(flat, positions[:, :, None], axis=1)
-    kept = kept[:, :, 0].astype(np.int64) if units.ndim == 3 else kept
-    new = Memory([keys[i] for i in order], sel_labels.astype(np.int64), np.full(len(order), task, np.int64), positions, kept)
-    candidates = previous.concat(new)
-    memory, quota = fit_budget(candidates, policy, seen)
-    if policy.budget is not None and any(quota[c] == 0 for c in seen):
-        need = policy.nbytes(_assemble(candidates, policy.selection, dict.fromkeys(seen, 1)))
-        raise TokenforgeError(
-            f"memory.budget: {policy.budget:,} bytes cannot hold one sample per class ({len(seen)} classes x "
-            f"{policy.tokens} tokens) after task {task}; the minimum is about {need:,} bytes"
-        )
-    return memory, {"samples_per_class": {int(c): int((memory.labels == c).sum()) for c in seen}}
 
 
 # --- storage ----------------------------------------------------------------------------------------
@@ -362,6 +144,3 @@ def read_memory(path: Path) -> Memory:
         ids,
     )
 
-
-def as_tensors(memory: Memory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(memory.ids), torch.from_numpy(memory.positions), torch.from_numpy(memory.labels)

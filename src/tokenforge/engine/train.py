@@ -1,52 +1,160 @@
-r"""Train the token ViT on one task through a DeepSpeed engine, replaying the earlier tasks' memory.
+"""One task's training job: the data of the task, the model it starts from, the memory it replays, the
+training loop (engine/loop.py) through a DeepSpeed engine, and after training the memory of all tasks so
+far (continual/policy.py), written with the model as the job's outputs.
 
-  tokenforge train --tokens tokens/train.parquet --tokenizer tokenizer/ --split split/ --task 1 \
-      --previous train/task-0 --deepspeed-config config/deepspeed.json --out train/task-1
-
-Task 0 starts from a seeded initialisation; task t > 0 starts from task t-1's model and replays its
-memory: every step adds CE(memory batch) to CE(current batch), with memory samples fed as short
-sequences of their kept tokens. Logits are restricted to the classes seen so far. After training,
-the memory of all tasks so far is rebuilt within the byte budget (older tasks give up their
-last-ranked samples, class-balanced; see tokenforge.memory). On a CPU it runs as one process with gloo; under
-`torchrun`/`deepspeed` the same code runs one process per GPU.
+`train_task(args, tracker)` takes the flags of `tokenforge train` (cli/train.py documents each one).
+Task 0 starts from a seeded initialisation; task t > 0 from task t-1's model and memory. On a CPU it runs
+as one process with gloo; under torchrun or the deepspeed launcher one process per GPU, each on its slice
+of the data; the ranks check they built the same memory and rank 0 writes the outputs.
 """
 
 from __future__ import annotations
 
-import logging
-import math
+import hashlib
 import os
+import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tokenforge.engine import ZERO_STAGES
+import numpy as np
+import torch
+
+from tokenforge import families
+from tokenforge.continual.memory import MEMORY_FILE, Memory, read_memory, serialize
+from tokenforge.continual.policy import (
+    Policy,
+    build_memory,
+    check_minimum,
+    resolve_budget,
+    resolved,
+)
+from tokenforge.continual.replay import Replay
+from tokenforge.data.units import load_units
+from tokenforge.engine.callbacks import Checkpointing, ProgressBar, Tracking, max_rss_mb
+from tokenforge.engine.checkpoint import Checkpointer, fingerprint
+from tokenforge.engine.deepspeed import build_engine
+from tokenforge.engine.loop import TrainLoop, rank_slice
 from tokenforge.errors import TokenforgeError
-from tokenforge.io import read_json
-
-log = logging.getLogger(__name__)
-
-
+from tokenforge.io import atomic_dir, read_json, write_json
+from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model
+from tokenforge.runtime import seed_everything
 
 
+@dataclass
+class Task:
+    """What the split says about the task being trained."""
 
-def _add_augment_arguments(group) -> None:
-    """One --augment-<field> flag per AugmentConfig field, so config keys and flags never drift apart."""
-    from dataclasses import fields
+    index: int
+    classes: list[int]  # this task's classes
+    seen: list[int]  # the classes of tasks 0..index
+    every: list[int]  # the classes of every task of the sequence
+    num_classes: int  # size of the label space
 
-    from tokenforge.data.augment import FIELD_HELP, AugmentConfig
+    @classmethod
+    def read(cls, split_dir: Path, index: int) -> "Task":
+        manifest = read_json(split_dir / "tasks.json")
+        tasks = manifest["tasks"]
+        if not 0 <= index < len(tasks):
+            raise TokenforgeError(f"--task {index}: the split has tasks 0..{len(tasks) - 1}")
+        seen = [c for t in tasks[: index + 1] for c in t["classes"]]
+        return cls(index, tasks[index]["classes"], seen, [c for t in tasks for c in t["classes"]], manifest["num_classes"])
 
-    for f in fields(AugmentConfig):
-        flag = f"--augment-{f.name.replace('_', '-')}"
-        if isinstance(f.default, tuple):
-            group.add_argument(flag, type=float, nargs=len(f.default), default=f.default, metavar=("LOW", "HIGH"), help=FIELD_HELP.get(f.name, " "))
-        else:
-            group.add_argument(flag, type=type(f.default), default=f.default, help=FIELD_HELP.get(f.name, " "))
+
+def check_args(args) -> None:
+    if not 0 <= args.input_dropout <= 1:
+        raise TokenforgeError(f"--input-dropout: must be in [0, 1], got {args.input_dropout}")
+    if args.checkpoint_every < 1:
+        raise TokenforgeError(f"--checkpoint-every: must be >= 1, got {args.checkpoint_every}")
+    if args.log_every < 1:
+        raise TokenforgeError(f"--log-every: must be >= 1, got {args.log_every}")
+    if args.memory_replay_ratio <= 0:
+        raise TokenforgeError(f"memory.replay_ratio: must be > 0, got {args.memory_replay_ratio}")
 
 
-def _augmenter(args, codebook):
-    """The TokenAugmenter for this job, or None when every augmentation is off."""
-    from dataclasses import fields
+def initial_model(args, num_classes: int) -> TokenViT:
+    """Task t-1's model for t > 0; for task 0 a seeded initialisation on the tokenizer's grid."""
+    if args.task > 0:
+        if args.previous is None:
+            raise TokenforgeError(f"--previous: required for task {args.task} (task {args.task - 1}'s output)")
+        model = load_model(args.previous)
+        if model.config.input != args.input:
+            raise TokenforgeError(f"--previous {args.previous}: a model of input {model.config.input!r}, not {args.input!r}")
+        return model
+    from tokenforge.tokenizer.vq import load_codebook
 
-    from tokenforge.data.augment import AugmentConfig, TokenAugmenter, load_synonyms
+    tok = read_json(args.tokenizer / "config.json")
+    if args.input == "tokens":
+        codebook = load_codebook(args.tokenizer)
+        sizes = {"codebook_size": codebook.shape[0], "code_dim": codebook.shape[1]}
+    else:  # the same grid as the tokens: one patch of downsample x downsample pixels per token
+        codebook = None
+        sizes = {"codebook_size": 0, "code_dim": tok["downsample"] ** 2 * tok["channels"], "patch": tok["downsample"]}
+    arch = {name: getattr(args, name) for name in ("embed_dim", "depth", "num_heads", "mlp_ratio")}
+    config = ModelConfig(grid=tuple(tok["grid"]), input=args.input, **sizes, num_classes=num_classes, **arch)
+    return TokenViT(config, codebook)
+
+
+def plain_model(module, device) -> TokenViT:
+    """The trained weights in a fresh fp32 model on `device`, in eval mode: memory building and saving see the same
+    model whatever the training precision, and without activation checkpointing or DeepSpeed's hooks."""
+    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in module.state_dict().items()}
+    plain = TokenViT(module.config, state.get("codebook"))
+    plain.load_state_dict(state)
+    return plain.to(device).eval()
+
+
+@dataclass
+class Units:
+    """Every training sample of the split: keys, labels (N,), units (N, h, w[, F])."""
+
+    keys: list[str]
+    labels: np.ndarray
+    units: np.ndarray
+
+    def where(self, classes: list[int]) -> "Units":
+        mask = np.isin(self.labels, classes)
+        return Units([k for k, m in zip(self.keys, mask) if m], self.labels[mask], self.units[mask])
+
+
+def training_units(args, model: TokenViT, tracker) -> Units:
+    """The split's training units, checked against the model (grid, codebook), logged as the run's dataset."""
+    source = args.tokens if args.input == "tokens" else args.shards
+    data = Units(*load_units(args.input, args.tokens, args.shards, "train", model.config.patch))
+    if tuple(data.units.shape[1:3]) != tuple(model.config.grid):
+        raise TokenforgeError(
+            f"{source}: grids of {data.units.shape[1]}x{data.units.shape[2]} do not match the "
+            f"model's {model.config.grid[0]}x{model.config.grid[1]} (tokens made with another tokenizer?)"
+        )
+    if args.input == "tokens" and data.units.size and data.units.max() >= model.config.codebook_size:
+        raise TokenforgeError(f"{source}: code id {int(data.units.max())} is outside the codebook of {model.config.codebook_size} codes")
+    tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "training", {"samples": int(len(data.keys)), "grid": list(model.config.grid)})
+    return data
+
+
+def memory_policy(args, model: TokenViT, task: Task, data: Units) -> Policy:
+    """The buffer policy of the `--memory-*` flags, its token count fixed for the task sequence's samples."""
+    policy = Policy(
+        method=args.memory_method,
+        selection=args.memory_selection,
+        scorer=args.memory_scorer,
+        token_fraction=args.memory_token_fraction,
+        budget=resolve_budget(args.memory_budget, args.tokens.stat().st_size if args.tokens else None),
+        samples_per_class=args.memory_samples_per_class,
+        num_codes=model.config.codebook_size or 256,
+        num_positions=model.num_tokens,
+        num_classes=task.num_classes,
+    )
+    sequence = data.where(task.every)  # the samples of the task sequence's classes
+    policy = resolved(policy, sequence.keys, sequence.labels, sequence.units)
+    if policy.keeps_memory and task.index == 0:  # fail now, not after the last task's training
+        check_minimum(policy, sequence.keys, sequence.labels, sequence.units)
+    return policy
+
+
+def augmenter_for(args, codebook):
+    """The TokenAugmenter of the `--augment-*` flags, or None when every augmentation is off."""
+    from tokenforge.data.augment import TokenAugmenter, load_synonyms
+    from tokenforge.data.augment_config import AugmentConfig
 
     config = AugmentConfig.from_dict({f.name: getattr(args, f"augment_{f.name}") for f in fields(AugmentConfig)})
     if not config.active:
@@ -61,168 +169,114 @@ def _augmenter(args, codebook):
     return TokenAugmenter(config, codebook, synonyms, seed=args.seed * 1000 + args.task)
 
 
-def _max_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _ensure_distributed_env() -> None:
-    """One plain process still needs the rendezvous variables, or DeepSpeed falls back to mpi4py."""
-    from tokenforge.engine.launch import free_port
-
-    if "RANK" in os.environ:
-        return
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-
-
-def _deepspeed_config(path: Path | None, args) -> dict:
-    """The JSON file's settings, with the batch size and every DeepSpeed flag given on the command line on top."""
-    config = read_json(path) if path else {}
-    if not isinstance(config, dict):
-        raise TokenforgeError(f"{path}: a DeepSpeed config must be a JSON object")
-    config = {k: v for k, v in config.items() if k not in ("train_batch_size", "optimizer", "scheduler")}
-    config["train_micro_batch_size_per_gpu"] = args.batch_size
-    if args.gradient_accumulation is not None:
-        config["gradient_accumulation_steps"] = args.gradient_accumulation
-    config.setdefault("gradient_accumulation_steps", 1)
-    if args.zero_stage is not None:
-        config["zero_optimization"] = {**config.get("zero_optimization", {}), "stage": args.zero_stage}
-    if args.precision is not None:
-        config["bf16"] = {**config.get("bf16", {}), "enabled": args.precision == "bf16"}
-        if args.precision == "bf16":
-            config["fp16"] = {**config.get("fp16", {}), "enabled": False}
-    config.setdefault("steps_per_print", 10**9)
-    gas, stage = config["gradient_accumulation_steps"], config.get("zero_optimization", {}).get("stage", 0)
-    if not isinstance(gas, int) or gas < 1:
-        raise TokenforgeError(f"{path or '--gradient-accumulation'}: gradient_accumulation_steps must be an integer >= 1, got {gas!r}")
-    if stage not in ZERO_STAGES:
-        raise TokenforgeError(f"{path}: zero_optimization.stage {stage!r} is not supported; use one of {ZERO_STAGES}")
-    return config
+def train_task(args, tracker) -> None:
+    """Train task `args.task`, build the memory of all tasks so far, write model, memory and stats to `args.out`."""
+    start = time.perf_counter()
+    check_args(args)
+    seed_everything(args.seed + args.task)
+    task = Task.read(args.split, args.task)
+    model = initial_model(args, task.num_classes)
+    data = training_units(args, model, tracker)
+    policy = memory_policy(args, model, task, data)
+    # joint (the upper bound) trains on every task so far; the others on this task's classes only.
+    train = data.where(task.seen if policy.method == "joint" else task.classes)
+    if not len(train.keys):
+        raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {task.classes}")
+    memory = read_memory(args.previous / MEMORY_FILE) if args.task > 0 and policy.keeps_memory else Memory.empty()
+    loop = make_loop(args, tracker, model, task, train, memory, policy)
+    state = loop.run()
+    model = plain_model(loop.engine.module, loop.device)
+    memory, info, memory_s = after_training(args, model, memory, data.where(task.classes), task, policy)
+    outputs = Outputs(args, task, policy, loop, state, len(train.keys), start)
+    outputs.write(model, memory, info, memory_s, tracker)
 
 
-def _engine(model, args, micro_steps: int):
-    """The DeepSpeed engine: AdamW and a warm-up + cosine schedule over the run's optimizer steps."""
-    import deepspeed
-    import torch
-
-    _ensure_distributed_env()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    config = _deepspeed_config(args.deepspeed_config, args)
-    # DeepSpeed steps the optimizer and the scheduler once per gradient_accumulation_steps micro-batches.
-    steps = max(1, math.ceil(micro_steps / config["gradient_accumulation_steps"]))
-    # A torch optimizer: DeepSpeed's own Adam would JIT-compile a fused kernel first.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    warmup = max(1, int(args.warmup_epochs * steps / max(args.epochs, 1)))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=config,
-        dist_init_required=True,
-    )
-    return engine
+def make_loop(args, tracker, model, task: Task, train: Units, memory: Memory, policy: Policy) -> TrainLoop:
+    """The training loop of this task: replay, family, augmentations, DeepSpeed engine and callbacks."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    ids, labels = torch.from_numpy(train.units), torch.from_numpy(train.labels)
+    local = rank_slice(len(ids), rank, world)
+    generator = torch.Generator().manual_seed(args.seed * 1000 + args.task)
+    replay_batch = max(1, int(round(args.memory_replay_ratio * args.batch_size)))
+    replay = Replay(memory, replay_batch, policy.tokens, model.num_tokens, args.input_dropout, generator)
+    augmenter = augmenter_for(args, getattr(model, "codebook", None))
+    family = families.get("classification", num_classes=task.num_classes, seen=task.seen)
+    model.vit.set_grad_checkpointing(bool(args.activation_checkpointing))
+    steps_per_epoch = max(1, -(-len(local) // args.batch_size))
+    engine = build_engine(model, args, steps_per_epoch * args.epochs)
+    callbacks = [ProgressBar(args.task), Tracking(tracker, args.log_every)]
+    ckpt = Checkpointer(args.checkpoint_dir, args.checkpoint_every, fingerprint(args), rank) if args.checkpoint_dir else None
+    if ckpt is not None:  # first: a resume restores the state the others read
+        callbacks.insert(0, Checkpointing(ckpt, args.task, augmenter))
+    loop = TrainLoop(engine, family, replay, ids, labels, local=local, epochs=args.epochs, batch_size=args.batch_size,
+                     generator=generator, augmenter=augmenter, callbacks=callbacks)
+    loop.checkpointer = ckpt  # removed once the outputs are written
+    return loop
 
 
-def _plain_model(module, device):
-    """The trained weights in a fresh fp32 model on `device`, in eval mode: memory building and saving see the same
-    model whatever the training precision, and without activation checkpointing or DeepSpeed's hooks."""
-    from tokenforge.models.vit import TokenViT
-
-    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in module.state_dict().items()}
-    plain = TokenViT(module.config, state.get("codebook"))
-    plain.load_state_dict(state)
-    return plain.to(device).eval()
-
-
-def _task_info(split_dir: Path, task: int) -> tuple[list[int], list[int], int, list[int]]:
-    """(this task's classes, classes seen so far, label space size, the classes of every task)."""
-    manifest = read_json(split_dir / "tasks.json")
-    tasks = manifest["tasks"]
-    if not 0 <= task < len(tasks):
-        raise TokenforgeError(f"--task {task}: the split has tasks 0..{len(tasks) - 1}")
-    seen = [c for t in tasks[: task + 1] for c in t["classes"]]
-    return tasks[task]["classes"], seen, manifest["num_classes"], [c for t in tasks for c in t["classes"]]
+def after_training(args, model, memory: Memory, current: Units, task: Task, policy: Policy):
+    """The memory of all tasks so far: the previous one plus this task's samples (also for joint, which keeps none)."""
+    print(f"task {args.task}: building the memory", flush=True)
+    if os.environ.get("TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"):  # tests: a window to kill the job in this phase
+        time.sleep(float(os.environ["TOKENFORGE_TEST_PAUSE_BEFORE_MEMORY"]))
+    t_memory = time.perf_counter()
+    memory, info = build_memory(model, memory, current.keys, current.labels, current.units, args.task, task.seen, policy,
+                                seed=args.seed * 1000 + args.task)
+    return memory, info, time.perf_counter() - t_memory
 
 
-def load_units(kind: str, tokens: Path | None, shards: Path | None, split: str, patch: int):
-    """(keys, labels, units) of a split: code ids (N, h, w), or uint8 pixel patches (N, h, w, F)."""
-    import torch
+class Outputs:
+    """The job's outputs: model, memory file and stats, written by rank 0 once every rank built the same memory."""
 
-    from tokenforge.data.shards import load_split
-    from tokenforge.data.tokens import load_tokens
-    from tokenforge.models.vit import patchify
+    def __init__(self, args, task: Task, policy: Policy, loop: TrainLoop, state, train_samples: int, start: float):
+        self.args, self.task, self.policy, self.loop, self.state = args, task, policy, loop, state
+        self.train_samples, self.start = train_samples, start
 
-    if kind == "tokens":
-        if tokens is None:
-            raise TokenforgeError("--tokens: required with --input tokens")
-        data = load_tokens(tokens)
-        return data.keys, data.labels, data.ids
-    if shards is None:
-        raise TokenforgeError("--shards: required with --input pixels")
-    images = load_split(shards, split)
-    return images.keys, images.labels, patchify(torch.from_numpy(images.images), patch).numpy()
+    def write(self, model, memory: Memory, info: dict, memory_s: float, tracker) -> None:
+        args, policy = self.args, self.policy
+        blob = serialize(memory, policy.num_codes, policy.num_positions, policy.num_classes)  # zstd-19: once, for digest and file
+        digest = hashlib.sha256(blob).hexdigest()
+        if not self._agreed(digest):
+            return
+        with atomic_dir(args.out) as tmp:
+            save_model(model, tmp)
+            (tmp / MEMORY_FILE).write_bytes(blob)
+            stats = self.stats(memory, info, memory_s, len(blob), digest)
+            write_json(tmp / "stats.json", stats)
+        if self.loop.checkpointer is not None:
+            self.loop.checkpointer.clear()
+        tracker.log_metrics({k: v for k, v in stats.items() if k in ("final_loss", "memory_bytes", "memory_samples", "memory_build_s")})
+        for name in ("stats.json", "model.json"):
+            tracker.log_artifact(args.out / name)
+        s = self.state
+        print(f"task {args.task}: loss {s.epoch_loss:.3f}, train accuracy {s.epoch_acc:.3f}, "
+              f"memory {len(memory)} samples x {stats['memory_tokens_per_sample']} tokens = {len(blob)} bytes")
 
+    def _agreed(self, digest: str) -> bool:
+        """Whether this rank writes: every rank built the memory from the same model and data; check they agree."""
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        if world == 1:
+            return True
+        import torch.distributed as dist
 
-def _initial_model(args, num_classes: int):
-    from tokenforge.models.vit import ModelConfig, TokenViT, load_model
-    from tokenforge.tokenizer.vq import load_codebook
+        digests = [None] * world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise TokenforgeError(f"task {self.args.task}: the ranks built different memories ({', '.join(d[:12] for d in digests)})")
+        return rank == 0
 
-    if args.task > 0:
-        if args.previous is None:
-            raise TokenforgeError(f"--previous: required for task {args.task} (task {args.task - 1}'s output)")
-        model = load_model(args.previous)
-        if model.config.input != args.input:
-            raise TokenforgeError(f"--previous {args.previous}: a model of input {model.config.input!r}, not {args.input!r}")
-        return model
-    tok = read_json(args.tokenizer / "config.json")
-    if args.input == "tokens":
-        codebook = load_codebook(args.tokenizer)
-        sizes = {"codebook_size": codebook.shape[0], "code_dim": codebook.shape[1]}
-    else:  # the same grid as the tokens: one patch of downsample x downsample pixels per token
-        codebook = None
-        sizes = {"codebook_size": 0, "code_dim": tok["downsample"] ** 2 * tok["channels"], "patch": tok["downsample"]}
-    config = ModelConfig(
-        grid=tuple(tok["grid"]),
-        input=args.input,
-        **sizes,
-        num_classes=num_classes,
-        embed_dim=args.embed_dim,
-        depth=args.depth,
-        num_heads=args.num_heads,
-        mlp_ratio=args.mlp_ratio,
-    )
-    return TokenViT(config, codebook)
-
-
-def subset(units, positions):
-    """The units (B, h, w[, F]) at `positions` (B, k) -> (B, k[, F])."""
-    flat = units.flatten(1, 2)
-    if flat.dim() == 2:
-        return flat.gather(1, positions)
-    return flat.gather(1, positions[:, :, None].expand(-1, -1, flat.shape[2]))
-
-
-def memory_policy(args, model, tokens_bytes: int | None, num_classes: int):
-    from tokenforge.continual.memory import Policy, resolve_budget
-
-    return Policy(
-        method=args.memory_method,
-        selection=args.memory_selection,
-        scorer=args.memory_scorer,
-        token_fraction=args.memory_token_fraction,
-        budget=resolve_budget(args.memory_budget, tokens_bytes),
-        samples_per_class=args.memory_samples_per_class,
-        num_codes=model.config.codebook_size or 256,
-        num_positions=model.num_tokens,
-        num_classes=num_classes,
-    )
-
-
+    def stats(self, memory: Memory, info: dict, memory_s: float, memory_bytes: int, digest: str) -> dict:
+        args, engine, s, device = self.args, self.loop.engine, self.state, self.loop.device
+        return {
+            "task": args.task, "classes": self.task.classes, "train_samples": self.train_samples, "steps": s.step,
+            "final_loss": s.epoch_loss, "final_train_accuracy": s.epoch_acc, "samples_per_s": s.rate,
+            "memory_bytes": memory_bytes, "memory_samples": len(memory), "memory_tokens_per_sample": memory.tokens_per_sample,
+            "memory_method": self.policy.method, "memory_budget_bytes": self.policy.budget,
+            "memory_samples_per_class": info.get("samples_per_class", {}), "memory_build_s": memory_s,
+            "world_size": int(os.environ.get("WORLD_SIZE", 1)), "device": str(device),
+            "deepspeed": {"zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
+                          "gradient_accumulation": engine.gradient_accumulation_steps(),
+                          "activation_checkpointing": bool(args.activation_checkpointing)},
+            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "peak_rss_mb": max_rss_mb(), "memory_sha256": digest, "wall_s": time.perf_counter() - self.start,
+        }

@@ -1,0 +1,118 @@
+"""The training loop of one task, as the method reads: per step, a current-task batch (augmented, maybe as a
+token subset), the loss of the family over the outputs allowed so far, plus the loss of a replayed memory
+batch; one backward and one optimizer step through the DeepSpeed engine.
+
+Everything around the method is a callback (engine/callbacks.py): progress bars, MLflow step and epoch
+metrics, resumable checkpoints. A callback sees the loop and its `LoopState` and may not change what is
+computed. Every random draw comes from the loop's generators, in a fixed order, and their states are
+part of a checkpoint, so a resumed run equals an uninterrupted one.
+
+Data parallel: each rank trains on its own slice of the task's samples, padded to equal length as
+DistributedSampler does, so every rank takes the same number of steps and no collective waits forever.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LoopState:
+    """Where training is: enough, with the generators' states, to continue exactly after a restart."""
+
+    epoch: int = 0
+    batch: int = 0  # the next batch of `epoch`
+    step: int = 0
+    seen_samples: int = 0
+    order: torch.Tensor | None = None  # this epoch's sample order (None: draw one at the epoch's start)
+    loss_sum: float = 0.0  # this epoch's running sums
+    correct: int = 0
+    loss: float = 0.0  # the last step's loss
+    epoch_loss: float = 0.0  # the last finished epoch's figures
+    epoch_acc: float = 0.0
+    rate: float = 0.0  # samples/s since this process started training
+
+
+class Callback:
+    """Hooks of the training loop; each gets the loop (its state in `loop.state`). The default does nothing."""
+
+    def on_train_start(self, loop: "TrainLoop") -> None: ...
+
+    def on_step_end(self, loop: "TrainLoop") -> None: ...
+
+    def on_epoch_end(self, loop: "TrainLoop") -> None: ...
+
+    def on_train_end(self, loop: "TrainLoop") -> None: ...
+
+
+def rank_slice(n: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's sample indices: slices of equal length, padded by wrapping around."""
+    per_rank = math.ceil(n / world)
+    return (torch.arange(per_rank * world) % n)[rank::world]
+
+
+class TrainLoop:
+    def __init__(self, engine, family, replay, units, labels, *, local, epochs, batch_size, generator, augmenter=None, callbacks=()):
+        self.engine, self.family, self.replay, self.augmenter = engine, family, replay, augmenter
+        self.units, self.labels, self.local = units, labels, local  # all of this task's samples; this rank's indices
+        self.epochs, self.batch_size, self.generator = epochs, batch_size, generator
+        self.steps_per_epoch = max(1, math.ceil(len(local) / batch_size))
+        self.callbacks = list(callbacks)
+        self.state = LoopState()
+        self.device = engine.device  # batches are made on the CPU, then moved
+
+    def _emit(self, hook: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self)
+
+    def run(self) -> LoopState:
+        """Train from `self.state` (fresh, or restored by a callback at train start) to the last epoch."""
+        self.engine.train()
+        self._emit("on_train_start")
+        self.t_start = time.perf_counter()
+        s = self.state
+        while s.epoch < self.epochs:
+            if s.order is None:
+                s.order = self.local[torch.randperm(len(self.local), generator=self.generator)]
+                s.loss_sum, s.correct, s.batch = 0.0, 0, 0
+            while s.batch < self.steps_per_epoch:
+                idx = s.order[s.batch * self.batch_size : (s.batch + 1) * self.batch_size]
+                self.train_step(idx)
+                s.batch += 1
+                self._emit("on_step_end")
+            s.epoch_loss, s.epoch_acc = s.loss_sum / len(self.local), s.correct / len(self.local)
+            s.rate = s.seen_samples / (time.perf_counter() - self.t_start)
+            self._emit("on_epoch_end")
+            s.epoch, s.order = s.epoch + 1, None
+        self._emit("on_train_end")
+        return s
+
+    def train_step(self, idx: torch.Tensor) -> None:
+        """One step of the method: current batch (+ augmentation, maybe as a subset) and a memory batch."""
+        family, s = self.family, self.state
+        units, targets = self.units[idx], family.targets(self.labels[idx])
+        if self.augmenter is not None:  # augmented grids enter as embedding maps, channels last for subsets
+            units, targets = self.augmenter.embed(self.augmenter.augment_ids(units), targets)
+            units = units.permute(0, 2, 3, 1)
+        logits = family.restrict(self.forward(*self.replay.current(units)))
+        loss = family.loss(logits, targets)
+        s.correct += family.correct(logits, self.labels[idx])
+        memory = self.replay.sample()
+        if memory is not None:
+            ids, positions, labels = memory
+            loss = loss + family.loss(family.restrict(self.forward(ids, positions)), labels)
+        self.engine.backward(loss)
+        self.engine.step()
+        s.loss = loss.item()
+        s.loss_sum += s.loss * len(idx)
+        s.seen_samples += len(idx)
+        s.step += 1
+
+    def forward(self, units: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is None:
+            return self.engine(units.to(self.device))
+        return self.engine(units.to(self.device), positions.to(self.device))
