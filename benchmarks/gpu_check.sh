@@ -39,7 +39,7 @@ chain() {  # name, launcher (words), tasks, extra train flags...
 chain fp32 "$TF" "$TASKS"
 chain bf16-zero2-accum2-actckpt "$TF" "$TASKS" --precision bf16 --zero-stage 2 --gradient-accumulation 2 --activation-checkpointing
 chain torchrun "torchrun --standalone --nproc_per_node=1 -m tokenforge.cli" 2
-chain deepspeed-launcher "deepspeed --no_local_rank --num_gpus 1 --master_port $($PY -m tokenforge.launch --free-port) --module tokenforge.cli" 2
+chain deepspeed-launcher "deepspeed --no_local_rank --num_gpus 1 --master_port $($PY -m tokenforge.engine.launch --free-port) --module tokenforge.cli" 2
 
 $PY - "$OUT" <<'EOF'
 import json, sys
