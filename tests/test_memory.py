@@ -237,3 +237,21 @@ def test_memory_concat():
     assert both.keys == ["a", "b"] and both.ids.tolist() == [[2, 3], [6, 7]]
     with pytest.raises(TokenforgeError, match="different token counts"):
         a.concat(Memory(["c"], np.array([2]), np.array([1]), np.array([[4]]), np.array([[6]])))
+
+
+def test_a_familys_extra_columns_survive_rows_concat_and_the_file(tmp_path):
+    # The family seam: VQA rows carry their question and answer; classification rows carry nothing extra.
+    ids = np.arange(6, dtype=np.int64).reshape(3, 2)
+    memory = Memory(["a", "b", "c"], np.array([0, 1, 1]), np.zeros(3, np.int64), np.array([[0, 1]] * 3), ids,
+                    {"question": ["what colour?", "how many?", "is there a cube?"], "answer": ["red", "2", "yes"]})
+    picked = memory.rows(np.array([2, 0]))
+    assert picked.extra == {"question": ["is there a cube?", "what colour?"], "answer": ["yes", "red"]}
+    joined = picked.concat(memory.rows(np.array([1])))
+    assert joined.extra["answer"] == ["yes", "red", "2"]
+    write_memory(joined, tmp_path / "m.arrows.zst", num_codes=16, num_positions=4)
+    back = read_memory(tmp_path / "m.arrows.zst")
+    assert back.extra == joined.extra and back.keys == joined.keys and np.array_equal(back.ids, joined.ids)
+    with pytest.raises(TokenforgeError, match="cannot join memories with columns"):
+        joined.concat(Memory(["d"], np.array([0]), np.zeros(1, np.int64), np.array([[0, 1]]), ids[:1]))
+    plain = Memory(["d"], np.array([0]), np.zeros(1, np.int64), np.array([[0, 1]]), ids[:1])
+    assert serialize(plain, 16, 4) == serialize(plain.rows(np.array([0])), 16, 4)  # no extra columns: bytes as before

@@ -21,7 +21,7 @@ A family may add columns to a row (classification adds none; see tokenforge.fami
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class Memory:
     tasks: np.ndarray  # int64 (M,)
     positions: np.ndarray  # int64 (M, k): kept token positions in the row-major grid, ascending
     ids: np.ndarray  # int64 (M, k): the code ids at those positions (pixel baseline: uint8 patches (M, k, F))
+    # A family's own columns, one list of M values each (classification: none; VQA: the question and answer).
+    extra: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -56,7 +58,8 @@ class Memory:
 
     def rows(self, index: np.ndarray) -> "Memory":
         index = np.asarray(index, dtype=np.int64)
-        return Memory([self.keys[i] for i in index], self.labels[index], self.tasks[index], self.positions[index], self.ids[index])
+        extra = {name: [values[i] for i in index] for name, values in self.extra.items()}
+        return Memory([self.keys[i] for i in index], self.labels[index], self.tasks[index], self.positions[index], self.ids[index], extra)
 
     def concat(self, other: "Memory") -> "Memory":
         if not len(self):
@@ -65,13 +68,23 @@ class Memory:
             return self
         if self.ids.shape[1:] != other.ids.shape[1:]:
             raise TokenforgeError("memory: cannot join memories that keep different token counts")
+        if set(self.extra) != set(other.extra):
+            raise TokenforgeError(f"memory: cannot join memories with columns {sorted(self.extra)} and {sorted(other.extra)}")
         return Memory(
             self.keys + other.keys,
             np.concatenate([self.labels, other.labels]),
             np.concatenate([self.tasks, other.tasks]),
             np.concatenate([self.positions, other.positions]),
             np.concatenate([self.ids, other.ids]),
+            {name: values + other.extra[name] for name, values in self.extra.items()},
         )
+
+
+def kept_units(units: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The units (M, h, w[, F]) at `positions` (M, k): code ids as int64 (M, k), pixel patches as they are (M, k, F)."""
+    flat = units.reshape(len(units), units.shape[1] * units.shape[2], -1)
+    kept = np.take_along_axis(flat, positions[:, :, None], axis=1)
+    return kept[:, :, 0].astype(np.int64) if units.ndim == 3 else kept
 
 
 # --- storage ----------------------------------------------------------------------------------------
@@ -96,6 +109,7 @@ def serialize(memory: Memory, num_codes: int, num_positions: int, num_classes: i
             "task": pa.array(memory.tasks, small),
             "positions": pa.FixedSizeListArray.from_arrays(pa.array(memory.positions.reshape(-1), _small_uint(num_positions - 1)), k),
             "ids": pa.FixedSizeListArray.from_arrays(pa.array(memory.ids.reshape(-1), _small_uint(num_codes - 1)), k * unit),
+            **{name: pa.array(values) for name, values in memory.extra.items()},
         }
     )
     if unit > 1:
@@ -142,5 +156,6 @@ def read_memory(path: Path) -> Memory:
         table.column("task").to_numpy().astype(np.int64),
         grid("positions"),
         ids,
+        {name: table.column(name).to_pylist() for name in table.column_names if name not in _COLUMNS},
     )
 

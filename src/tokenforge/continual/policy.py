@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tokenforge.continual import METHODS
-from tokenforge.continual.memory import Memory, serialize
+from tokenforge.continual.memory import Memory, kept_units, serialize
 from tokenforge.continual.selection import take
 from tokenforge.errors import TokenforgeError
 
@@ -98,9 +98,7 @@ def _proxy(keys: list[str], labels: np.ndarray, units: np.ndarray, k: int, task:
     # Scattered positions, as attribution picks them: contiguous ones would compress far better than real memories.
     rng = np.random.default_rng(0)
     positions = np.sort(np.argsort(rng.random((len(units), n)), axis=1)[:, :k], axis=1).astype(np.int64)
-    flat = np.take_along_axis(units.reshape(len(units), n, -1), positions[:, :, None], axis=1)
-    ids = flat[:, :, 0].astype(np.int64) if units.ndim == 3 else flat
-    return Memory(list(keys), labels.astype(np.int64), np.full(len(units), task, np.int64), positions, ids)
+    return Memory(list(keys), labels.astype(np.int64), np.full(len(units), task, np.int64), positions, kept_units(units, positions))
 
 
 def first_per_class(labels: np.ndarray) -> np.ndarray:
@@ -224,9 +222,7 @@ def build_memory(
     else:
         scores = token_scores(model, sel_units, sel_labels, policy.scorer, seed)
         positions = np.sort(top_positions(scores, k), axis=1)  # ascending positions compress better
-    flat = sel_units.reshape(len(order), policy.num_positions, -1)
-    kept = np.take_along_axis(flat, positions[:, :, None], axis=1)
-    kept = kept[:, :, 0].astype(np.int64) if units.ndim == 3 else kept
+    kept = kept_units(sel_units, positions)
     new = Memory([keys[i] for i in order], sel_labels.astype(np.int64), np.full(len(order), task, np.int64), positions, kept)
     candidates = previous.concat(new)
     memory, quota = fit_budget(candidates, policy, seen)

@@ -8,7 +8,8 @@ rewriting them. Classification (`families/classification.py`) is the only one to
 The interface, as the trainer uses it (`family = families.get("classification", num_classes=..., seen=...)`):
 
     family.name            the family's name (`family:` in a future config)
-    family.memory_columns  extra columns a memory row carries beyond key, label, task, positions and ids
+    family.memory_columns  names of the extra columns a memory row carries (`Memory.extra`) beyond key, label,
+                           task, positions and ids, stored in the same file
                            (classification: none; VQA would add the question and answer)
     family.targets(labels)         training targets of a current-task batch (B, ...); augmentations
                                    such as CutMix may mix them, so they are soft where needed
