@@ -28,21 +28,22 @@ wildcard_constraints:
 
 
 include: "workflow/rules/common.smk"
-# MLflow: one parent run per invocation (not on dry runs); every job logs a child run under it.
+# MLflow: one parent run per invocation (not on dry runs); every job logs a child run under it. The hooks run in this
+# process, so through this Python's CLI (PYTHON, common.smk) even where a job's is a conda env's.
 onstart:
     # A new parent MLflow run for this invocation, with the resolved config as params.
     os.makedirs(R, exist_ok=True)
     with open(f"{R}/config.resolved.yaml", "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
-    shell(f"tokenforge track start {R} --config {R}/config.resolved.yaml {tracking_flags()} -q || true")
+    shell(f"{PYTHON} -m tokenforge track start {R} --config {R}/config.resolved.yaml {tracking_flags()} -q || true")
 
 
 onsuccess:
-    shell(f"tokenforge track end {R} --status FINISHED -q || true")
+    shell(f"{PYTHON} -m tokenforge track end {R} --status FINISHED -q || true")
 
 
 onerror:
-    shell(f"tokenforge track end {R} --status FAILED -q || true")
+    shell(f"{PYTHON} -m tokenforge track end {R} --status FAILED -q || true")
 
 
 include: "workflow/rules/10_shard.smk"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tokenforge.tokenizer import vq as tokenizer
+from tokenforge.tokenizer.train import train_tokenizer
 
 
 @pytest.fixture
@@ -11,7 +12,7 @@ def tok_dir(tmp_path):
     """A tiny trained tokenizer directory: 8x8 grey images, 16 codes, a 4x4 token grid."""
     config = tokenizer.make_config((8, 8), 1, downsample=2, codebook_size=16, code_dim=4, hidden_dim=8, seed=0)
     images = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)).astype(np.uint8)
-    model, _ = tokenizer.train_tokenizer(images, config, epochs=1, batch_size=16, lr=5e-3)
+    model, _ = train_tokenizer(images, config, epochs=1, batch_size=16, lr=5e-3)
     path = tmp_path / "tokenizer"
     path.mkdir()
     tokenizer.save_tokenizer(model, path)

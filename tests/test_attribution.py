@@ -27,6 +27,12 @@ def tiny(depth: int = 2, num_classes: int = 3, seed: int = 0, sharp: bool = Fals
     return model
 
 
+def tiny_prompts() -> TokenViT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(grid=(4, 4), codebook_size=16, code_dim=8, num_classes=3, embed_dim=32, depth=2, num_heads=2, prompts=2)
+    return TokenViT(cfg, torch.randn(16, 8)).eval()
+
+
 def tiny_pixels() -> TokenViT:
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -258,7 +264,7 @@ def test_scoring_leaves_the_model_untouched(scorer):
     model = tiny()
     model.train()  # a caller in training mode gets it back in training mode
     units, labels = sample(4)
-    fused = [block.attn.fused_attn for block in model.vit.blocks]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.eval()
         before = model(torch.from_numpy(units))
@@ -266,7 +272,8 @@ def test_scoring_leaves_the_model_untouched(scorer):
     token_scores(model, units, labels, scorer, seed=0)
     assert model.training
     assert all(p.grad is None for p in model.parameters())
-    assert [block.attn.fused_attn for block in model.vit.blocks] == fused
+    assert model._probe is None and all(block.attn.probe is None for block in model.vit.blocks)  # probe undone
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
         assert "forward" not in vars(module)  # no temporary forward left on an instance
@@ -361,3 +368,100 @@ def test_atman_suppression_factor_and_look_alikes():
     assert not torch.allclose(scores, token_scores(model, same, np.array([0, 1]), "atman", seed=0), atol=1e-6)
     with pytest.raises(TokenforgeError, match="memory.suppression"):
         token_scores(model, units, labels, "atman", seed=0, suppression=1.5)
+
+
+# --- 6. the probe API gives what timm's own modules give (the scorers' previous implementation) -------------
+
+
+def timm_twin(model: TokenViT):
+    """timm's VisionTransformer with the model's weights (same names: timm's state dict loads as is)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    cfg = model.config
+    twin = VisionTransformer(
+        img_size=cfg.grid, patch_size=1, in_chans=cfg.code_dim, num_classes=cfg.num_classes, embed_dim=cfg.embed_dim,
+        depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, class_token=True, reg_tokens=cfg.prompts,
+        global_pool="token",
+    )
+    twin.load_state_dict(model.vit.state_dict())
+    return twin.eval()
+
+
+def hooked_maps(twin, emb: torch.Tensor, blocks: list[int]):
+    """Logits and attention maps read as the scorers used to: timm's unfused path, a hook on `attn_drop`."""
+    maps = {}
+    for i in blocks:
+        twin.blocks[i].attn.fused_attn = False
+        twin.blocks[i].attn.attn_drop.register_forward_hook(lambda _m, _i, out, i=i: maps.__setitem__(i, out))
+    return twin(emb), [maps[i] for i in blocks]
+
+
+def hooked_prefix_only_atman(twin, emb: torch.Tensor, labels: torch.Tensor, suppression: float = 0.9) -> torch.Tensor:
+    """AtMan as it used to run: keys scaled by a `k_norm` hook, the last block's forward re-written for the prefix."""
+    state = {}
+    for block in twin.blocks:
+        block.attn.k_norm.register_forward_hook(lambda _m, _i, k: k if "f" not in state else k * state["f"][:, None, :, None])
+    block, attn, prefix = twin.blocks[-1], twin.blocks[-1].attn, twin.num_prefix_tokens
+
+    def forward(x):
+        b, n, _ = x.shape
+        h, width = block.norm1(x), attn.num_heads * attn.head_dim
+        q = F.linear(h[:, :prefix], attn.qkv.weight[:width], attn.qkv.bias[:width])
+        kv = F.linear(h, attn.qkv.weight[width:], attn.qkv.bias[width:])
+        q = attn.q_norm(q.reshape(b, prefix, attn.num_heads, attn.head_dim).transpose(1, 2))
+        k, v = kv.reshape(b, n, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, attn.k_norm(k), v, scale=attn.scale)
+        y = x[:, :prefix] + attn.proj(out.transpose(1, 2).reshape(b, prefix, width))
+        return y + block.mlp(block.norm2(y))
+
+    block.forward = forward
+    b, n = emb.shape[0], emb.shape[2] * emb.shape[3]
+    eye = torch.eye(n)
+    factors = torch.cat([torch.ones(b, n, prefix), (1.0 - suppression * eye).expand(b, n, n)], dim=2)
+    base = F.cross_entropy(twin(emb), labels, reduction="none")
+    state["f"] = factors.flatten(0, 1)
+    logits = twin(emb.repeat_interleave(n, dim=0))
+    return F.cross_entropy(logits, labels.repeat_interleave(n), reduction="none").reshape(b, n) - base[:, None]
+
+
+@pytest.mark.parametrize("make", [lambda: tiny(depth=3, seed=1, sharp=True), tiny_prompts, tiny_pixels])
+def test_scores_are_bitwise_those_of_timms_own_modules(make):
+    model = make()
+    rng = np.random.default_rng(3)
+    if model.config.input == "pixels":
+        units = rng.integers(0, 256, (5, 4, 4, 12)).astype(np.uint8)
+    else:
+        units = rng.integers(0, 16, (5, 4, 4)).astype(np.int64)
+    labels = rng.integers(0, 3, 5).astype(np.int64)
+    emb = model.embed(torch.from_numpy(units)).permute(0, 3, 1, 2).detach()
+    y, prefix, depth = torch.from_numpy(labels), model.vit.num_prefix_tokens, len(model.vit.blocks)
+    with torch.no_grad():
+        _, maps = hooked_maps(timm_twin(model), emb, list(range(depth)))
+    n = maps[0].shape[-1]
+    rollout = torch.eye(n).expand(5, n, n)
+    for attn in maps:
+        a = attn.mean(dim=1) + torch.eye(n)
+        rollout = (a / a.sum(dim=-1, keepdim=True)) @ rollout
+    assert torch.equal(token_scores(model, units, labels, "rollout", seed=0), rollout[:, 0, prefix:])
+    leaf = emb.clone().requires_grad_(True)
+    logits, maps = hooked_maps(timm_twin(model), leaf, list(range(depth)))
+    grads = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), maps)
+    relevance = torch.eye(n).expand(5, n, n)
+    for attn, grad in zip(maps, grads):
+        relevance = relevance + (grad * attn).clamp(min=0).mean(dim=1) @ relevance
+    assert torch.equal(token_scores(model, units, labels, "chefer", seed=0), relevance[:, 0, prefix:])
+    logits, (last,) = hooked_maps(timm_twin(model), leaf, [depth - 1])  # the other blocks stay fused
+    (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), [last])
+    cam = (grad.mean(dim=(-2, -1), keepdim=True) * last).mean(dim=1).clamp(min=0)[:, 0, prefix:]
+    assert torch.equal(token_scores(model, units, labels, "gradcam", seed=0), cam)
+    with torch.no_grad():
+        atman = hooked_prefix_only_atman(timm_twin(model), emb, y)
+    assert torch.equal(token_scores(model, units, labels, "atman", seed=0), atman)
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_prompt_tokens_are_left_out_of_the_scores(scorer):
+    model = tiny_prompts()
+    units, labels = sample(3)
+    scores = token_scores(model, units, labels, scorer, seed=0)
+    assert scores.shape == (3, 16) and torch.isfinite(scores).all()

@@ -1,4 +1,5 @@
-"""`tokenforge compare` and `tokenforge log-bundle` on small SQLite stores and hand-made bundles (no training)."""
+"""`tokenforge compare` and `tokenforge log-bundle` on small SQLite stores, hand-made bundles, and a bundle that
+`tokenforge package` makes from small hand-made stage outputs (no training)."""
 
 import argparse
 import csv
@@ -16,7 +17,7 @@ from tokenforge.tracking import compare
 from tokenforge.tracking import bundle as log_bundle
 from tokenforge.tracking.runs import MlflowTracker, _client, child_run, end_parent, start_parent
 
-REAL_BUNDLE = Path("/work/main/results/default/tokenforge-results.tar.gz")
+REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(32)
 
 
@@ -364,21 +365,78 @@ def test_corrupt_archive_and_no_store(tokenforge, capsys, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.skipif(not REAL_BUNDLE.is_file(), reason="no real bundle: run the pipeline first")
-def test_real_bundle(tokenforge, capsys, tmp_path):
+def _write_json(path: Path, obj) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def real_bundle(tmp_path_factory) -> Path:
+    """tokenforge-results.tar.gz as the pipeline's package job makes it: `tokenforge package` on the files the
+    earlier stages of a 2-task run write (hand-made here, in their formats), a real tiny model, the repo's config
+    resolved with a run name, and a real PNG as the tokenizer's reconstruction grid."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tokenforge.models.vit import ModelConfig, TokenViT, save_model
+
+    root = tmp_path_factory.mktemp("real-bundle")
+    matrix = [[0.92, 0.0], [0.71, 0.86]]
+    evaluations = [
+        _write_json(root / f"evaluate/task-{t}.json",
+                    {"task": t, "accuracy": row, "num_test": [36, 35], "seen_classes": list(range(2 * (t + 1))),
+                     "wall_s": 0.5})
+        for t, row in enumerate(matrix)
+    ]
+    stats = {
+        "shard": {"wall_s": 1.2, "raw_bytes_per_image": 64, "png_bytes_per_image": 90.5, "shard_bytes_per_image": 600.0,
+                  "counts": {"train": 288, "test": 71}},
+        "tokenizer": {"wall_s": 4.0, "psnr": 21.3, "codebook_usage": 0.81, "mse": 0.007},
+        "tokenize": {"wall_s": 0.8, "bytes_per_image": {"raw_pixels": 64, "pixel_shards": 600.0, "tokens": 24.4},
+                     "grid": [4, 4]},
+        **{f"train-{t}": {"wall_s": 6.0 + t, "memory_bytes": 900 * (t + 1), "memory_samples": 14 * (t + 1),
+                          "memory_tokens_per_sample": 8, "final_loss": 0.4} for t in range(2)},
+    }
+    stat_args = [f"{name}={_write_json(root / name / 'stats.json', obj)}" for name, obj in stats.items()]
+    stat_args += [f"evaluate-{t}={path}" for t, path in enumerate(evaluations)]  # as the Snakefile passes them
+    config = ModelConfig(grid=(4, 4), codebook_size=16, code_dim=4, num_classes=4, embed_dim=16, depth=1, num_heads=2)
+    codebook = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    save_model(TokenViT(config, codebook), root / "train/task-1")
+    resolved = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), "run": "fixture-run"}
+    (root / "config.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(root / "reconstructions.png")
+    archive = root / "tokenforge-results.tar.gz"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setattr(cli, "STAGES", ("package",))
+        assert cli.main(["package", "-q", "--evaluations", *evaluations, "--stats", *stat_args,
+                         "--model", str(root / "train/task-1/model.safetensors"),
+                         "--config", str(root / "config.resolved.yaml"), "--out", str(root / "package"),
+                         "--archive", str(archive), "--title", "tokenforge run 'fixture-run'",
+                         "--images", f"reconstructions={root / 'reconstructions.png'}"]) == 0
+    return archive
+
+
+def test_real_bundle(real_bundle, tokenforge, capsys, tmp_path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert tokenforge(["log-bundle", str(REAL_BUNDLE), "--tracking-uri", uri, "--experiment", "backfill"]) == 0
-    with tarfile.open(REAL_BUNDLE) as tar:
+    assert tokenforge(["log-bundle", str(real_bundle), "--tracking-uri", uri, "--experiment", "backfill"]) == 0
+    with tarfile.open(real_bundle) as tar:
         names = sorted(Path(m.name).name for m in tar.getmembers() if m.isfile())
         expected = json.load(tar.extractfile("tokenforge-results/metrics.json"))
         config = yaml.safe_load(tar.extractfile("tokenforge-results/config.yaml"))
+    # what the package stage bundles, so the checks below cover every kind of file a pipeline bundle holds
+    assert {"metrics.json", "config.yaml", "model.safetensors", "model.json", "report.html", "accuracy_matrix.png",
+            "reconstructions.png", "versions.json"} <= set(names), names
+    assert config["run"] == "fixture-run" and expected["final_average_accuracy"] == pytest.approx((0.71 + 0.86) / 2)
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("backfill").experiment_id])
     assert run.info.run_name == config["run"]
     assert run.data.metrics["final_average_accuracy"] == expected["final_average_accuracy"]
-    assert run.data.metrics["memory_bytes"] == expected["bytes"]["memory"]
+    assert run.data.metrics["memory_bytes"] == expected["bytes"]["memory"] == 1800
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == names
     capsys.readouterr()
     assert tokenforge(["compare", "--tracking-uri", uri, "--experiment", "backfill"]) == 0

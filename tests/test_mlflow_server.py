@@ -2,6 +2,7 @@
 mid-run, and `log-bundle` backfills afterwards. Also: an unreachable server at the start, and parallel
 writers to one SQLite store."""
 
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import BIN, TINY, snakemake, write_config  # noqa: F401  (the workdir fixture is below)
+from test_workflow import BIN, FIRST_TASK_ABOVE, TINY, pipeline_env, snakemake_command, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,16 +67,14 @@ def workdir(tmp_path):
 
 
 def env_with(uri: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    return {**env, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
+    """The pipeline's environment (no venv on PATH: test_workflow.pipeline_env), tracking to `uri`."""
+    return pipeline_env(MLFLOW_TRACKING_URI=uri)
 
 
 def pipeline(workdir: Path, uri: str) -> subprocess.Popen:
     cfg = write_config(workdir, TINY)
-    return subprocess.Popen(
-        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", "--configfile", cfg],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_with(uri),
-    )
+    return subprocess.Popen(snakemake_command(workdir, "--configfile", cfg), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env_with(uri))
 
 
 @pytest.mark.slow
@@ -87,7 +86,7 @@ def test_tiny_pipeline_logs_to_a_real_server_over_http(workdir):
         proc = pipeline(workdir, server.uri)
         out, _ = proc.communicate(timeout=1200)
         assert proc.returncode == 0, out[-4000:]
-        info = __import__("json").loads((workdir / "results" / "tiny" / "mlflow" / "parent.json").read_text())
+        info = json.loads((workdir / "results" / "tiny" / "mlflow" / "parent.json").read_text())
         assert info["tracking_uri"] == server.uri
         client = MlflowClient(server.uri)
         parent = client.get_run(info["parent_run_id"])
@@ -98,7 +97,9 @@ def test_tiny_pipeline_logs_to_a_real_server_over_http(workdir):
         )
         assert all(c.info.status == "FINISHED" for c in children)
         package = next(c for c in children if c.data.tags["rule"] == "package")
-        assert 0 <= package.data.metrics["final_average_accuracy"] <= 1
+        metrics = json.loads((workdir / "results" / "tiny" / "package" / "metrics.json").read_text())
+        assert package.data.metrics["final_average_accuracy"] == metrics["final_average_accuracy"]  # what it bundled
+        assert metrics["accuracy_matrix"][0][0] > FIRST_TASK_ABOVE, metrics["accuracy_matrix"]  # task 0 was learnt
         assert {a.path for a in client.list_artifacts(package.info.run_id)} >= {"metrics.json", "report.html"}
         assert client.get_model_version_by_alias("tokenforge-vit", "latest-run").run_id == package.info.run_id
         assert not (workdir / "results" / "tiny" / "mlflow.db").exists()  # nothing fell back to a local store
@@ -147,6 +148,7 @@ def test_server_killed_mid_run_loses_nothing_and_log_bundle_backfills(workdir):
         again.kill()
 
 
+@pytest.mark.slow  # 7-8 s: two CLI processes, each importing MLflow and trying the server that is not there
 def test_unreachable_server_at_the_start_warns_once_and_the_job_goes_on(tmp_path):
     port = free_port()  # nothing listens there
     env = env_with(f"http://127.0.0.1:{port}")
@@ -166,6 +168,7 @@ def test_unreachable_server_at_the_start_warns_once_and_the_job_goes_on(tmp_path
     assert start.returncode == 0 and len(start.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # 10-36 s on 2 shared cores: eight processes importing MLflow and writing one SQLite store
 def test_parallel_jobs_share_one_sqlite_store_without_lock_errors(tmp_path):
     """Eight processes log runs and metrics into one SQLite file at once: none may lose its tracking."""
     from mlflow import MlflowClient

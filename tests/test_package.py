@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from tokenforge import cli
-from tokenforge.report import package
+from tokenforge.cli import package as package_cli
 from tokenforge.errors import TokenforgeError
+from tokenforge.report import package
 
 R = [[0.9, 0.2, 0.1], [0.7, 0.8, 0.3], [0.5, 0.6, 0.9]]
 TRAIN, TEST = 60, 15  # images; dataset totals are bytes per image x 75
@@ -130,6 +131,32 @@ def test_report_is_self_contained(bundle):
     assert 'src="http' not in page and "<link" not in page
 
 
+def test_tasks_not_trained_yet_are_empty_in_the_report_table(bundle):
+    # Row t is measured after training task t: cells j > t are tasks not learned yet (0.2, 0.1, 0.3 in R).
+    page = (bundle[0] / "report.html").read_text()
+    table = page[page.index("<h3>Accuracy matrix"):]
+    table = table[: table.index("</table>")]
+    rows = [row.split("</td><td>") for row in table.split("<tr><td>")[1:]]
+    cells = [[cell.removesuffix("</td></tr>").removesuffix("</td></tr></tbody>") for cell in row] for row in rows]
+    assert cells == [
+        ["0", "0.9000", "", ""],
+        ["1", "0.7000", "0.8000", ""],
+        ["2", "0.5000", "0.6000", "0.9000"],
+    ]
+
+
+def test_tasks_not_trained_yet_are_empty_in_the_plot(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(package, "_save", lambda fig, path: figures.append(fig))
+    package.plot_accuracy_matrix(np.array(R), tmp_path / "m.png")
+    (ax, _colorbar) = figures[0].axes
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert texts == {(0, 0): "0.90", (1, 0): "0.70", (1, 1): "0.80", (2, 0): "0.50", (2, 1): "0.60", (2, 2): "0.90"}
+    shown = ax.images[0].get_array()
+    assert shown.mask.tolist() == [[False, True, True], [False, False, True], [False, False, False]]
+    assert shown.data.tolist() == R  # masked, not changed
+
+
 def test_versions_json(bundle):
     versions = json.loads((bundle[0] / "versions.json").read_text())
     assert versions["python"] and versions["platform"]
@@ -205,7 +232,7 @@ def test_logs_metrics_and_artifacts(tmp_path):
         out=tmp_path / "out", archive=tmp_path / "a.tar.gz", title="t", images=[],
     )
     tracker = Recorder()
-    package.run(args, tracker)
+    package_cli.run(args, tracker)
     headline = tracker.metrics[0][0]
     assert headline["final_average_accuracy"] == pytest.approx(2 / 3) and headline["memory_bytes"] == 3300
     assert [(m["average_accuracy"], step) for m, step in tracker.metrics[1:]] == [
@@ -247,7 +274,7 @@ def test_images_are_logged(tmp_path):
         out=tmp_path / "out", archive=tmp_path / "a.tar.gz", title="t", images=[f"reconstructions={recon}"],
     )
     tracker = Recorder()
-    package.run(args, tracker)
+    package_cli.run(args, tracker)
     assert "reconstructions.png" in tracker.artifacts
 
 

@@ -31,14 +31,17 @@ def make_imagefolder(root: Path, classes: dict[str, int], size=(12, 10), seed=0)
     return root
 
 
-def fake_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> Path:
-    """A tiny cifar-10-batches-py folder: bytes keys, as Python 2 pickles load with encoding='bytes'."""
+def fake_cifar10(root: Path, per_batch: int = 4, seed: int = 0, protocol: int | None = None) -> Path:
+    """A tiny cifar-10-batches-py folder: bytes keys, as Python 2 pickles load with encoding='bytes'.
+
+    `protocol` 2 writes it as Python 3 re-pickling the original files at protocol 2 would.
+    """
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     names = [n.encode() for n in "airplane automobile bird cat deer dog frog horse ship truck".split()]
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f)
+        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f, protocol)
     for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
         batch = {
             b"batch_label": name.encode(),
@@ -47,7 +50,7 @@ def fake_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> Path:
             b"filenames": [f"{name}_{k}.png".encode() for k in range(per_batch)],
         }
         with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
+            pickle.dump(batch, f, protocol)
     return folder
 
 
@@ -229,6 +232,26 @@ def test_cifar10(tmp_path):
     np.testing.assert_array_equal(image[..., 0].ravel(), row[:1024])  # red plane first
     np.testing.assert_array_equal(image[..., 2].ravel(), row[2048:])
     assert source.labels[5] == batch[b"labels"][1]
+
+
+def test_cifar10_repickled_by_python3_at_protocol_2(tmp_path):
+    # Python 3 writes bytes at protocol 2 as _codecs.encode(text, "latin1"): the one extra global allowed.
+    folder = fake_cifar10(tmp_path, per_batch=3, protocol=2)
+    assert b"_codecs\nencode" in (folder / "batches.meta").read_bytes()
+    assert b"_codecs\nencode" in (folder / "data_batch_1").read_bytes()
+    source = open_source(f"cifar:{folder}")
+    reference = open_source(f"cifar:{fake_cifar10(tmp_path / 'default', per_batch=3)}")
+    assert source.class_names == reference.class_names and source.class_names[0] == "airplane"
+    assert source.splits == reference.splits and np.array_equal(source.labels, reference.labels)
+    for i in (0, 7, 17):
+        np.testing.assert_array_equal(np.asarray(source.image(i)), np.asarray(reference.image(i)))
+
+
+def test_protocol_2_bytes_values_load(tmp_path):
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({b"name": b"airplane", "data": np.arange(4, dtype=np.uint8)}, protocol=2))
+    batch = load_pickle(path)
+    assert batch["name"] == b"airplane" and batch["data"].tolist() == [0, 1, 2, 3]
 
 
 def test_cifar100_fine_labels(tmp_path):

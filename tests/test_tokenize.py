@@ -1,8 +1,6 @@
 """Token parquet files: bit packing, layout, round trip, the earlier layout, bad files, and `tokenforge tokenize`."""
 
-import importlib
 import json
-import sys
 import types
 
 import numpy as np
@@ -11,11 +9,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokenforge import cli
-from tokenforge.tokenizer import vq as tokenizer
-from tokenforge.errors import TokenforgeError
+from tokenforge.data import shards as shards_module
 from tokenforge.data.tokens import (
-    TokenSet, id_bits, load_tokens, pack_ids, packed_size, read_throughput, save_tokens, tokens_table, unpack_ids,
+    TokenSet,
+    id_bits,
+    load_tokens,
+    pack_ids,
+    packed_size,
+    read_throughput,
+    save_tokens,
+    tokens_table,
+    unpack_ids,
 )
+from tokenforge.errors import TokenforgeError
+from tokenforge.tokenizer import vq as tokenizer
 
 
 def token_set(n: int, num_codes: int, grid=(2, 3), seed=0) -> TokenSet:
@@ -69,7 +76,7 @@ def test_pack_unpack_round_trip(bits, tokens):
 
 def test_pack_in_row_blocks(monkeypatch):
     # Many rows go through in blocks (CHUNK_ELEMENTS bounds the temporaries); the blocks must line up.
-    monkeypatch.setattr("tokenforge.tokenize.CHUNK_ELEMENTS", 50)
+    monkeypatch.setattr("tokenforge.data.tokens.CHUNK_ELEMENTS", 50)
     ids = np.random.default_rng(0).integers(0, 512, (23, 15))
     assert np.array_equal(unpack_ids(pack_ids(ids, 9), 15, 9), ids)
 
@@ -219,14 +226,9 @@ def image_set(n: int, seed: int) -> types.SimpleNamespace:
 
 @pytest.fixture
 def shards(monkeypatch, tmp_path):
-    """A shard dir (stats.json only) whose splits tokenforge.shard.load_split serves from memory."""
+    """A shard dir (stats.json only) whose splits tokenforge.data.shards.load_split serves from memory."""
     splits = {"train": image_set(20, 1), "test": image_set(7, 2)}
-    try:
-        shard = importlib.import_module("tokenforge.shard")
-    except ImportError:  # written in parallel; stand in for it
-        shard = types.ModuleType("tokenforge.shard")
-        monkeypatch.setitem(sys.modules, "tokenforge.shard", shard)
-    monkeypatch.setattr(shard, "load_split", lambda shard_dir, split: splits[split], raising=False)
+    monkeypatch.setattr(shards_module, "load_split", lambda shard_dir, split: splits[split])
     path = tmp_path / "shard"
     path.mkdir()
     stats = {"image_size": [8, 8], "channels": 1, "raw_bytes_per_image": 64, "shard_bytes_per_image": 600.0,

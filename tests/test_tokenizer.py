@@ -2,7 +2,6 @@
 and `tokenforge tokenizer`."""
 
 import copy
-import importlib
 import json
 import pickle
 import subprocess
@@ -14,8 +13,11 @@ import pytest
 import torch
 
 from tokenforge import cli
-from tokenforge.tokenizer import vq as tokenizer
+from tokenforge.cli import tokenizer as tokenizer_cli
+from tokenforge.data import shards
 from tokenforge.errors import TokenforgeError
+from tokenforge.tokenizer import train as training
+from tokenforge.tokenizer import vq as tokenizer
 
 TINY = dict(downsample=2, codebook_size=16, code_dim=4, hidden_dim=8, seed=0)
 
@@ -32,27 +34,21 @@ def patterns(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained():
     config = tokenizer.make_config((8, 8), 1, **TINY)
-    model, losses = tokenizer.train_tokenizer(patterns(64), config, epochs=3, batch_size=16, lr=5e-3)
+    model, losses = training.train_tokenizer(patterns(64), config, epochs=3, batch_size=16, lr=5e-3)
     return model, losses
 
 
-def fake_shards(monkeypatch, tmp_path, splits: dict) -> types.ModuleType:
-    """Serve in-memory ImageSets through tokenforge.shard.load_split (shard.py is tested on its own)."""
-    try:
-        shard = importlib.import_module("tokenforge.shard")
-    except ImportError:  # written in parallel; stand in for it
-        shard = types.ModuleType("tokenforge.shard")
-        monkeypatch.setitem(sys.modules, "tokenforge.shard", shard)
+def fake_shards(monkeypatch, tmp_path, splits: dict) -> None:
+    """Serve in-memory ImageSets through tokenforge.data.shards.load_split (tested on its own in test_shard)."""
 
     def load_split(shard_dir, split):
         if split not in splits:
             raise TokenforgeError(f"{shard_dir}: no {split} split")
         return splits[split]
 
-    monkeypatch.setattr(shard, "load_split", load_split, raising=False)
+    monkeypatch.setattr(shards, "load_split", load_split)
     counts = {split: len(data.keys) for split, data in splits.items()}
     (tmp_path / "stats.json").write_text(json.dumps({"counts": counts}))
-    return shard
 
 
 def image_set(images: np.ndarray) -> types.SimpleNamespace:
@@ -141,9 +137,9 @@ def test_encode_does_not_train_the_codebook(trained):
 
 
 def test_code_stats_and_psnr():
-    stats = tokenizer.code_stats(np.array([[0, 0], [1, 1]]), 4)
+    stats = training.code_stats(np.array([[0, 0], [1, 1]]), 4)
     assert stats == {"codebook_usage": 0.5, "used_codes": 2, "perplexity": pytest.approx(2.0)}
-    assert tokenizer.psnr(0.01) == pytest.approx(20.0)
+    assert training.psnr(0.01) == pytest.approx(20.0)
 
 
 # ------------------------------------------------------------------------------------------ pruning
@@ -194,17 +190,17 @@ def test_prune_to_used_stats(trained):
     model = copy.deepcopy(trained[0])
     images = patterns(3, seed=8)
     old = model.encode(images).numpy()
-    stats = tokenizer.prune_to_used(model, images)
+    stats = training.prune_to_used(model, images)
     used = len(np.unique(old))
     assert stats["used_codes"] == used == stats["codebook_size"] == model.config["codebook_size"]
     assert stats["trained_codebook_size"] == 16 and stats["codebook_usage"] == used / 16
-    assert stats["perplexity"] == pytest.approx(tokenizer.code_stats(old, 16)["perplexity"])
-    assert stats["perplexity"] == tokenizer.code_stats(model.encode(images).numpy(), used)["perplexity"]
+    assert stats["perplexity"] == pytest.approx(training.code_stats(old, 16)["perplexity"])
+    assert stats["perplexity"] == training.code_stats(model.encode(images).numpy(), used)["perplexity"]
 
 
 def test_prune_to_used_can_keep_all(trained):
     model = copy.deepcopy(trained[0])
-    stats = tokenizer.prune_to_used(model, patterns(3, seed=8), prune=False)
+    stats = training.prune_to_used(model, patterns(3, seed=8), prune=False)
     assert stats["codebook_size"] == 16 == model.config["codebook_size"] and stats["used_codes"] < 16
     assert torch.equal(model.codebook, trained[0].codebook)
 
@@ -303,12 +299,12 @@ def test_same_seed_same_bytes(tmp_path):
     images = patterns(32)
     config = tokenizer.make_config((8, 8), 1, **TINY)
     for name in ("a", "b"):
-        model, _ = tokenizer.train_tokenizer(images, config, epochs=2, batch_size=8, lr=5e-3)
+        model, _ = training.train_tokenizer(images, config, epochs=2, batch_size=8, lr=5e-3)
         (tmp_path / name).mkdir()
         tokenizer.save_tokenizer(model, tmp_path / name)
     weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("a", "b")]
     assert weights[0] == weights[1]
-    other, _ = tokenizer.train_tokenizer(images, {**config, "seed": 1}, epochs=2, batch_size=8, lr=5e-3)
+    other, _ = training.train_tokenizer(images, {**config, "seed": 1}, epochs=2, batch_size=8, lr=5e-3)
     assert not torch.equal(other.codebook, model.codebook)
 
 
@@ -340,7 +336,7 @@ def test_load_errors(trained, tmp_path):
 def test_reconstruction_grid_layout(trained):
     model, _ = trained
     images = patterns(5, seed=12)
-    grid = tokenizer.reconstruction_grid(model, images)
+    grid = training.reconstruction_grid(model, images)
     assert grid.dtype == np.uint8 and grid.shape == (2 * 64 + 3 * 2, 5 * (64 + 2) + 2, 1)  # 8 px -> 64 px
     top = grid[2 : 2 + 64, 2 + 66 : 2 + 66 + 64]  # second original, scaled up 8x by nearest neighbour
     assert np.array_equal(top, images[1].repeat(8, 0).repeat(8, 1))
@@ -355,7 +351,7 @@ def test_reconstruction_grid_png_takes_first_images_by_key(trained, tmp_path):
     model, _ = trained
     images = patterns(20, seed=13)
     image_set = types.SimpleNamespace(keys=[f"img{i:02d}" for i in reversed(range(20))], images=images)
-    tokenizer.save_reconstruction_grid(model, image_set, tmp_path / "r.png")
+    training.save_reconstruction_grid(model, image_set, tmp_path / "r.png")
     with Image.open(tmp_path / "r.png") as png:
         assert png.mode == "L" and png.size == (16 * 66 + 2, 134)
         pixels = np.asarray(png)
@@ -367,7 +363,7 @@ def test_reconstruction_grid_rgb_and_large_images():
     config = tokenizer.make_config((32, 32), 3, **{**TINY, "downsample": 4})
     model = tokenizer.build_model(config).eval()
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    grid = tokenizer.reconstruction_grid(model, images)
+    grid = training.reconstruction_grid(model, images)
     assert grid.shape == (2 * 64 + 6, 3 * 66 + 2, 3)  # 32 px scaled up 2x
     assert np.array_equal(grid[2:66, 2:66], images[0].repeat(2, 0).repeat(2, 1))
 
@@ -407,7 +403,7 @@ def test_cli_trains_and_writes(tokenforge, monkeypatch, tmp_path, with_test):
     model = tokenizer.load_tokenizer(out)
     ids = model.encode(splits["train"].images)
     assert ids.shape == (48, 4, 4) and len(torch.unique(ids)) == used and int(ids.max()) == used - 1
-    assert tokenizer.code_stats(ids.numpy(), used)["perplexity"] == pytest.approx(stats["perplexity"])
+    assert training.code_stats(ids.numpy(), used)["perplexity"] == pytest.approx(stats["perplexity"])
     assert torch.equal(tokenizer.load_codebook(out), model.codebook) and model.codebook.shape == (used, 4)
     assert (out / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -427,7 +423,7 @@ def test_run_logs_grid_and_numbers(monkeypatch, tmp_path):
 
     fake_shards(monkeypatch, tmp_path, {"train": image_set(patterns(16)), "test": image_set(patterns(4, seed=3))})
     parser = argparse.ArgumentParser()
-    tokenizer.add_arguments(parser)
+    tokenizer_cli.add_arguments(parser)
     args = parser.parse_args(["--shards", str(tmp_path), "--out", str(tmp_path / "tok"), *TINY_ARGS])
     logged = types.SimpleNamespace(metrics={}, artifacts=[], params={})
     tracker = types.SimpleNamespace(
@@ -435,7 +431,7 @@ def test_run_logs_grid_and_numbers(monkeypatch, tmp_path):
         log_metrics=lambda metrics, step=None: logged.metrics.update(metrics),
         log_artifact=lambda path, artifact_path=None: logged.artifacts.append(path.name),
     )
-    tokenizer.run(args, tracker)
+    tokenizer_cli.run(args, tracker)
     assert {"psnr", "mse", "codebook_usage", "used_codes", "perplexity", "trained_codebook_size"} <= set(logged.metrics)
     assert "reconstructions.png" in logged.artifacts and logged.params["prune"] is True
 
@@ -450,9 +446,9 @@ def test_cli_bad_downsample(tokenforge, monkeypatch, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_import_is_light():
-    # `tokenforge --help` imports every stage module: torch must only load when a model is built.
-    code = "import sys, tokenforge.tokenizer, tokenforge.tokenize, tokenforge.synonyms; print('torch' in sys.modules)"
+def test_building_the_cli_parser_keeps_torch_out():
+    # `tokenforge --help` builds the parser of every stage: the CLI modules import their libraries in `run`.
+    code = "import sys; from tokenforge.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -468,4 +464,4 @@ def test_bad_training_options(option, kwargs):
     config = tokenizer.make_config((8, 8), 1, **TINY)
     args = {"epochs": 1, "batch_size": 8, "lr": 1e-3, **kwargs}
     with pytest.raises(TokenforgeError, match=f"{option}: must be positive"):
-        tokenizer.train_tokenizer(patterns(8), config, **args)
+        training.train_tokenizer(patterns(8), config, **args)

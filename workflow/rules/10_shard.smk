@@ -10,6 +10,7 @@ if not SEIT:
         benchmark:
             f"{R}/benchmarks/shard.tsv"
         params:
+            tokenforge=TOKENFORGE,
             args=cli_args(config["shard"]),
             outdir=dirname("output.index"),
             seed=config["seed"],
@@ -21,7 +22,7 @@ if not SEIT:
         conda:
             "../../envs/tokenforge.yaml"
         shell:
-            "tokenforge shard {params.args} --seed {params.seed} --out {params.outdir} {params.track} > {log} 2>&1"
+            "{params.tokenforge} shard {params.args} --seed {params.seed} --out {params.outdir} {params.track} > {log} 2>&1"
 
 
     rule shards:

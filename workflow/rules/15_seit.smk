@@ -14,6 +14,7 @@ if SEIT:
         benchmark:
             f"{R}/benchmarks/seit_import.tsv"
         params:
+            tokenforge=TOKENFORGE,
             src=config["shard"]["source"].removeprefix("seit:"),
             k=config["synonyms"]["k"],
             outdir=dirname("output.train"),
@@ -25,7 +26,7 @@ if SEIT:
         conda:
             "../../envs/tokenforge.yaml"
         shell:
-            "tokenforge seit import --src {params.src:q} --out {params.outdir} --synonyms-k {params.k}"
+            "{params.tokenforge} seit import --src {params.src:q} --out {params.outdir} --synonyms-k {params.k}"
             " {params.track} > {log} 2>&1"
 
     rule tokens:

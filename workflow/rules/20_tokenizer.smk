@@ -18,6 +18,7 @@ if not SEIT:
         benchmark:
             f"{R}/benchmarks/tokenizer.tsv"
         params:
+            tokenforge=TOKENFORGE,
             args=cli_args(config["tokenizer"]),
             shards=dirname("input.stats"),
             outdir=dirname("output.weights"),
@@ -30,5 +31,5 @@ if not SEIT:
         conda:
             "../../envs/tokenforge.yaml"
         shell:
-            "tokenforge tokenizer --shards {params.shards} --out {params.outdir} {params.args} --seed {params.seed}"
+            "{params.tokenforge} tokenizer --shards {params.shards} --out {params.outdir} {params.args} --seed {params.seed}"
             " --threads {threads} {params.track} > {log} 2>&1"

@@ -13,6 +13,7 @@ if not SEIT:
         benchmark:
             f"{R}/benchmarks/tokenize.tsv"
         params:
+            tokenforge=TOKENFORGE,
             args=cli_args(config["tokenize"]),
             shards=dirname("input.shard"),
             tokenizer=dirname("input.tokenizer"),
@@ -25,7 +26,7 @@ if not SEIT:
         conda:
             "../../envs/tokenforge.yaml"
         shell:
-            "tokenforge tokenize --shards {params.shards} --tokenizer {params.tokenizer} --out {params.outdir}"
+            "{params.tokenforge} tokenize --shards {params.shards} --tokenizer {params.tokenizer} --out {params.outdir}"
             " {params.args} --threads {threads} {params.track} > {log} 2>&1"
 
 

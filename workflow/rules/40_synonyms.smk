@@ -10,6 +10,7 @@ if not SEIT:
         benchmark:
             f"{R}/benchmarks/synonyms.tsv"
         params:
+            tokenforge=TOKENFORGE,
             args=cli_args(config["synonyms"]),
             tokenizer=dirname("input.tokenizer"),
             track=track(),
@@ -20,4 +21,4 @@ if not SEIT:
         conda:
             "../../envs/tokenforge.yaml"
         shell:
-            "tokenforge synonyms --tokenizer {params.tokenizer} --out {output} {params.args} {params.track} > {log} 2>&1"
+            "{params.tokenforge} synonyms --tokenizer {params.tokenizer} --out {output} {params.args} {params.track} > {log} 2>&1"

@@ -9,6 +9,7 @@ rule split:
     benchmark:
         f"{R}/benchmarks/split.tsv"
     params:
+        tokenforge=TOKENFORGE,
         args=cli_args(config["split"]),
         outdir=dirname("output.tasks"),
         seed=config["seed"],
@@ -20,5 +21,5 @@ rule split:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge split --classes {input} --out {params.outdir} {params.args} --seed {params.seed}"
+        "{params.tokenforge} split --classes {input} --out {params.outdir} {params.args} --seed {params.seed}"
         " {params.track} > {log} 2>&1"

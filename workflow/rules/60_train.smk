@@ -20,6 +20,7 @@ rule train:
         args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS}),
         # From the job's resources: one process (CPU or one GPU), one per GPU or train.processes on a node (torchrun
         # or the deepspeed launcher), or srun + torchrun across nodes. Data parallel; rank 0 writes the outputs.
+        # Every program but srun is a module of the job's Python (train_launch in common.smk): no PATH needed.
         launch=lambda w, resources: train_launch(resources),
         # budget null means no limit, which the CLI spells "none" (its own default is 10%)
         memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),

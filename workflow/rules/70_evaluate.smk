@@ -11,6 +11,7 @@ rule evaluate:
     benchmark:
         f"{R}/benchmarks/evaluate/task-{{task}}.tsv"
     params:
+        tokenforge=TOKENFORGE,
         args=cli_args(config["evaluate"]),
         model=dirname("input.model"),
         split=dirname("input.split"),
@@ -23,5 +24,5 @@ rule evaluate:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge evaluate --model {params.model} --tokens {input.tokens} {params.shards} --split {params.split}"
+        "{params.tokenforge} evaluate --model {params.model} --tokens {input.tokens} {params.shards} --split {params.split}"
         " --task {wildcards.task} --out {output} {params.args} {params.track} > {log} 2>&1"

@@ -24,6 +24,7 @@ rule package:
     benchmark:
         f"{R}/benchmarks/package.tsv"
     params:
+        tokenforge=TOKENFORGE,
         stats=" ".join(f"{name}={path}" for name, path in STAGE_STATS.items()),
         outdir=dirname("output.metrics"),
         config=f"{R}/config.resolved.yaml",
@@ -38,7 +39,7 @@ rule package:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "tokenforge package --evaluations {input.evaluations} --stats {params.stats} --model {input.model}"
+        "{params.tokenforge} package --evaluations {input.evaluations} --stats {params.stats} --model {input.model}"
         " --config {params.config} --out {params.outdir} --archive {output.archive} --title {params.title:q}"
         " {params.images} --registered-model {params.registered:q}"
         " {params.track} > {log} 2>&1"

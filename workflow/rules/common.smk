@@ -1,11 +1,14 @@
-# Shared helpers used by every stage file: config validation, the results prefix, CLI arguments, MLflow flags.
+# Shared helpers used by every stage file: config validation, the results prefix, the command that runs the CLI,
+# CLI arguments, MLflow flags.
 import json
 import re
 import shlex
+import sys
 
 import snakemake
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 from tokenforge.errors import TokenforgeError
 
@@ -20,6 +23,16 @@ except WorkflowError as exc:
     raise WorkflowError(
         f"config key {key or '(top level)'}: {found.group(1) if found else text.splitlines()[0]}"
     ) from None
+
+# The CLI is the one of the Python that runs Snakemake (`python -m tokenforge`), not whatever `tokenforge` is on
+# PATH: `.venv/bin/snakemake` works without an activated venv. Under SLURM each job runs `<this python> -m
+# snakemake` on its node (a shared file system), so the path holds there too. Under `--sdm conda` a job runs in
+# envs/tokenforge.yaml, whose own `python` has tokenforge. Rules take it as params.tokenforge (`--lint` wants no
+# globals in shell commands): a job made by another interpreter counts as changed params and is rerun.
+PYTHON = shlex.quote(sys.executable)  # the onstart/onsuccess/onerror hooks run here, never in a conda env
+_deployment = getattr(workflow, "deployment_settings", None)
+JOB_PYTHON = "python" if _deployment and DeploymentMethod.CONDA in _deployment.deployment_method else PYTHON
+TOKENFORGE = f"{JOB_PYTHON} -m tokenforge"
 
 R = f"{config['results']}/{config['run']}"  # every output of this run lives under here
 TASKS = list(range(config["split"]["tasks"]))
@@ -61,10 +74,11 @@ def train_processes(resources):
 
 
 def train_launch(resources):
-    """What starts `tokenforge` in a training job (tokenforge.launch.train_command, from the job's resources)."""
+    """What starts `tokenforge` in a training job (tokenforge.engine.launch.train_command, from the job's resources):
+    with python=, tokenforge, torchrun and the deepspeed launcher are modules of the job's Python (no PATH needed)."""
     from tokenforge.engine.launch import train_command
 
-    return train_command(**_launch(resources))
+    return train_command(**_launch(resources), python=JOB_PYTHON)
 
 
 # The configured launch is checked before any job runs (a profile's resources are checked when a job starts).

@@ -4,7 +4,7 @@
     tokenforge shard --source cifar:data/cifar-10-batches-py --out results/c10/shard
     tokenforge shard --source imagefolder:data/imagenet100 --image-size 64 --out results/in100/shard
 
-Sources: digits, shapes, imagefolder:PATH, cifar:PATH (see tokenforge/sources.py). A source with
+Sources: digits, shapes, imagefolder:PATH, cifar:PATH (see tokenforge/data/sources.py). A source with
 its own train/test split keeps it; otherwise each class is split by --seed and --test-fraction.
 
 Output folder:
@@ -25,10 +25,7 @@ import logging
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from tokenforge.data.sources import open_source
+from tokenforge.data import MODES
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, write_json
 
@@ -36,8 +33,6 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tokenforge.data.shards import MODES
-
     parser.add_argument(
         "--source", required=True, help="digits, shapes, imagefolder:PATH (PATH/<class>/<images>) or cifar:PATH"
     )
@@ -71,14 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, tracker) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from tokenforge.data.shards import (
         INDEX_SCHEMA,
-        MODES,
         _check_args,
         _stats,
         split_of,
         write_shards,
     )
+    from tokenforge.data.sources import open_source
 
     start = time.perf_counter()
     _check_args(args)

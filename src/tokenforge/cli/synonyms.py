@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from tokenforge.io import atomic_file
 
 
@@ -24,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, tracker) -> None:
+    import numpy as np
+
     from tokenforge.tokenizer.synonyms import (
         cosine_similarity,
         nearest_codes,

@@ -33,13 +33,11 @@ def run(args: argparse.Namespace, tracker) -> None:
     from tokenforge.data.tokens import (
         SPLITS,
         TokenSet,
-        _check_images,
-        _shard_bytes,
-        encode_split,
         id_bits,
         packed_size,
         save_tokens,
     )
+    from tokenforge.tokenizer.encode import check_images, encode_split, shard_bytes
     from tokenforge.tokenizer.vq import load_tokenizer
 
     start = time.perf_counter()
@@ -47,12 +45,12 @@ def run(args: argparse.Namespace, tracker) -> None:
     config = model.config
     h, w = config["grid"]
     num_codes = config["codebook_size"]  # pruned: what the ids are numbered by
-    bytes_per_image = _shard_bytes(args.shards)
+    bytes_per_image = shard_bytes(args.shards)
     counts = {}
     with atomic_dir(args.out) as tmp:
         for split in SPLITS:
             data = load_split(args.shards, split)
-            _check_images(data.images, config, args)
+            check_images(data.images, config, args)
             ids = encode_split(model, data.images, args.batch_size, desc=f"tokenize {split}")
             save_tokens(tmp / f"{split}.parquet", TokenSet(list(data.keys), data.labels, ids), num_codes)
             counts[split] = len(data.keys)

@@ -55,19 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, tracker) -> None:
-    from tokenforge.tokenizer.vq import (
-        _load_splits,
-        make_config,
+    from tokenforge.tokenizer.train import (
+        load_splits,
         prune_to_used,
         psnr,
         reconstruction_mse,
         save_reconstruction_grid,
-        save_tokenizer,
         train_tokenizer,
     )
+    from tokenforge.tokenizer.vq import make_config, save_tokenizer
 
     start = time.perf_counter()
-    train, test = _load_splits(args.shards)
+    train, test = load_splits(args.shards)
     if len(train.keys) == 0:
         raise TokenforgeError(f"{args.shards}: the train split has no images")
     _, height, width, channels = train.images.shape

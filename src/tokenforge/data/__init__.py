@@ -7,3 +7,7 @@
 - `split`: the class-incremental task sequence;
 - `augment`: token augmentations applied to batches during training.
 """
+
+# --channels of the shard stage: the PIL image mode of each channel count. Here, not in `shards`, because the
+# CLI's choices need it and this file imports nothing heavy, so `--help` stays fast.
+MODES = {1: "L", 3: "RGB"}

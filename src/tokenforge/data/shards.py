@@ -4,7 +4,7 @@
     tokenforge shard --source cifar:data/cifar-10-batches-py --out results/c10/shard
     tokenforge shard --source imagefolder:data/imagenet100 --image-size 64 --out results/in100/shard
 
-Sources: digits, shapes, imagefolder:PATH, cifar:PATH (see tokenforge/sources.py). A source with
+Sources: digits, shapes, imagefolder:PATH, cifar:PATH (see tokenforge/data/sources.py). A source with
 its own train/test split keeps it; otherwise each class is split by --seed and --test-fraction.
 
 Output folder:
@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from tokenforge.data import MODES
 from tokenforge.data.sources import Source
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json, require_dir
@@ -43,7 +44,6 @@ from tokenforge.runtime import progress
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-MODES = {1: "L", 3: "RGB"}
 TAR_OWNER = "tokenforge"  # fixed user/group names (uid/gid 0) so tars do not depend on who ran us
 
 INDEX_SCHEMA = pa.schema(
@@ -56,10 +56,6 @@ INDEX_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
     ]
 )
-
-
-
-
 
 
 def _check_args(args: argparse.Namespace) -> None:

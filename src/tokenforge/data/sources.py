@@ -14,6 +14,7 @@ never held in memory.
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import pickle
@@ -322,12 +323,14 @@ def read_image(path: Path) -> Image.Image:
 # --- cifar ------------------------------------------------------------------------------------
 
 
-def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR pickle may name: numpy's array and dtype rebuilders.
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR pickle may name: numpy's array and dtype rebuilders, and `_codecs.encode`.
 
     Pickles written by numpy 1.x name numpy.core, numpy 2.x names numpy._core; both map to the
     installed function without importing the module named in the file (numpy.core warns on 2.x).
-    _frombuffer is how pickle protocol 5 (Python 3.14's default) stores an array.
+    _frombuffer is how pickle protocol 5 (Python 3.14's default) stores an array. Python 3 writes bytes
+    at protocol 2 or lower as `_codecs.encode(text, "latin1")` (a CIFAR folder re-pickled by Python 3), which
+    only turns a string into bytes.
     """
     try:
         from numpy._core import multiarray, numeric  # numpy >= 2
@@ -338,6 +341,7 @@ def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
     for mod in ("numpy.core", "numpy._core"):
         allowed[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
+    allowed[("_codecs", "encode")] = codecs.encode
     return allowed
 
 
@@ -347,7 +351,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, path: Path):
         super().__init__(file, encoding="bytes")  # CIFAR was pickled by Python 2: str -> bytes
         self.path = path
-        self.allowed = _numpy_reconstructors()
+        self.allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str) -> Any:
         try:

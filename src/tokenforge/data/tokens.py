@@ -1,19 +1,15 @@
-"""Encode every image of the shards into a grid of code ids with the trained tokenizer.
+"""The token file format: one Parquet file per split, one row per image (key, label, ids).
 
-  tokenforge tokenize --shards results/shard --tokenizer results/tokenizer --out results/tokenize
-
-Writes into --out: train.parquet and test.parquet (one row per image: key, label, ids), tokenizer.json (the
-tokenizer's config) and stats.json (bytes per image: raw pixels, pixel shards, token files on disk, packed
-token ids). `ids` holds each image's grid row-major as a fixed-size binary of ceil(h*w*bits/8) bytes, where
+`ids` holds each image's grid row-major as a fixed-size binary of ceil(h*w*bits/8) bytes, where
 bits = max(1, ceil(log2(num_codes))) for the (pruned) codebook: token i fills bits i*bits .. (i+1)*bits-1 of
 a little-endian bit stream (bit j of the stream is bit j%8 of byte j//8; lowest bit of an id first). The
-schema metadata holds grid (b"h,w"), num_codes and bits. Read a file back with `load_tokens(path)`, which
-also reads the earlier layout (ids as a fixed-size list of uint8/uint16).
+schema metadata holds grid (b"h,w"), num_codes and bits. `save_tokens` writes a `TokenSet`; `load_tokens(path)`
+reads one back, also in the earlier layout (ids as a fixed-size list of uint8/uint16). The `tokenize` stage
+(tokenforge/cli/tokenize.py) writes these files with `tokenforge.tokenizer.encode`.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,38 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.io import read_json, read_parquet
-from tokenforge.runtime import progress
+from tokenforge.io import read_parquet
 
 SPLITS = ("train", "test")
 COLUMNS = ("key", "label", "ids")
 MAX_BITS = 16  # ids up to 65535: the tokenizer's MAX_CODES
 # Rows packed or unpacked at once: bounds the temporary arrays (rows x tokens x bits bytes) to ~64 MiB.
 CHUNK_ELEMENTS = 1 << 26
-# Parquet settings, chosen on measurements (pyarrow 25, 2 shared CPU cores; file bytes per image, train +
-# test; load_tokens images/s, best of 5; tokens from our tokenizers*, and uniform random ids):
-#
-#                               digits    shapes64   shapes128  random    random 32x32  read images/s,
-#                               4x4 grid  8x8 grid   16x16 grid 4x4 grid  (SeiT's size) random 32x32
-#                               64 codes  158 codes  472 codes  64 codes  391 codes
-#   packed payload (ids only)    12        64        288         12       1152
-#   uint8/16 list, zstd 3 (old)  15.55     48.00     192.9       16.01    1159.8         93k-103k
-#   uint8/16 list, zstd 19       15.37     39.17     150.5       15.93    1158.7         103k
-#   packed, no compression       15.58     67.84     291.9       15.58    1155.6         131k
-#   packed, zstd 3               13.73     42.70     168.6       14.10    1154.2         126k
-#   packed, zstd 9               13.71     39.40     157.1       14.08    1154.2         125k
-#   packed, zstd 19              13.57     36.89     146.4       14.04    1154.1         126k
-#   (packed rows: key column DELTA_BYTE_ARRAY, no dictionary or statistics on ids. * shapes: short-trained
-#   tokenizers, PSNR 15-16.5 dB, pruned 256 -> 158 and 512 -> 472 codes.)
-#
-# - Parquet already stores a uint8/uint16 list as bit-packed dictionary indices, so the old layout was
-#   about as small on random ids; packing makes each image's payload a fixed ceil(h*w*bits/8) bytes and
-#   reads faster (no dictionary decoding). A dictionary on the packed column costs +1.4 B/image (digits).
-# - zstd pays for itself on real tokens (repeated background codes): level 19 is 14% (shapes64) and 13%
-#   (shapes128) smaller than level 3, and half the uncompressed size; on random ids every setting is within
-#   0.1%. Decompression speed does not depend on the level; writing at level 19 costs 0.03-0.09 ms per
-#   image, far below encoding the image.
-# - Keys ("train_000042") cost 2.0 B/image with dictionary + zstd, 0.4 with DELTA_BYTE_ARRAY + zstd.
+# Parquet settings, chosen on measurements: benchmarks/results/token_parquet.md.
 ZSTD_LEVEL = 19
 PARQUET_OPTIONS = dict(
     compression="zstd",
@@ -72,8 +44,6 @@ class TokenSet:
     keys: list[str]
     labels: np.ndarray  # int64 (N,)
     ids: np.ndarray  # int64 (N, h, w)
-
-
 
 
 # ---------------------------------------------------------------------------------------------- bit packing
@@ -236,36 +206,3 @@ def read_throughput(path: str | Path, repeats: int = 3) -> float:
         count = len(load_tokens(path).keys)
         best = min(best, time.perf_counter() - start)
     return count / best if best > 0 else float("inf")
-
-
-# ---------------------------------------------------------------------------------------------- stage
-
-
-def encode_split(model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
-    """Code ids (N, h, w) int64 of uint8 NHWC `images`, in batches with a progress bar."""
-    if batch_size < 1:
-        raise TokenforgeError(f"--batch-size {batch_size}: must be at least 1")
-    starts = range(0, len(images), batch_size)
-    parts = [model.encode(images[i : i + batch_size]).numpy() for i in progress(starts, total=len(starts), desc=desc)]
-    return np.concatenate(parts) if parts else np.zeros((0, *model.config["grid"]), dtype=np.int64)
-
-
-def _shard_bytes(shards: Path) -> dict[str, float]:
-    stats_path = shards / "stats.json"
-    stats = read_json(stats_path)
-    out = {}
-    for ours, theirs in (("raw_pixels", "raw_bytes_per_image"), ("pixel_shards", "shard_bytes_per_image")):
-        if not isinstance(stats, dict) or theirs not in stats:
-            raise TokenforgeError(f"{stats_path}: missing key {theirs}")
-        out[ours] = stats[theirs]
-    return out
-
-
-def _check_images(images: np.ndarray, config: dict, args: argparse.Namespace) -> None:
-    want = (*config["image_size"], config["channels"])
-    if tuple(images.shape[1:]) != tuple(want):
-        raise TokenforgeError(
-            f"{args.tokenizer / 'config.json'}: tokenizer expects {want} images, {args.shards} holds {images.shape[1:]}"
-        )
-
-

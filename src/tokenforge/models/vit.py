@@ -1,31 +1,62 @@
-"""A timm VisionTransformer that reads VQ token grids (or, as a baseline, pixel patches).
+"""TokenViT: a timm VisionTransformer that reads VQ token grids (or, as a baseline, pixel patches).
 
 Every input is a grid of h x w *units*, one per ViT token:
 - `input="tokens"`: a unit is a code id; it is looked up in the frozen tokenizer codebook (SeiT's
   input), giving a (D, h, w) embedding map;
 - `input="pixels"`: a unit is one uint8 patch of `patch` x `patch` x C pixels (the same grid as the
   tokenizer's, so both models have the same size and sequence length).
-The map goes through timm's patch embedding with patch size 1 (a linear projection per unit) and the
-rest is timm's ViT unchanged.
+The parameters are timm's VisionTransformer's (patch size 1: a linear projection per unit), built by timm,
+with our block (`models.attention.TokenBlock`: timm's Block with our attention).
 
-`forward(units, positions)` also takes a *subset* of units with their grid positions: a replayed
-memory sample is a short sequence of only its kept units, with their own positional embeddings, so
-replay costs less compute than a full image. A float `units` tensor is taken as an already embedded
-map (B, D, h, w) or sequence (B, k, D): token augmentations work on embeddings.
+One forward, `forward(units, positions)` / `features(...)` / `forward_tokens(...)`, for full grids and for
+*subsets* of units with their grid positions (B, k): a replayed memory sample is a short sequence of only its
+kept units, with their own positional embeddings, so replay costs less compute than a full image. The path:
+embed -> patch projection -> positional embeddings at the positions (all of them for a full grid) -> prefix
+tokens (the class token, then `config.prompts` prompt tokens, timm's register tokens: they are in every
+sequence, subsets included, and `vit.num_prefix_tokens` counts them) -> blocks, each given the positions when
+its forward takes a `positions` argument -> final norm -> head on the class token. A float `units` tensor is
+taken as an already embedded map (B, D, h, w) or sequence (B, k, D): token augmentations work on embeddings.
+Full grids are projected by timm's patch embedding (a 1x1 Conv2d) and subsets by the same weights as a linear
+map: the two differ in the last bits (measured), and full grids keep timm's bits.
+
+The probe, for attribution (`continual.scorers`), undone when the context exits:
+
+    with model.probe(attention=True) as probe:    # or a list of block indices
+        logits = model(units)
+    maps = probe.maps                              # per block: (B, heads, N, N), in the autograd graph
+
+    with model.probe(key_scale=factors, prefix_only=True):
+        logits = model(units)                      # keys of token j scaled by factors[:, j] in every block
+
+`attention` records the probabilities of those blocks, computed unfused exactly as timm's unfused attention
+(softmax(q k^T * scale), attention dropout, @ v); gradients w.r.t. `probe.maps` are the attention gradients.
+`key_scale` (B, N: prefix tokens first) multiplies each token's keys in every block (AtMan). `prefix_only`
+makes the last block compute only the prefix tokens' outputs (exact for logits and features, which read the
+class token; cheaper: AtMan runs h*w forwards per sample). Other blocks keep the fused attention.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import functools
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.models import INPUTS
+from tokenforge.models.store import load_model, save_model
+
+if TYPE_CHECKING:
+    from tokenforge.models.attention import AttentionProbe
+
+__all__ = ["ModelConfig", "Probe", "TokenViT", "device_of", "load_model", "patchify", "save_model"]
 
 
 @dataclass
@@ -41,12 +72,40 @@ class ModelConfig:
     drop_path: float = 0.0
     input: str = "tokens"
     patch: int = 1  # pixels only: patch side in pixels (the tokenizer's downsample factor)
+    prompts: int = 0  # learned prompt tokens after the class token (timm's register tokens); 0: no parameter
+
+
+class Probe:
+    """One `TokenViT.probe` context: its settings and, after a forward, the attention maps it recorded."""
+
+    def __init__(self, blocks: tuple[int, ...], taps: list[AttentionProbe], prefix_only: bool):
+        self.blocks = blocks  # the blocks whose attention is recorded, in the order of `maps`
+        self.prefix_only = prefix_only
+        self._taps = taps
+
+    @property
+    def maps(self) -> list[torch.Tensor]:
+        """Attention probabilities (B, heads, N, N) of `blocks` from the last forward in the context."""
+        maps = [self._taps[i].map for i in self.blocks]
+        if any(m is None for m in maps):
+            raise TokenforgeError("probe: no attention recorded (run the model inside the probe context)")
+        return maps
+
+
+@functools.cache
+def _takes(forward, name: str) -> bool:
+    """Whether a forward function has an argument `name` (blocks get positions only where they accept them)."""
+    return name in inspect.signature(forward).parameters
 
 
 class TokenViT(nn.Module):
+    """timm's VisionTransformer (`self.vit`) on unit grids, with our one forward and the probe (module doc)."""
+
     def __init__(self, config: ModelConfig, codebook: torch.Tensor | None = None):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
+
+        from tokenforge.models.attention import TokenBlock
 
         if config.input not in INPUTS:
             raise TokenforgeError(f"input: unknown input {config.input!r}; expected one of {', '.join(INPUTS)}")
@@ -75,8 +134,11 @@ class TokenViT(nn.Module):
             mlp_ratio=config.mlp_ratio,
             drop_path_rate=config.drop_path,
             class_token=True,
+            reg_tokens=config.prompts,
             global_pool="token",
+            block_fn=TokenBlock,
         )
+        self._probe: Probe | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -93,49 +155,107 @@ class TokenViT(nn.Module):
             return self.codebook[units].to(dtype)
         return (units.float() / 255.0).to(dtype)
 
+    def project(self, emb: torch.Tensor) -> torch.Tensor:
+        """Embedded units (..., D) -> patch tokens (..., E): the patch embedding as a linear map, no positions."""
+        patch_embed = self.vit.patch_embed
+        proj = patch_embed.proj  # Conv2d with kernel 1 == a linear map per unit
+        return patch_embed.norm(F.linear(emb, proj.weight.flatten(1), proj.bias))
+
     def forward(self, units: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for full grids, or for unit subsets at `positions` (B, k).
 
         Full grids: ids (B, h, w), pixel patches (B, h, w, F) or an embedded map (B, D, h, w).
         Subsets: ids (B, k), patches (B, k, F) or embeddings (B, k, D).
         """
-        if positions is None:
-            emb = self.embed(units)
-            if not units.is_floating_point():
-                emb = emb.permute(0, 3, 1, 2)  # (B, D, h, w)
-            return self.vit(emb)
-        return self.vit.forward_head(self.forward_features_partial(units, positions))
+        return self.vit.forward_head(self.forward_tokens(units, positions))
 
     def features(self, units: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Pre-logit features (B, embed_dim): the class token after the final norm, for full grids or subsets."""
-        vit = self.vit
-        if positions is None:
-            emb = self.embed(units)
-            if not units.is_floating_point():
-                emb = emb.permute(0, 3, 1, 2)
-            x = vit.forward_features(emb)
-        else:
-            x = self.forward_features_partial(units, positions)
-        return vit.forward_head(x, pre_logits=True)
+        return self.vit.forward_head(self.forward_tokens(units, positions), pre_logits=True)
 
-    def forward_features_partial(self, units: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """timm's forward_features for a subset of units; equals the full path when all are given."""
-        vit = self.vit
-        proj = vit.patch_embed.proj  # Conv2d with kernel 1 == a linear map per unit
-        x = F.linear(self.embed(units), proj.weight.flatten(1), proj.bias)
-        x = vit.patch_embed.norm(x)
-        pos = vit.pos_embed[0]  # (prefix + h*w, E): class token first
-        x = x + pos[vit.num_prefix_tokens + positions]
-        cls = vit.cls_token.expand(x.shape[0], -1, -1) + pos[:1]
-        x = vit.pos_drop(torch.cat([cls, x], dim=1))
-        x = vit.norm_pre(x)
-        if vit.grad_checkpointing and torch.is_grad_enabled():  # as timm's forward_features does (activation checkpointing)
-            from timm.models import checkpoint_seq
+    def forward_tokens(self, units: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Every token after the final norm (B, prefix + k, E): prefix tokens first, then the units in order.
 
-            x = checkpoint_seq(vit.blocks, x)
+        Under `probe(prefix_only=True)` only the prefix tokens (B, prefix, E)."""
+        x = self._patch_tokens(units, positions)
+        full = positions is None
+        if full:  # every position, in order
+            positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        x = self._with_prefix(x, positions, full)
+        return self.vit.norm(self._blocks(x, positions))
+
+    def _patch_tokens(self, units: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Projected units (B, k, E); for a full grid (no positions) by timm's 1x1 convolution, timm's bits."""
+        emb = self.embed(units)
+        if positions is not None:
+            return self.project(emb)
+        if not units.is_floating_point():
+            emb = emb.permute(0, 3, 1, 2)  # (B, D, h, w)
+        return self.vit.patch_embed(emb)
+
+    def _with_prefix(self, x: torch.Tensor, positions: torch.Tensor, full: bool) -> torch.Tensor:
+        """The prefix tokens, then the grid tokens, each plus its positional embedding.
+
+        A full grid in timm's order (concatenate, then add every embedding by broadcasting): the same values as
+        adding the embeddings indexed by position, and also timm's gradient bits (indexing scatters instead)."""
+        vit = self.vit
+        prefix = vit.num_prefix_tokens
+        tokens = vit.cls_token if vit.reg_token is None else torch.cat([vit.cls_token, vit.reg_token], dim=1)
+        tokens = tokens.expand(x.shape[0], -1, -1)
+        if full:
+            x = torch.cat([tokens, x], dim=1) + vit.pos_embed
         else:
-            x = vit.blocks(x)
-        return vit.norm(x)
+            pos = vit.pos_embed[0]  # (prefix + h*w, E): prefix tokens first
+            x = torch.cat([tokens + pos[:prefix], x + pos[prefix + positions]], dim=1)
+        return vit.norm_pre(vit.pos_drop(x))
+
+    def _blocks(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The blocks in order, each given the positions if its forward takes them; checkpointed when enabled."""
+        vit = self.vit
+        checkpointing = vit.grad_checkpointing and torch.is_grad_enabled()  # activation checkpointing, as timm's
+        last = len(vit.blocks) - 1
+        for i, block in enumerate(vit.blocks):
+            kwargs = {"positions": positions} if _takes(type(block).forward, "positions") else {}
+            if i == last and self._probe is not None and self._probe.prefix_only:
+                if not _takes(type(block).forward, "rows"):
+                    raise TokenforgeError(f"probe: prefix_only needs a last block that takes rows, not {type(block).__name__}")
+                kwargs["rows"] = vit.num_prefix_tokens
+            if checkpointing:
+                x = checkpoint(block, x, use_reentrant=False, **kwargs)
+            else:
+                x = block(x, **kwargs)
+        return x
+
+    @contextmanager
+    def probe(
+        self, attention: bool | Sequence[int] = False, key_scale: torch.Tensor | None = None, prefix_only: bool = False
+    ) -> Iterator[Probe]:
+        """Record attention maps, scale keys and/or compute only the prefix outputs of the last block (module doc).
+
+        `attention`: True for every block, or block indices; `key_scale`: (B, N) per-token key factors, N
+        counting the prefix tokens first. One probe at a time; everything is undone on exit."""
+        from tokenforge.models.attention import AttentionProbe, TokenAttention
+
+        if self._probe is not None:
+            raise TokenforgeError("probe: a probe is already active on this model")
+        attns = [getattr(block, "attn", None) for block in self.vit.blocks]
+        if any(not isinstance(attn, TokenAttention) for attn in attns):
+            raise TokenforgeError("probe: every block's attention must be a TokenAttention")
+        depth = len(attns)
+        blocks = tuple(range(depth)) if attention is True else tuple(attention or ())
+        if any(not 0 <= i < depth for i in blocks):
+            raise TokenforgeError(f"probe: block indices {blocks} out of range for depth {depth}")
+        taps = [AttentionProbe(record=i in blocks, key_scale=key_scale) for i in range(depth)]
+        probe = Probe(blocks, taps, prefix_only)
+        try:
+            self._probe = probe
+            for attn, tap in zip(attns, taps):
+                attn.probe = tap
+            yield probe
+        finally:
+            for attn in attns:
+                attn.probe = None
+            self._probe = None
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -150,36 +270,3 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
         raise TokenforgeError(f"images of {height}x{width} do not split into {patch}x{patch} patches")
     x = images.reshape(n, height // patch, patch, width // patch, patch, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(n, height // patch, width // patch, patch * patch * c)
-
-
-def save_model(model: TokenViT, directory: Path) -> None:
-    """`model.safetensors` (weights, codebook included) + `model.json` (its config)."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    (directory / "model.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
-
-
-def load_model(directory: Path) -> TokenViT:
-    """Load a TokenViT saved by `save_model` (safetensors only: nothing is unpickled)."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    cfg_path, weights = directory / "model.json", directory / "model.safetensors"
-    for path in (cfg_path, weights):
-        if not path.is_file():
-            raise TokenforgeError(f"{path}: model file not found")
-    try:
-        raw = json.loads(cfg_path.read_text())
-        config = ModelConfig(**{**raw, "grid": tuple(raw["grid"])})
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
-        raise TokenforgeError(f"{cfg_path}: not a tokenforge model config ({exc})") from None
-    state = load_file(str(weights))
-    model = TokenViT(config, state.get("codebook"))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise TokenforgeError(f"{weights}: weights do not match {cfg_path.name} ({str(exc).splitlines()[0]})") from None
-    return model.eval()

@@ -1,4 +1,4 @@
-"""Continual-learning metrics of an accuracy matrix (pure NumPy, no I/O).
+"""Continual-learning metrics of an accuracy matrix (pure NumPy, no I/O), and a run's headline numbers.
 
 R[i][j] is the accuracy (in [0, 1]) on task j's test set after training task i, for N tasks, so R
 is N x N. Entries with j > i are the model's accuracy on tasks it has not learned yet: they only
@@ -22,11 +22,12 @@ With a single task there is nothing to forget or transfer: F, BWT and FWT are 0.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from tokenforge.errors import TokenforgeError
+from tokenforge.report import HEADLINE_METRICS
 
 Matrix = Sequence[Sequence[float]] | np.ndarray
 
@@ -120,3 +121,19 @@ def summarize(R: Matrix, baseline: Sequence[float] | None = None) -> dict:
         "backward_transfer": backward_transfer(arr),
         "forward_transfer": forward_transfer(arr, baseline),
     }
+
+
+def headline_metrics(result: dict) -> dict[str, float]:
+    """The headline numbers (tokenforge.report.HEADLINE_METRICS) of a metrics.json dict, under their MLflow names.
+
+    `tokenforge package` logs these and `tokenforge log-bundle` backfills them; absent or non-numeric ones
+    (a bundle from an older version) are left out.
+    """
+    numbers = {}
+    for headline in HEADLINE_METRICS:
+        value: Any = result
+        for key in headline.path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[headline.name] = value
+    return numbers

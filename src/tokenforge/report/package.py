@@ -1,26 +1,30 @@
 """Bundle the results: metrics, plots, an HTML report, the model, the config, and a .tar.gz of it all.
 
 Reads one evaluation file per task (row t of the accuracy matrix R) and the stats.json of every
-stage, computes the continual-learning metrics (tokenforge.metrics), the storage bytes (pixels vs
+stage, computes the continual-learning metrics (tokenforge.report.metrics), the storage bytes (pixels vs
 tokens vs the replay memory) and the wall time per stage, and writes into --out:
 
     metrics.json            all numbers below, machine-readable
-    accuracy_matrix.csv     R, one row per trained task
+    accuracy_matrix.csv     R, one row per trained task, every cell (also tasks not trained yet)
     accuracy_matrix.png     R as a heatmap; average_accuracy.png: the learning curve
     report.html             one self-contained page (plots embedded) to read or mail
     model.safetensors (+ model.json beside it), config.yaml, versions.json, stats.json
     NAME.png                each --images NAME=FILE (e.g. the tokenizer's reconstruction grid), also shown
                             in report.html with NAME as its caption
 
-then the same files (minus this stage's own stats.json, whose wall time changes run to run) as a
-deterministic --archive. Example:
+The heatmap and the report's table leave the cells above the diagonal empty: row t is measured after
+training task t, so column j > t is a task not learned yet (those accuracies only enter forward transfer).
+Then the same files (minus this stage's own stats.json, whose wall time changes run to run) go into a
+deterministic --archive. As the pipeline runs it for two tasks (workflow/rules/80_package.smk):
 
-    tokenforge package --evaluations results/evaluate/task-{0,1}/evaluation.json \\
-        --stats shard=results/shard/stats.json tokenize=results/tokenize/stats.json \\
-        tokenizer=results/tokenizer/stats.json train-0=... train-1=... \\
-        --model results/train/task-1/model.safetensors --config results/config.yaml \\
-        --images reconstructions=results/tokenizer/reconstructions.png \\
-        --out results/package --archive results/tokenforge-results.tar.gz
+    tokenforge package --evaluations results/default/evaluate/task-0.json results/default/evaluate/task-1.json \\
+        --stats shard=results/default/shard/stats.json tokenizer=results/default/tokenizer/stats.json \\
+        tokenize=results/default/tokens/stats.json \\
+        train-0=results/default/train/task-0/stats.json train-1=results/default/train/task-1/stats.json \\
+        evaluate-0=results/default/evaluate/task-0.json evaluate-1=results/default/evaluate/task-1.json \\
+        --model results/default/train/task-1/model.safetensors --config results/default/config.resolved.yaml \\
+        --images reconstructions=results/default/tokenizer/reconstructions.png \\
+        --out results/default/package --archive results/default/tokenforge-results.tar.gz
 """
 
 from __future__ import annotations
@@ -42,13 +46,8 @@ import numpy as np
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import MARKER, atomic_file, read_json, require_file
-from tokenforge.report import metrics
+from tokenforge.report import ACCURACY_HEADLINES, metrics
 
-# Stats every bundle needs besides train-{t} for every task; other names only add wall times.
-REQUIRED_STATS = ("tokenize",)
-# Absent when the tokens were imported (a seit: source): their numbers are then null in metrics.json and
-# left out of the report; the dataset's image count then comes from the tokenize stats.
-OPTIONAL_STATS = ("shard", "tokenizer")
 # Reported in versions.json and the report: what a reader needs to rerun the numbers.
 PACKAGES = ("tokenforge", "torch", "timm", "deepspeed", "mlflow", "snakemake", "webdataset", "pyarrow", "numpy")
 # Not part of the archive: the marker is internal, stats.json holds this run's wall time.
@@ -59,10 +58,6 @@ OWN_PLOTS = ("accuracy_matrix", "average_accuracy")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Optional tokenizer numbers shown when its stats.json has them (tokenizers with codebook pruning do).
 TOKENIZER_EXTRAS = ("used_codes", "codebook_size", "trained_codebook_size", "perplexity")
-
-
-
-
 
 
 def register_final_model(tracker, out: Path, name: str) -> None:
@@ -319,18 +314,26 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, format="png", metadata={"Software": None})
 
 
+def learned(R: np.ndarray) -> np.ndarray:
+    """Boolean mask of the cells of R on or below the diagonal: tasks learned by the time of the row.
+
+    Row t is measured after training task t, so a cell (t, j > t) is a task not trained yet: the heatmap
+    and the report's table leave it empty (the CSV and metrics.json keep its measured accuracy).
+    """
+    return np.tri(*np.shape(R), dtype=bool)
+
+
 def plot_accuracy_matrix(R: np.ndarray, path: Path) -> None:
-    """Heatmap of R with each accuracy written in its cell."""
+    """Heatmap of R with each accuracy written in its cell; cells of tasks not trained yet are left empty."""
     n = R.shape[0]
     fig = _figure(1.6 + 0.7 * n, 1.2 + 0.6 * n)
     ax = fig.add_subplot()
-    image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
+    image = ax.imshow(np.ma.masked_array(R, mask=~learned(R)), vmin=0.0, vmax=1.0, cmap="viridis")
     fontsize = max(5, 11 - n // 3)
-    for i in range(n):
-        for j in range(n):
-            # Dark text on the bright end of viridis, white on the dark end.
-            color = "black" if R[i, j] > 0.6 else "white"
-            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", color=color, fontsize=fontsize)
+    for i, j in zip(*np.nonzero(learned(R))):
+        # Dark text on the bright end of viridis, white on the dark end.
+        color = "black" if R[i, j] > 0.6 else "white"
+        ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", color=color, fontsize=fontsize)
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xlabel("evaluated on task")
@@ -411,10 +414,7 @@ def _summary_rows(result: dict) -> list[list[Any]]:
     b, tok = result["bytes"], result["tokenizer"]
     return [
         ["tasks", result["num_tasks"]],
-        ["final average accuracy", _pct(result["final_average_accuracy"])],
-        ["average forgetting", _pct(result["average_forgetting"])],
-        ["backward transfer", _pct(result["backward_transfer"])],
-        ["forward transfer", _pct(result["forward_transfer"])],
+        *([name.replace("_", " "), _pct(result[name])] for name in (*ACCURACY_HEADLINES, "forward_transfer")),
         ["replay memory after the last task", _bytes(b["memory"])],
         ["memory / dataset token bytes", _pct(b["memory"] / b["dataset_tokens"] if b["dataset_tokens"] else None)],
         *(_tokenizer_rows(tok) if tok is not None else []),
@@ -458,7 +458,7 @@ def render_report(
     `images` names the extra NAME.png files in `bundle`, shown with their name as caption.
     """
     R, n, b = result["accuracy_matrix"], result["num_tasks"], result["bytes"]
-    matrix_rows = [[t] + [f"{v:.4f}" for v in row] for t, row in enumerate(R)]
+    matrix_rows = [[t] + [f"{v:.4f}" if j <= t else "" for j, v in enumerate(row)] for t, row in enumerate(R)]
     curve_rows = [[t, f"{a:.4f}", f"{b['memory_per_task'][t]:,}"] for t, a in enumerate(result["average_accuracy"])]
     wall_rows = [[name, f"{s:.2f}"] for name, s in result["wall_time_s"].items()]
     version_rows = [["python", versions["python"]], ["platform", versions["platform"]]]
@@ -469,7 +469,7 @@ def render_report(
         "<h2>Summary</h2>" + _table(["metric", "value"], _summary_rows(result)),
         "<h2>Accuracy</h2>" + _img(bundle / "accuracy_matrix.png", "accuracy matrix")
         + _img(bundle / "average_accuracy.png", "average accuracy after each task"),
-        "<h3>Accuracy matrix (row: after training task, column: evaluated on task)</h3>"
+        "<h3>Accuracy matrix (row: after training task, column: evaluated on task; empty: not trained yet)</h3>"
         + _table(["after task"] + [f"task {j}" for j in range(n)], matrix_rows),
         "<h3>After each task</h3>" + _table(["after task", "average accuracy", "memory bytes"], curve_rows),
         f"<h2>Storage ({b['dataset_images']:,} images, train + test)</h2>"
@@ -500,15 +500,7 @@ def render_report(
 def log_to_tracker(tracker, result: dict, out: Path, images: dict[str, Path] | None = None) -> None:
     """The headline numbers, the learning curve (one step per task), the plots, the --images and the report."""
     tracker.log_params({"num_tasks": result["num_tasks"]})
-    headline = {
-        "final_average_accuracy": result["final_average_accuracy"],
-        "average_forgetting": result["average_forgetting"],
-        "backward_transfer": result["backward_transfer"],
-        "memory_bytes": result["bytes"]["memory"],
-        "dataset_tokens_bytes": result["bytes"]["dataset_tokens"],
-        "total_wall_s": result["wall_time_s"]["total"],
-    }
-    tracker.log_metrics(headline)
+    tracker.log_metrics(metrics.headline_metrics(result))
     for t, value in enumerate(result["average_accuracy"]):
         tracker.log_metrics({"average_accuracy": value}, step=t)
     for name in ("metrics.json", "accuracy_matrix.csv", "accuracy_matrix.png", "average_accuracy.png", "report.html"):

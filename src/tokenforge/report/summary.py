@@ -13,12 +13,11 @@ from pathlib import Path
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
+from tokenforge.report import ACCURACY_HEADLINES
 
 ARCHIVE = "tokenforge-results.tar.gz"
-
-
-
-
+# Every summary line starts with its label padded to this width (the fixed lines below are aligned by hand).
+LABEL_WIDTH = 24
 
 
 def load_metrics(results: Path) -> dict:
@@ -29,7 +28,7 @@ def load_metrics(results: Path) -> dict:
             f"{path}: not found; the pipeline has not finished: run `make run` (or `snakemake`) first"
         )
     result = read_json(path)
-    for key in ("num_tasks", "final_average_accuracy", "average_forgetting", "backward_transfer", "bytes"):
+    for key in ("num_tasks", *ACCURACY_HEADLINES, "bytes"):
         if not isinstance(result, dict) or key not in result:
             raise TokenforgeError(f"{path}: missing key {key!r}; rerun `tokenforge package`")
     return result
@@ -91,9 +90,7 @@ def summary_lines(results: Path, result: dict, parent: dict | None) -> list[str]
     archive = results / ARCHIVE
     lines = [
         f"tokenforge results in {results} ({result['num_tasks']} tasks)",
-        f"  final average accuracy: {_pct(result['final_average_accuracy'])}",
-        f"  average forgetting:     {_pct(result['average_forgetting'])}",
-        f"  backward transfer:      {_pct(result['backward_transfer'])}",
+        *(f"  {name.replace('_', ' ') + ':':<{LABEL_WIDTH}}{_pct(result[name])}" for name in ACCURACY_HEADLINES),
     ]
     lines += memory_lines(result["bytes"], result.get("memory"))
     lines += [

@@ -1,2 +1,9 @@
-"""The VQ tokenizer: the model (`vq`), training, pruning and encoding, and the codebook's synonyms.
+"""The VQ tokenizer.
+
+- `vq`: the model (`VQTokenizer`), its config, and saving/loading it (`save_tokenizer`, `load_tokenizer`,
+  `load_codebook`);
+- `train`: training, pruning the codebook to the codes in use, reconstruction PSNR, codebook statistics and
+  the reconstruction grid;
+- `encode`: encoding the shards' images to code ids (the `tokenize` stage; the files are `data.tokens`);
+- `synonyms`: each code's nearest other codes in the codebook, for token augmentation.
 """

@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from tokenforge.errors import TokenforgeError
+from tokenforge.report.metrics import headline_metrics
+from tokenforge.tracking.runs import _client, store_call
 
 REQUIRED = ("metrics.json", "config.yaml")
 SOURCE_TAG = "bundle"
@@ -40,10 +42,6 @@ class Bundle:
     root: Path
     files: list[PurePosixPath]
     sha256: str
-
-
-
-
 
 
 # --- the bundle -------------------------------------------------------------------------------
@@ -159,66 +157,35 @@ def _config_experiment(config: dict) -> str | None:
     return str(mlflow["experiment"]) if isinstance(mlflow, dict) and mlflow.get("experiment") else None
 
 
-def headline_metrics(metrics: dict) -> dict[str, float]:
-    """The numbers `tokenforge package` logs (package.log_to_tracker), under the same names; absent ones left out."""
-
-    def get(*keys: str) -> Any:
-        value: Any = metrics
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
-
-    headline = {
-        "final_average_accuracy": get("final_average_accuracy"),
-        "average_forgetting": get("average_forgetting"),
-        "backward_transfer": get("backward_transfer"),
-        "memory_bytes": get("bytes", "memory"),
-        "dataset_tokens_bytes": get("bytes", "dataset_tokens"),
-        "total_wall_s": get("wall_time_s", "total"),
-    }
-    return {k: v for k, v in headline.items() if _is_number(v)}
-
-
 # --- the store --------------------------------------------------------------------------------
-
-
-def _call(uri: str, what: str, fn, *args, **kwargs):
-    """One MLflow call; any failure is a one-line error naming the store."""
-    from tokenforge.tracking.runs import _one_line, _retry_locked
-
-    try:
-        return _retry_locked(fn, *args, **kwargs)
-    except Exception as exc:
-        raise TokenforgeError(f"{uri}: cannot {what} ({_one_line(exc)})") from None
 
 
 def _open_store(uri: str):
     from tokenforge.tracking.compare import sqlite_path
-    from tokenforge.tracking.runs import _client
 
     path = sqlite_path(uri)
     if path is not None:  # a new SQLite store is fine (a backfill may start one), its folder must exist
         path.parent.mkdir(parents=True, exist_ok=True)
-    return _call(uri, "open the MLflow store", _client, uri)
+    return store_call(uri, "open the MLflow store", _client, uri)
 
 
 def ensure_experiment(client, uri: str, name: str) -> str:
     """The experiment's id, created if new (for SQLite with the artifacts beside the file, as the pipeline does)."""
     from tokenforge.tracking.compare import sqlite_path
 
-    exp = _call(uri, "read the MLflow store", client.get_experiment_by_name, name)
+    exp = store_call(uri, "read the MLflow store", client.get_experiment_by_name, name)
     if exp is not None:
         if exp.lifecycle_stage != "active":
             raise TokenforgeError(f"--experiment {name!r}: is deleted in {uri}; restore it or choose another --experiment")
         return exp.experiment_id
     path = sqlite_path(uri)
     location = (path.resolve().parent / "mlartifacts").as_uri() if path is not None else None
-    return _call(uri, f"create experiment {name!r}", client.create_experiment, name, artifact_location=location)
+    return store_call(uri, f"create experiment {name!r}", client.create_experiment, name, artifact_location=location)
 
 
 def logged_run(client, uri: str, experiment_id: str, sha256: str):
     """A FINISHED run of this bundle (same bundle_sha256 tag) in the experiment, or None."""
-    runs = _call(
+    runs = store_call(
         uri,
         "search runs",
         client.search_runs,
@@ -234,7 +201,7 @@ def log_run(client, uri: str, experiment_id: str, bundle: Bundle, metrics: dict,
     from tokenforge.tracking.runs import MlflowTracker, base_tags, flatten
 
     tags = {**base_tags(), "source": SOURCE_TAG, "bundle_sha256": bundle.sha256}
-    run = _call(uri, "create a run", client.create_run, experiment_id, run_name=run_name, tags=tags)
+    run = store_call(uri, "create a run", client.create_run, experiment_id, run_name=run_name, tags=tags)
     tracker = MlflowTracker(client, run.info.run_id)
     tracker.log_params(flatten(config))
     tracker.log_metrics(headline_metrics(metrics))
@@ -248,5 +215,5 @@ def log_run(client, uri: str, experiment_id: str, bundle: Bundle, metrics: dict,
         with contextlib.suppress(Exception):
             client.set_terminated(run.info.run_id, status="FAILED")
         raise TokenforgeError(f"{uri}: logging run {run.info.run_id} failed part-way (see the warning); marked FAILED, rerun")
-    _call(uri, "finish the run", client.set_terminated, run.info.run_id, status="FINISHED")
+    store_call(uri, "finish the run", client.set_terminated, run.info.run_id, status="FINISHED")
     return run.info.run_id

@@ -23,39 +23,26 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from tokenforge.errors import TokenforgeError
+from tokenforge.report import HEADLINE_METRICS
+from tokenforge.tracking.runs import _client, store_call
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "run",
-    "status",
-    "method",
-    "budget",
-    "seed",
-    "final_average_accuracy",
-    "average_forgetting",
-    "memory_bytes",
-    "dataset_tokens_bytes",
-    "total_wall_s",
-    "start_time",
-    "run_id",
-)
+# The headline metrics `tokenforge package` logs (tokenforge.report.HEADLINE_METRICS) that the table shows: all
+# but backward_transfer.
+METRICS = tuple(h.name for h in HEADLINE_METRICS if h.name != "backward_transfer")
+PERCENT = tuple(h.name for h in HEADLINE_METRICS if h.unit == "fraction")
+BYTES = tuple(h.name for h in HEADLINE_METRICS if h.unit == "bytes")
+SECONDS = tuple(h.name for h in HEADLINE_METRICS if h.unit == "seconds")
 # Column -> the parent run's param (the flattened resolved config).
 PARAMS = {"method": "memory.method", "budget": "memory.budget", "seed": "seed"}
-# The headline metrics of `tokenforge package` (package.log_to_tracker), same names.
-METRICS = ("final_average_accuracy", "average_forgetting", "memory_bytes", "dataset_tokens_bytes", "total_wall_s")
-PERCENT = ("final_average_accuracy", "average_forgetting")
-BYTES = ("memory_bytes", "dataset_tokens_bytes")
-TEXT = ("run", "status", "method", "budget", "seed", "run_id")
+COLUMNS = ("run", "status", *PARAMS, *METRICS, "start_time", "run_id")
+TEXT = ("run", "status", *PARAMS, "run_id")
 MISSING = "-"
 PACKAGE_RULE = "package"
 # A query tool should fail fast on an unreachable server (MLflow's defaults retry for minutes); the user's own
 # settings of these variables win.
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-
-
-
-
 
 
 # --- stores -----------------------------------------------------------------------------------
@@ -127,23 +114,11 @@ def _quick_http() -> Iterator[None]:
 # --- rows -------------------------------------------------------------------------------------
 
 
-def _read(uri: str, what: str, fn, *args, **kwargs):
-    """One MLflow call; any failure is a one-line error naming the store."""
-    from tokenforge.tracking.runs import _one_line, _retry_locked
-
-    try:
-        return _retry_locked(fn, *args, **kwargs)
-    except TokenforgeError:
-        raise
-    except Exception as exc:
-        raise TokenforgeError(f"{uri}: cannot {what} ({_one_line(exc)})") from None
-
-
 def find_experiment(client, uri: str, name: str):
     """The active experiment `name` in the store; unknown or deleted is an error that lists what is there."""
-    exp = _read(uri, "read the MLflow store", client.get_experiment_by_name, name)
+    exp = store_call(uri, "read the MLflow store", client.get_experiment_by_name, name)
     if exp is None or exp.lifecycle_stage != "active":
-        names = [e.name for e in _read(uri, "list experiments", client.search_experiments)]
+        names = [e.name for e in store_call(uri, "list experiments", client.search_experiments)]
         state = "is deleted" if exp is not None else "not found"
         raise TokenforgeError(f"--experiment {name!r}: {state} in {uri} (experiments there: {', '.join(names) or 'none'})")
     return exp
@@ -153,7 +128,7 @@ def _runs(client, uri: str, experiment_id: str) -> Iterator:
     """Every active run of the experiment, oldest first, page by page."""
     token = None
     while True:
-        page = _read(
+        page = store_call(
             uri,
             "search runs",
             client.search_runs,
@@ -170,9 +145,7 @@ def _runs(client, uri: str, experiment_id: str) -> Iterator:
 
 def collect_rows(uri: str, experiment: str) -> list[dict[str, Any]]:
     """One row per parent run (a run without mlflow.parentRunId) of the experiment in the store at `uri`."""
-    from tokenforge.tracking.runs import _client
-
-    client = _read(uri, "open the MLflow store", _client, uri)
+    client = store_call(uri, "open the MLflow store", _client, uri)
     exp = find_experiment(client, uri, experiment)
     parents, packages = [], {}
     for run in _runs(client, uri, exp.experiment_id):
@@ -245,7 +218,7 @@ def format_cell(column: str, value: Any) -> str:
         return f"{100 * value:.2f}%"
     if column in BYTES:
         return f"{value:,.0f}"
-    if column == "total_wall_s":
+    if column in SECONDS:
         return f"{value:,.1f}"
     if column == "start_time":
         return _local_time(value).strftime("%Y-%m-%d %H:%M")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,20 @@ def _retry_locked(fn, *args, **kwargs):
             if not _transient(exc) or attempt == 7:
                 raise
             time.sleep(0.25 * 2**attempt)
+
+
+def store_call(uri: str, what: str, fn, *args, **kwargs):
+    """One MLflow call of a tool that reads or fills a store (`compare`, `log-bundle`), retried like a job's.
+
+    Unlike a job's tracking, a failure stops the tool: it is a one-line TokenforgeError naming the store and
+    `what` could not be done.
+    """
+    try:
+        return _retry_locked(fn, *args, **kwargs)
+    except TokenforgeError:
+        raise
+    except Exception as exc:
+        raise TokenforgeError(f"{uri}: cannot {what} ({_one_line(exc)})") from None
 
 
 def tracking_uri_for(results_dir: str | os.PathLike, uri: str | None = None) -> str:

@@ -1,0 +1,58 @@
+"""Saving and loading a TokenViT: `model.safetensors` (weights, codebook included) + `model.json` (its ModelConfig).
+
+Safetensors only: loading unpickles nothing. `tokenforge.models.vit` re-exports `save_model` and `load_model`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokenforge.errors import TokenforgeError
+
+if TYPE_CHECKING:  # models.vit imports this module: its names are imported where they are used
+    from tokenforge.models.vit import ModelConfig, TokenViT
+
+
+def save_model(model: TokenViT, directory: Path) -> None:
+    """`model.safetensors` (weights, codebook included) + `model.json` (its config)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "model.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+
+
+def read_config(path: Path) -> ModelConfig:
+    """The ModelConfig in a `model.json` (fields added since it was written take their defaults)."""
+    from tokenforge.models.vit import ModelConfig
+
+    try:
+        raw = json.loads(path.read_text())
+        return ModelConfig(**{**raw, "grid": tuple(raw["grid"])})
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise TokenforgeError(f"{path}: not a tokenforge model config ({exc})") from None
+
+
+def load_model(directory: Path) -> TokenViT:
+    """Load a TokenViT saved by `save_model` (safetensors only: nothing is unpickled), in eval mode."""
+    from safetensors.torch import load_file
+
+    from tokenforge.models.vit import TokenViT
+
+    directory = Path(directory)
+    cfg_path, weights = directory / "model.json", directory / "model.safetensors"
+    for path in (cfg_path, weights):
+        if not path.is_file():
+            raise TokenforgeError(f"{path}: model file not found")
+    config = read_config(cfg_path)
+    state = load_file(str(weights))
+    model = TokenViT(config, state.get("codebook"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TokenforgeError(f"{weights}: weights do not match {cfg_path.name} ({str(exc).splitlines()[0]})") from None
+    return model.eval()

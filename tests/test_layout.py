@@ -1,0 +1,110 @@
+"""The package's layout rules (see the architecture issue): short functions, a CLI that imports no torch until a
+stage runs, and one source of truth for every choice the config offers."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src" / "tokenforge"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+MAX_FUNCTION_LINES = 60
+
+
+def function_lengths(path: Path) -> list[tuple[str, int]]:
+    """(qualified name, lines from `def` to its last line) of every function and method in a file, nested ones too."""
+    found = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{prefix}{child.name}"
+                found.append((name, child.end_lineno - child.lineno + 1))
+                visit(child, f"{name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), "")
+    return found
+
+
+def test_function_lengths_are_measured_from_def_to_last_line(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("@decorator\ndef f():\n    x = 1\n\n    return x\n\n\nclass C:\n    def g(self):\n"
+                      "        def h():\n            pass\n        return h\n")
+    assert function_lengths(source) == [("f", 4), ("C.g", 4), ("C.g.h", 2)]
+
+
+def test_no_function_in_src_is_longer_than_60_lines():
+    files = sorted(SRC.rglob("*.py"))
+    assert len(files) > 10, f"no sources under {SRC}"
+    long = [
+        f"{path.relative_to(REPO)}:{name}:{length}"
+        for path in files
+        for name, length in function_lengths(path)
+        if length > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{len(long)} functions over {MAX_FUNCTION_LINES} lines (file:function:lines):\n" + "\n".join(long)
+
+
+# Each runs in a fresh interpreter; on failure it names the tokenforge modules that were loaded.
+NO_TORCH = """
+import sys
+{code}
+loaded = sorted(m for m in sys.modules if m.startswith("tokenforge"))
+assert "torch" not in sys.modules, "torch was imported; tokenforge modules loaded: " + ", ".join(loaded)
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import tokenforge.cli",
+        "from tokenforge.cli import build_parser\nbuild_parser()",
+        "from tokenforge.cli import build_parser\ntry:\n    build_parser().parse_args(['train', '--help'])\n"
+        "except SystemExit:\n    pass",
+    ],
+    ids=["import", "build_parser", "train-help"],
+)
+def test_the_cli_parser_keeps_torch_out(code):
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(code=code)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _schema_enum(dotted: str) -> list:
+    section, key = dotted.split(".")
+    schema = yaml.safe_load(SCHEMA.read_text())
+    return schema["properties"][section]["properties"][key]["enum"]
+
+
+def _constant(dotted: str):
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(
+    "key, constant",
+    [
+        ("memory.method", "tokenforge.continual.METHODS"),
+        ("memory.selection", "tokenforge.continual.SELECTIONS"),
+        ("memory.scorer", "tokenforge.continual.SCORERS"),
+        ("train.input", "tokenforge.models.INPUTS"),
+        ("train.zero_stage", "tokenforge.engine.ZERO_STAGES"),
+        ("train.precision", "tokenforge.engine.PRECISIONS"),
+        ("train.launcher", "tokenforge.engine.launch.LAUNCHERS"),
+    ],
+)
+def test_every_config_choice_list_is_the_python_constant(key, constant):
+    """The schema's enum (what a config may say) and the constant (what the code accepts) are the same, in order."""
+    assert _schema_enum(key) == list(_constant(constant)), f"{SCHEMA.relative_to(REPO)} {key} != {constant}"
