@@ -5,7 +5,7 @@
     python scripts/same_outputs.py compare BEFORE.json AFTER.json
 
 `run` executes the real Snakemake pipeline of this checkout (the Snakefile next to this script) for each named
-config: `default` is config/config.yaml as shipped, `tiny` is the end-to-end test's config (tests/test_workflow.py).
+config: `default` is config/config.yaml as shipped, `tiny` is the end-to-end test's config (tests/helpers/pipeline.py).
 It writes the sha256 of every deterministic output (shards, tokenizer, token files, synonyms, split, each task's
 model and memory, each evaluation) and the accuracy matrix. `compare` prints what differs and exits 1 if anything
 does. Run `run` once on the old commit and once on the new one, on the same machine with the same thread count:
@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "default": "{}\n",
-    # the end-to-end test's config (tests/test_workflow.py TINY): herding selection and Chefer relevance
+    # the end-to-end test's config (tests/helpers/pipeline.py TINY): herding selection and Chefer relevance
     "tiny": (
         "run: tiny\n"
         "tokenizer: {codebook_size: 32, code_dim: 8, hidden_dim: 16, epochs: 2}\n"

@@ -1,7 +1,10 @@
 """Fixtures shared by several test modules."""
 
+import shutil
+
 import numpy as np
 import pytest
+from helpers.pipeline import REPO
 
 from tokenforge.tokenizer import vq as tokenizer
 from tokenforge.tokenizer.train import train_tokenizer
@@ -17,3 +20,10 @@ def tok_dir(tmp_path):
     path.mkdir()
     tokenizer.save_tokenizer(model, path)
     return path
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    return tmp_path
+

@@ -11,13 +11,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.pipeline import REPO
 
 from tokenforge import cli
-from tokenforge.tracking import compare
 from tokenforge.tracking import bundle as log_bundle
-from tokenforge.tracking.runs import MlflowTracker, _client, child_run, end_parent, start_parent
+from tokenforge.tracking import compare
+from tokenforge.tracking.runs import (
+    MlflowTracker,
+    _client,
+    child_run,
+    end_parent,
+    start_parent,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(32)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.pipeline import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "tokenforge"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 MAX_FUNCTION_LINES = 60

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from tokenforge.errors import TokenforgeError
 from tokenforge.continual.memory import Memory, read_memory, serialize, write_memory
 from tokenforge.continual.policy import (
     Policy,
@@ -16,6 +15,7 @@ from tokenforge.continual.policy import (
     resolve_budget,
     resolve_tokens,
 )
+from tokenforge.errors import TokenforgeError
 from tokenforge.models.vit import ModelConfig, TokenViT
 
 CODES = 32

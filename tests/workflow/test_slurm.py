@@ -1,4 +1,4 @@
-"""SLURM: the tiny pipeline through a real single-node cluster (tests/slurm/start_cluster.sh, needs root) with the
+"""SLURM: the tiny pipeline through a real single-node cluster (tests/workflow/slurm/start_cluster.sh, needs root) with the
 repo's SLURM workflow profile and snakemake-executor-plugin-slurm. Skipped where no cluster can be started."""
 
 from __future__ import annotations
@@ -7,10 +7,9 @@ import json
 import subprocess
 
 import pytest
+from helpers.pipeline import REPO, TINY, snakemake, write_config
 
-from test_workflow import REPO, TINY, snakemake, workdir, write_config  # noqa: F401  (workdir is a fixture)
-
-START_CLUSTER = REPO / "tests" / "slurm" / "start_cluster.sh"
+START_CLUSTER = REPO / "tests" / "workflow" / "slurm" / "start_cluster.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 SKIP = 77  # start_cluster.sh: no cluster can be started here (not root, no SLURM to be had, a real slurm.conf)
 

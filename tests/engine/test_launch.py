@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenforge.errors import TokenforgeError
 from tokenforge.engine.launch import main, processes_per_node, train_command
+from tokenforge.errors import TokenforgeError
 
 
 @pytest.mark.parametrize(

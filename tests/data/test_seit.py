@@ -10,11 +10,22 @@ import torch
 from safetensors.numpy import load_file
 
 from tokenforge import cli
-from tokenforge.errors import TokenforgeError
-from tokenforge.data.seit import MAX_ID, decode_stream, encode_ids, read_seit, write_seit
-from tokenforge.tokenizer.synonyms import synonyms_json
+from tokenforge.data.seit import (
+    MAX_ID,
+    decode_stream,
+    encode_ids,
+    read_seit,
+    write_seit,
+)
 from tokenforge.data.tokens import TokenSet, load_tokens, save_tokens
-from tokenforge.tokenizer.vq import build_model, load_tokenizer, make_config, save_tokenizer
+from tokenforge.errors import TokenforgeError
+from tokenforge.tokenizer.synonyms import synonyms_json
+from tokenforge.tokenizer.vq import (
+    build_model,
+    load_tokenizer,
+    make_config,
+    save_tokenizer,
+)
 
 # ------------------------------------------------------------------------------- a release built by hand
 

@@ -12,13 +12,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.images import fake_cifar10, fake_cifar100, make_imagefolder
 from PIL import Image
 
 from tokenforge import cli
-from tokenforge.errors import TokenforgeError
-from tokenforge.data.shards import load_split, prepare_image, split_of, stratified_test_mask
+from tokenforge.data.shards import (
+    load_split,
+    prepare_image,
+    split_of,
+    stratified_test_mask,
+)
 from tokenforge.data.sources import open_source
-from test_sources import fake_cifar10, fake_cifar100, make_imagefolder
+from tokenforge.errors import TokenforgeError
 
 SHAPES = ["--source", "shapes", "--shapes-count", "40", "--shapes-classes", "4", "--shapes-size", "16"]
 

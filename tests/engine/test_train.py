@@ -1,8 +1,8 @@
 """The train stage through DeepSpeed (one process, gloo): determinism, the task chain, bad input."""
 
 import json
-import shutil
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -120,7 +120,7 @@ def test_pixel_baseline_trains_and_evaluates_on_the_same_grid(tmp_path):
     (tmp_path / "split" / "tasks.json").write_text(json.dumps({"num_classes": 4, "tasks": tasks}))
     common = ["--tokenizer", str(tmp_path / "tokenizer"), "--split", str(tmp_path / "split"), "--task", "0"]
     assert main(["train", "--input", "pixels", "--shards", str(shards), *common, "--out", str(tmp_path / "m"),
-                 "--epochs", "1", "--embed-dim", "16", "--depth", "1", "--memory-budget", "3000", "-q"]) == 0
+                 "--epochs", "20", "--embed-dim", "16", "--depth", "1", "--memory-budget", "3000", "-q"]) == 0
     model_cfg = json.loads((tmp_path / "m" / "model.json").read_text())
     assert model_cfg["input"] == "pixels" and model_cfg["grid"] == [4, 4] and model_cfg["code_dim"] == 2 * 2 * 3
     memory = read_memory(tmp_path / "m" / "memory.arrows.zst")
@@ -128,7 +128,8 @@ def test_pixel_baseline_trains_and_evaluates_on_the_same_grid(tmp_path):
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--model", str(tmp_path / "m"), "--shards", str(shards), "--split",
                  str(tmp_path / "split"), "--task", "0", "--out", str(out), "-q"]) == 0
-    assert 0 <= json.loads(out.read_text())["accuracy"][0] <= 1
+    # 4 classes (chance 0.25) on 16 test images; measured 0.6875 at this seed (0.56-0.75 over seeds 0-3)
+    assert json.loads(out.read_text())["accuracy"][0] >= 0.5
 
 
 def test_training_with_every_augmentation_on(data, tmp_path):
@@ -206,17 +207,17 @@ def _latest_step(ckpt) -> int:
     return int(latest.read_text().strip().removeprefix("step")) if latest.is_file() else -1  # replaced atomically
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_memory(data, tmp_path, accumulation):
+# Kill targets of 60 steps, fixed so a failure repeats: mid-epoch, and for accumulation 2 an odd step, which the
+# checkpoint must round to the optimizer step after it.
+@pytest.mark.parametrize("accumulation, target", [(1, 17), (2, 37)])
+def test_training_killed_mid_run_resumes_to_the_identical_model_and_memory(data, tmp_path, accumulation, target):
     """With gradient accumulation, checkpoints fall only where an optimizer step ended (even steps here)."""
-    import random
     import signal
     import time
 
     flags = ["--gradient-accumulation", str(accumulation)]
     ref = _tokenforge_train(data, tmp_path / "ref", 0, *flags)
     assert ref.wait(timeout=600) == 0, ref.stdout.read()
-    target = random.randint(3, 50)  # of 60 steps; the seed is printed by pytest on failure via the assert message
     ckpt = tmp_path / "ckpt"
     job = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", *flags)
     deadline = time.time() + 600
@@ -226,7 +227,7 @@ def test_training_killed_at_a_random_step_resumes_to_the_identical_model_and_mem
     job.send_signal(signal.SIGKILL)
     job.wait()
     killed_at = _latest_step(ckpt)
-    assert killed_at % accumulation == 0
+    assert killed_at % accumulation == 0 and killed_at >= target
     assert not (tmp_path / "out").exists()  # no half-written outputs
     again = _tokenforge_train(data, tmp_path / "out", 0, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", *flags)
     log = again.communicate(timeout=600)[0]
@@ -374,8 +375,8 @@ def learnable(data, tmp_path_factory):
 
 def _forgetting_of_task_0(data, tmp_path, method, *extra):
     """Accuracy on task 0's classes right after task 0 and after task 1, training on `data` with `method`."""
-    from tokenforge.engine.evaluate import accuracy_row
     from tokenforge.data.tokens import load_tokens
+    from tokenforge.engine.evaluate import accuracy_row
     from tokenforge.models.vit import load_model
 
     tasks = json.loads((data / "split" / "tasks.json").read_text())["tasks"]

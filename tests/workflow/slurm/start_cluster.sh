@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# A single-node SLURM cluster on this host (slurmctld + slurmd + munged), for tests/test_slurm.py and for trying
-# `--workflow-profile workflow/profiles/slurm` on a workstation: `sudo tests/slurm/start_cluster.sh`.
+# A single-node SLURM cluster on this host (slurmctld + slurmd + munged), for tests/workflow/test_slurm.py and for trying
+# `--workflow-profile workflow/profiles/slurm` on a workstation: `sudo tests/workflow/slurm/start_cluster.sh`.
 #
 # Idempotent: installs slurm-wlm and munge only when they are missing, writes /etc/slurm/slurm.conf only when it
 # differs (restarting the daemons that run with the old one), starts only what is not running, then waits until
-# the node takes jobs. Exit 77 (automake's "skip" code; tests/test_slurm.py skips on it) when it cannot run here:
+# the node takes jobs. Exit 77 (automake's "skip" code; tests/workflow/test_slurm.py skips on it) when it cannot run here:
 # not root, SLURM missing and apt-get unable to install it, or a slurm.conf this script did not write.
-# tests/slurm/stop_cluster.sh stops the SLURM daemons again.
+# tests/workflow/slurm/stop_cluster.sh stops the SLURM daemons again.
 set -euo pipefail
 
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -32,6 +32,7 @@ stop_daemon() {
 uid=$(id -u)
 [[ "$uid" -eq 0 ]] || skip "starting a SLURM cluster needs root (uid $uid)"
 # never touch the SLURM or munge set-up of a real cluster this host may belong to
+# The path as it was when this script first wrote slurm.conf files: a changed marker would disown them.
 marker="# Written by tokenforge tests/slurm/start_cluster.sh"
 if [[ -f "$SLURM_CONF" ]] && [[ "$(head -n 1 "$SLURM_CONF")" != "$marker"* ]]; then
     skip "$SLURM_CONF was not written by this script (a real cluster's?); move it away to start a test cluster here"

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from tokenforge.cli import main
-from tokenforge.errors import TokenforgeError
 from tokenforge.data.split import make_tasks, resolve_order
+from tokenforge.errors import TokenforgeError
 
 NAMES = [str(i) for i in range(10)]
 

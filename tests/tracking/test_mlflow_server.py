@@ -13,10 +13,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from test_workflow import BIN, FIRST_TASK_ABOVE, TINY, pipeline_env, snakemake_command, write_config
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers.pipeline import (
+    BIN,
+    FIRST_TASK_ABOVE,
+    REPO,
+    TINY,
+    pipeline_env,
+    snakemake_command,
+    write_config,
+)
 
 
 def free_port() -> int:

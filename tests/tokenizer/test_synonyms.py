@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 
 from tokenforge import cli
-from tokenforge.tokenizer import vq as tokenizer
 from tokenforge.errors import TokenforgeError
-from tokenforge.tokenizer.synonyms import cosine_similarity, nearest_codes, synonyms_json
+from tokenforge.tokenizer import vq as tokenizer
+from tokenforge.tokenizer.synonyms import (
+    cosine_similarity,
+    nearest_codes,
+    synonyms_json,
+)
 
 
 def at_angles(degrees, lengths=None) -> np.ndarray:

@@ -5,8 +5,8 @@ import doctest
 import numpy as np
 import pytest
 
-from tokenforge.report import metrics
 from tokenforge.errors import TokenforgeError
+from tokenforge.report import metrics
 
 # After task 0: 0.9 on task 0. After task 1: task 0 drops to 0.7. After task 2: 0.5 and 0.6.
 # Upper-triangle entries (0.2, 0.1, 0.3) are tasks not learned yet: they only enter forward transfer.

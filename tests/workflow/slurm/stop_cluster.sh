@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops the single-node SLURM cluster of tests/slurm/start_cluster.sh: slurmd, then slurmctld. munged is left
+# Stops the single-node SLURM cluster of tests/workflow/slurm/start_cluster.sh: slurmd, then slurmctld. munged is left
 # running (other services may use it). Queued and running jobs are lost with the daemons; slurmctld keeps its
 # state in /var/spool/slurmctld, so a later start_cluster.sh brings the same cluster back. Nothing calls this
 # automatically: it is for users who are done trying the SLURM profile.
