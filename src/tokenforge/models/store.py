@@ -16,6 +16,16 @@ if TYPE_CHECKING:  # models.vit imports this module: its names are imported wher
     from tokenforge.models.vit import ModelConfig, TokenViT
 
 
+# Model options added after the first release, left out of model.json while off: a plain model's config stays
+# byte for byte what it was, and reading fills them in with these defaults.
+OPTIONS_OFF = {"prompts": 0}
+
+
+def config_dict(config: ModelConfig) -> dict:
+    """The config as written to model.json: every field, but model options that are off."""
+    return {k: v for k, v in asdict(config).items() if not (k in OPTIONS_OFF and v == OPTIONS_OFF[k])}
+
+
 def save_model(model: TokenViT, directory: Path) -> None:
     """`model.safetensors` (weights, codebook included) + `model.json` (its config)."""
     from safetensors.torch import save_file
@@ -23,7 +33,7 @@ def save_model(model: TokenViT, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
-    (directory / "model.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    (directory / "model.json").write_text(json.dumps(config_dict(model.config), indent=2) + "\n")
 
 
 def read_config(path: Path) -> ModelConfig:
