@@ -4,35 +4,10 @@ r"""Read and write SeiT's released token format: a SeiT token release becomes a 
       --synonyms results/synonyms.json --out seit
   tokenforge seit import --src DATA_DIR --out results/tokenize_seit [--grid 32 32]
 
-The format, as naver-ai/seit reads it (datasets.py: TokenDataset, load_from_gz, get_data_index_of;
-token_transform.py: build_codebook, ReplaceSynonym), for each split PREFIX (their release: imagenet1k-train and
-imagenet1k-val):
-
-  PREFIX-token.data.bin.gz   gzip of every image's ids back to back, row-major; an id below 255 is one byte, an
-                             id of 255 or more is the byte 255 followed by the byte id - 255
-  PREFIX-token.index.npy.gz  gzip of a .npy integer array of N+1 offsets into the decompressed stream: image i is
-                             bytes [index[i], index[i+1]) (their loader finds it by replacing data.bin by index.npy)
-  PREFIX-label.txt           one integer class per line
-
-and once per release: codebook.ckpt (the (K, D) codebook as a bare tensor: their loader calls
-`torch.load(path).cpu()` on it) and codebook-synonyms.json ({"id": [similar ids, most similar first]}; their
-first README calls it synonyms.json, so both names are read).
-
-Choices of ours:
-- Ids stop at 509 (at most 510 codes), not 510: their decoder takes every byte 255 as an escape, also one right
-  after an escape, so the pair 255 255 cannot mean id 510. Export refuses bigger codebooks.
-- The format stores no grid (their loader takes a square of sqrt(tokens) and insists on 1024 tokens, so their
-  stock loader only reads 32x32 grids). We write PREFIX-token.grid.json ({"grid": [h, w]}) beside each split,
-  which their loader ignores. Reading takes --grid if given, else that file, else a square grid.
-- Reading is strict: the index must start at 0, increase and end exactly at the stream's end; every image must
-  decode to h*w ids below the codebook size; there must be one label per image.
-- The codebook checkpoint is read with torch.load(weights_only=True) (never unpickling arbitrary objects) and
-  must be a tensor or a dict of tensors; we also write codebook.safetensors, which is read first when present.
-
-Export writes PREFIX = NAME-train and NAME-val from our train.parquet and test.parquet. Import writes our token
-layout: train.parquet and test.parquet (keys train_000042, ...), codebook.safetensors, tokenizer.json,
-synonyms.json when the release has synonyms, and stats.json (grid, codes, counts, bytes per image as our
-parquet and as SeiT's gzip files, wall_s).
+The format, as naver-ai/seit reads it, and the choices made here (ids up to 509, a grid file beside each
+split, strict reading, the codebook read weights-only): see tokenforge/data/seit.py. Export writes NAME-train
+and NAME-val from our train.parquet and test.parquet; import writes our token layout (train.parquet,
+test.parquet, codebook.safetensors, tokenizer.json, synonyms.json when the release has synonyms, stats.json).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-r"""Read and write SeiT's released token format: a SeiT token release becomes a token set, ours becomes a release.
-
-  tokenforge seit export --tokens results/tokenize --tokenizer results/tokenizer \
-      --synonyms results/synonyms.json --out seit
-  tokenforge seit import --src DATA_DIR --out results/tokenize_seit [--grid 32 32]
+"""SeiT's released token format, read and written: a SeiT token release becomes a token set, ours a release
+(the stage: tokenforge/cli/seit.py).
 
 The format, as naver-ai/seit reads it (datasets.py: TokenDataset, load_from_gz, get_data_index_of;
 token_transform.py: build_codebook, ReplaceSynonym), for each split PREFIX (their release: imagenet1k-train and

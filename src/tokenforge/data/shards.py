@@ -1,21 +1,10 @@
-"""Read an image dataset and write deterministic WebDataset tar shards plus a Parquet index.
+"""Deterministic WebDataset shards of an image dataset, and reading a split of them back.
 
-    tokenforge shard --source shapes --out results/demo/shard
-    tokenforge shard --source cifar:data/cifar-10-batches-py --out results/c10/shard
-    tokenforge shard --source imagefolder:data/imagenet100 --image-size 64 --out results/in100/shard
-
-Sources: digits, shapes, imagefolder:PATH, cifar:PATH (see tokenforge/data/sources.py). A source with
-its own train/test split keeps it; otherwise each class is split by --seed and --test-fraction.
-
-Output folder:
-    train-000000.tar, ...   WebDataset shards: <key>.cls, <key>.json, <key>.png per sample
-    test-000000.tar, ...    keys are train_000042 / test_000007 (no dots)
-    index.parquet           key, label, class_name, split, shard, bytes (PNG bytes)
-    classes.json            class names in label order
-    stats.json              counts and bytes per image (raw, PNG, shard)
-
-The tar files are byte-for-byte reproducible (fixed mtime, owner, order; PNG has no timestamps).
-`load_split(dir, "train")` reads a split back as uint8 arrays for the later stages.
+`write_shards` writes byte-for-byte reproducible tars (fixed mtime, owner and order; PNG has no timestamps),
+`<key>.cls`, `<key>.json` and `<key>.png` per sample, keys train_000042 / test_000007; `split_of` and
+`stratified_test_mask` give a source without its own split a seeded per-class one; `load_split(dir, "train")`
+reads a split back as uint8 arrays (`ImageSet`) for the later stages. The stage, its options and its output
+folder: tokenforge/cli/shard.py (`tokenforge shard --help`).
 """
 
 from __future__ import annotations

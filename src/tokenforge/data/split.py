@@ -1,9 +1,6 @@
-"""Split the classes into a class-incremental task sequence: one manifest per task.
-
-  tokenforge split --classes shard/classes.json --out split/ --tasks 5 --seed 0
-
-The class order is shuffled by --seed, or given with --order (class names or label numbers).
-Each `task-<t>.json` lists that task's labels and class names; `tasks.json` lists all tasks.
+"""The class-incremental task sequence: the class order (`resolve_order`: shuffled by seed, or given as class
+names or labels) and the tasks it is cut into (`make_tasks`). The stage that writes the manifests:
+tokenforge/cli/split.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Training machinery.
+"""Training machinery. Choice lists of the DeepSpeed options are named once, below (torch-free, for the CLI).
 
 - `train`: one task's training job: data, model, memory, the loop, outputs;
-- `loop`: the training loop, with tracking, checkpoints and progress as callbacks;
+- `loop`: the training loop as the method reads (current batch, replayed memory batch, one step);
+- `callbacks`: what runs around it without changing it: progress bar, MLflow metrics, checkpoints;
 - `deepspeed`: the DeepSpeed engine and its config (ZeRO, precision, accumulation);
 - `checkpoint`: resumable checkpoints outside the job's outputs;
 - `launch`: how a training job starts (one process, torchrun, the deepspeed launcher, srun);

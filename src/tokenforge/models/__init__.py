@@ -2,6 +2,8 @@
 
 - `vit`: TokenViT, a timm VisionTransformer fed with codebook embeddings (or pixel patches), with one forward for
   full grids and position subsets, prefix tokens, and the probe API that attribution reads attention through;
+- `attention`: its blocks and attention (built by timm, same parameters), which take token positions and
+  output rows, and record attention for the probe;
 - `store`: saving and loading a trained model (safetensors + JSON config).
 """
 

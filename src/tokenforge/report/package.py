@@ -1,30 +1,11 @@
-"""Bundle the results: metrics, plots, an HTML report, the model, the config, and a .tar.gz of it all.
+"""The package stage's pieces: the accuracy matrix from the evaluation files, metrics and storage bytes, plots,
+the self-contained report.html, the bundle folder and its deterministic .tar.gz, and the final model's
+registration in MLflow.
 
-Reads one evaluation file per task (row t of the accuracy matrix R) and the stats.json of every
-stage, computes the continual-learning metrics (tokenforge.report.metrics), the storage bytes (pixels vs
-tokens vs the replay memory) and the wall time per stage, and writes into --out:
-
-    metrics.json            all numbers below, machine-readable
-    accuracy_matrix.csv     R, one row per trained task, every cell (also tasks not trained yet)
-    accuracy_matrix.png     R as a heatmap; average_accuracy.png: the learning curve
-    report.html             one self-contained page (plots embedded) to read or mail
-    model.safetensors (+ model.json beside it), config.yaml, versions.json, stats.json
-    NAME.png                each --images NAME=FILE (e.g. the tokenizer's reconstruction grid), also shown
-                            in report.html with NAME as its caption
-
-The heatmap and the report's table leave the cells above the diagonal empty: row t is measured after
-training task t, so column j > t is a task not learned yet (those accuracies only enter forward transfer).
-Then the same files (minus this stage's own stats.json, whose wall time changes run to run) go into a
-deterministic --archive. As the pipeline runs it for two tasks (workflow/rules/80_package.smk):
-
-    tokenforge package --evaluations results/default/evaluate/task-0.json results/default/evaluate/task-1.json \\
-        --stats shard=results/default/shard/stats.json tokenizer=results/default/tokenizer/stats.json \\
-        tokenize=results/default/tokens/stats.json \\
-        train-0=results/default/train/task-0/stats.json train-1=results/default/train/task-1/stats.json \\
-        evaluate-0=results/default/evaluate/task-0.json evaluate-1=results/default/evaluate/task-1.json \\
-        --model results/default/train/task-1/model.safetensors --config results/default/config.resolved.yaml \\
-        --images reconstructions=results/default/tokenizer/reconstructions.png \\
-        --out results/default/package --archive results/default/tokenforge-results.tar.gz
+The heatmap and the report's table leave the cells above the diagonal empty: row t is measured after training
+task t, so column j > t is a task not learned yet (those accuracies only enter forward transfer); the CSV keeps
+every measured cell. What the stage writes and how the pipeline calls it: tokenforge/cli/package.py
+(`tokenforge package --help`).
 """
 
 from __future__ import annotations

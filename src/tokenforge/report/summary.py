@@ -1,10 +1,6 @@
-"""Print what a finished run achieved and where its report, bundle and MLflow runs are.
-
-Reads RESULTS_DIR/package/metrics.json (written by `tokenforge package`, the last pipeline stage)
-and, if present, RESULTS_DIR/mlflow/parent.json. Writes nothing. Example:
-
-    tokenforge summary results/default          # human summary
-    tokenforge summary results/default --json   # the metrics.json itself, for scripts
+"""What `tokenforge summary` (tokenforge/cli/summary.py) prints about a finished run: its headline metrics
+from package/metrics.json, its replay memory against the token and pixel bytes, and where its MLflow runs are
+(mlflow/parent.json).
 """
 
 from __future__ import annotations

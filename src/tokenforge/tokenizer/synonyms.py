@@ -1,10 +1,8 @@
-"""List each code's nearest other codes in the tokenizer's codebook (the synonyms used by token augmentation).
-
-  tokenforge synonyms --tokenizer results/tokenizer --out results/synonyms.json --k 5
+"""Each code's nearest other codes in the tokenizer's codebook, the synonyms of token augmentation.
 
 Similarity is the cosine of the codebook vectors; each code's k most similar other codes come most similar
-first, ties going to the lower id. The output is SeiT's `codebook-synonyms.json` layout, one line per code:
-{"0": [ids...], "1": [ids...], ...}.
+first, ties going to the lower id (`nearest_codes`). `synonyms_json` writes SeiT's `codebook-synonyms.json`
+layout, one line per code. The stage: tokenforge/cli/synonyms.py.
 """
 
 from __future__ import annotations

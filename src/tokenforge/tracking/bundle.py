@@ -1,14 +1,7 @@
-"""Log a results bundle to MLflow as one finished parent run: the backfill path after a tracking outage.
-
-BUNDLE is a tokenforge-results.tar.gz, or the unpacked tokenforge-results/ folder (results/<run>/package/
-is one, too). Its config.yaml becomes the run's params, metrics.json its headline metrics and the learning
-curve (average_accuracy, one step per task), every file an artifact. The run is tagged source=bundle and
-bundle_sha256 (of the .tar.gz, or of metrics.json for a folder): a bundle already logged to the experiment
-is not logged again unless --force. Examples:
-
-    tokenforge log-bundle results/default/tokenforge-results.tar.gz --tracking-uri http://host:5000
-    MLFLOW_TRACKING_URI=http://host:5000 tokenforge log-bundle results/default/package
-    tokenforge log-bundle a.tar.gz --tracking-uri sqlite:///$PWD/backfill/mlflow.db --run-name a-seed1
+"""A results bundle (a tokenforge-results.tar.gz, or the unpacked folder) logged to MLflow as one finished
+parent run, for `tokenforge log-bundle` (tokenforge/cli/log_bundle.py): opening and checking the bundle, its
+config as params, its headline metrics and learning curve, every file as an artifact; a bundle already logged
+(same bundle_sha256 tag) is found by `logged_run`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Compare pipeline runs tracked in MLflow: one row per parent run with its memory, seed and headline metrics.
-
-Reads each RESULTS_DIR's own store (RESULTS_DIR/mlflow.db, never created here) and/or a tracking
-server, and prints one aligned table; metrics come from the parent run, else from its `package` job.
-A "-" is a value not logged (yet): a run still in progress, or one that failed. Examples:
-
-    tokenforge compare results/a results/b                         # two pipeline runs, best accuracy first
-    tokenforge compare results/a results/b --csv compare.csv       # also the full-precision table as CSV
-    tokenforge compare results/* --sort memory_bytes --ascending   # smallest memory first
-    tokenforge compare --tracking-uri http://host:5000 --experiment tokenforge
+"""Reading pipeline runs back from MLflow for `tokenforge compare` (tokenforge/cli/compare.py): which stores to
+read (each results folder's own SQLite store, never created here, or a server), one row per parent run with its
+memory, seed and headline metrics (from the parent run, else its `package` job), sorting, and the aligned text
+table and CSV. A "-" is a value not logged (yet).
 """
 
 from __future__ import annotations
