@@ -87,7 +87,7 @@ class TrainLoop:
             s.epoch_loss, s.epoch_acc = s.loss_sum / len(self.local), s.correct / len(self.local)
             s.rate = s.seen_samples / (time.perf_counter() - self.t_start)
             self._emit("on_epoch_end")
-            s.epoch, s.order = s.epoch + 1, None
+            s.epoch, s.order, s.batch = s.epoch + 1, None, 0
         self._emit("on_train_end")
         return s
 
