@@ -80,7 +80,9 @@ class Checkpointing(Callback):
         torch.set_rng_state(resumed["torch_rng"])
         if self.augmenter is not None:
             self.augmenter.generator.set_state(resumed["augment_rng"])
-        loop.state = LoopState(**{f.name: resumed[f.name] for f in dataclasses.fields(LoopState)})
+        # .get: a checkpoint written before a field existed (e.g. by an older tokenforge) resumes with its default
+        fresh = LoopState()
+        loop.state = LoopState(**{f.name: resumed.get(f.name, getattr(fresh, f.name)) for f in dataclasses.fields(LoopState)})
         self.finished_before = loop.state.epoch >= loop.epochs
         s = loop.state
         print(f"task {self.task}: resuming from step {s.step} (epoch {s.epoch}, batch {s.batch}) "
