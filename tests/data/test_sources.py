@@ -27,7 +27,8 @@ from tokenforge.errors import TokenforgeError
 def test_unknown_source(spec):
     with pytest.raises(TokenforgeError) as err:
         open_source(spec)
-    assert str(err.value) == f"source '{spec}': unknown source; expected digits, shapes, imagefolder:PATH or cifar:PATH"
+    expected = "digits, shapes, imagefolder:PATH, cifar:PATH or idx:PATH"
+    assert str(err.value) == f"source '{spec}': unknown source; expected {expected}"
 
 
 def test_missing_path_after_kind():

@@ -3,9 +3,12 @@
     tokenforge shard --source shapes --out results/demo/shard
     tokenforge shard --source cifar:data/cifar-10-batches-py --out results/c10/shard
     tokenforge shard --source imagefolder:data/imagenet100 --image-size 64 --out results/in100/shard
+    tokenforge shard --source idx:/usr/share/datasets/fashion-mnist --max-per-class 500 --out results/fm/shard
 
-Sources: digits, shapes, imagefolder:PATH, cifar:PATH (see tokenforge/data/sources.py). A source with
-its own train/test split keeps it; otherwise each class is split by --seed and --test-fraction.
+Sources: digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH (see tokenforge/data/sources.py). A source
+with its own train/test split keeps it; otherwise each class is split by --seed and --test-fraction.
+--max-per-class N keeps the first N images of each class, in source order, before any of this: per
+original split (N train and N test) when the source has one, otherwise before the seeded split.
 
 Output folder:
     train-000000.tar, ...   WebDataset shards: <key>.cls, <key>.json, <key>.png per sample
@@ -34,7 +37,10 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source", required=True, help="digits, shapes, imagefolder:PATH (PATH/<class>/<images>) or cifar:PATH"
+        "--source",
+        required=True,
+        help="digits, shapes, imagefolder:PATH (PATH/<class>/<images>), cifar:PATH or idx:PATH (MNIST-format "
+        "*train-images-idx3-ubyte[.gz], *train-labels-idx1-ubyte[.gz] and t10k-/test- files)",
     )
     parser.add_argument("--out", required=True, help="output folder for the shards, index and stats")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split and of the shapes source")
@@ -45,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of each class held out for test, in [0, 1); ignored when the source has its own split",
     )
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard")
+    parser.add_argument(
+        "--max-per-class",
+        type=int,
+        default=None,
+        help="keep only the first N images of each class, in source order (no randomness), per original split "
+        "when the source has one (N train + N test), else before the seeded split; None keeps all",
+    )
     parser.add_argument(
         "--image-size",
         type=int,
@@ -76,19 +89,10 @@ def run(args: argparse.Namespace, tracker) -> None:
         split_of,
         write_shards,
     )
-    from tokenforge.data.sources import open_source
 
     start = time.perf_counter()
     _check_args(args)
-    source = open_source(
-        args.source,
-        seed=args.seed,
-        shapes_count=args.shapes_count,
-        shapes_classes=args.shapes_classes,
-        shapes_size=args.shapes_size,
-    )
-    if len(source) == 0:
-        raise TokenforgeError(f"source {args.source!r}: no images")
+    source = _open(args)
     mode = MODES[args.channels] if args.channels else source.mode
     tracker.log_params(
         {
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace, tracker) -> None:
             "seed": args.seed,
             "test_fraction": args.test_fraction,
             "shard_size": args.shard_size,
+            "max_per_class": args.max_per_class,
             "image_size": args.image_size,
             "channels": len(mode),
         }
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace, tracker) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tmp / "index.parquet", compression="zstd")
         write_json(tmp / "classes.json", source.class_names)
         stats = _stats(args.source, source, rows, size, len(mode), tmp)
+        stats["max_per_class"] = args.max_per_class
         stats["wall_s"] = round(time.perf_counter() - start, 3)
         write_json(tmp / "stats.json", stats)
     log.info("wrote %d train + %d test images to %s", stats["counts"]["train"], stats["counts"]["test"], out)
@@ -122,3 +128,22 @@ def run(args: argparse.Namespace, tracker) -> None:
     )
     tracker.log_artifact(out / "stats.json")
     tracker.log_artifact(out / "classes.json")
+
+
+def _open(args: argparse.Namespace):
+    """The source the flags name, cut to --max-per-class images per class; no images is an error."""
+    from tokenforge.data.sources import first_per_class, open_source
+
+    if args.max_per_class is not None and args.max_per_class < 1:  # before a slow source is scanned
+        raise TokenforgeError(f"--max-per-class {args.max_per_class}: must be >= 1")
+    source = open_source(
+        args.source,
+        seed=args.seed,
+        shapes_count=args.shapes_count,
+        shapes_classes=args.shapes_classes,
+        shapes_size=args.shapes_size,
+    )
+    source = first_per_class(source, args.max_per_class)
+    if len(source) == 0:
+        raise TokenforgeError(f"source {args.source!r}: no images")
+    return source
