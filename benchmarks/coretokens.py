@@ -45,6 +45,25 @@ DATASETS = {
         "tokenizer": ["--codebook-size", "128", "--code-dim", "16", "--downsample", "4", "--epochs", "10"],
         "tasks": 5,
     },
+    # The real Fashion-MNIST (Debian's dataset-fashion-mnist) at the paper's grid: 28x28 / 2 = 14x14 = 196 tokens.
+    # The first 300 train and 300 test images per class: a 2-core CPU runs the grid in a session.
+    "fashion": {
+        "title": "Split-FashionMNIST (10 classes, 5 tasks, 14x14 tokens, 300 train images per class)",
+        "shard": ["--source", "idx:/usr/share/datasets/fashion-mnist", "--max-per-class", "300"],
+        "tokenizer": ["--codebook-size", "128", "--code-dim", "16", "--downsample", "2", "--epochs", "10"],
+        "tasks": 5,
+    },
+}
+# Replay variants (continual/replay.py), each a set of flags on top of TRAIN.
+REPLAYS = {
+    "subset": [],  # kept tokens only; current batches as random subsets of a memory row's length (from task 1)
+    "fill": ["--memory-view", "fill", "--memory-fill", "frequent"],  # whole grids, the rest the most frequent code
+    "mask": ["--memory-view", "fill", "--memory-fill", "mask"],  # whole grids, the rest a learned mask embedding
+    "token": ["--input-dropout-mode", "token", "--input-dropout", "0.9"],  # subsets; per-token dropout from task 0
+    # the paper's recipe: whole grids blanked, per-token input dropout 0.9 from task 0 on, memory once per epoch,
+    # head re-initialised every task
+    "paper": ["--memory-view", "fill", "--memory-fill", "frequent", "--input-dropout-mode", "token",
+              "--input-dropout", "0.9", "--memory-schedule", "epoch", "--head", "reset"],
 }
 BUDGETS = [0.5, 1, 2, 5, 10]  # percent of the train token bytes
 SCORERS = ["rollout", "chefer", "gradcam", "atman", "random"]
@@ -55,20 +74,15 @@ TRAIN = ["--epochs", "16", "--embed-dim", "48", "--depth", "2", "--num-heads", "
 TOKEN_FRACTION = 0.125  # coretokenset keeps 8 of 64 tokens per sample (16 did not fit one sample per class in 1% on digits)
 
 
-def variants(budgets: list[float]) -> list[dict]:
-    """Every run of one dataset and seed: the baselines, then each method x budget (x scorer)."""
+def variants(budgets: list[float], replays: list[str], scorers: list[str]) -> list[dict]:
+    """Every run of one dataset and seed: the baselines, the coreset at every budget, then each replay variant x
+    budget x scorer of the core tokenset."""
     out = [{"method": "none"}, {"method": "joint"}]
     for b in budgets:
         out.append({"method": "coreset", "budget": b, "selection": "class_balanced"})
-        if b in (1, 5):  # the other sample selections, at the two budgets of the goal
-            out.append({"method": "coreset", "budget": b, "selection": "herding"})
-            out.append({"method": "coreset", "budget": b, "selection": "gradient"})
-        out.append({"method": "coretokens", "budget": b, "scorer": "chefer"})
-        for s in SCORERS:
-            out.append({"method": "coretokenset", "budget": b, "scorer": s, "selection": "class_balanced"})
-        if b >= 2:  # half the tokens: fewer, fuller samples (below 2% not even one per class fits)
-            for s in ("chefer", "atman", "random"):
-                out.append({"method": "coretokenset", "budget": b, "scorer": s, "selection": "class_balanced", "fraction": 0.5})
+        for r in replays:
+            for s in scorers:
+                out.append({"method": "coretokenset", "budget": b, "scorer": s, "selection": "class_balanced", "replay": r})
     return out
 
 
@@ -80,12 +94,16 @@ def label(v: dict) -> str:
         parts.append(v["scorer"])
     if v["method"] == "coretokenset":
         parts.append(f"{100 * v.get('fraction', TOKEN_FRACTION):g}% tokens")
+    if v.get("replay", "subset") != "subset":
+        parts.append(f"replay {v['replay']}")
     return " / ".join(parts)
 
 
 def run_id(v: dict, seed: int) -> str:
     fraction = f"f{v.get('fraction', TOKEN_FRACTION)}" if v["method"] == "coretokenset" else ""
-    return "-".join([v["method"], v.get("selection", ""), v.get("scorer", ""), fraction, str(v.get("budget", "")), f"s{seed}"]).replace("--", "-")
+    replay = v.get("replay", "subset")
+    parts = [v["method"], v.get("selection", ""), v.get("scorer", ""), fraction, "" if replay == "subset" else replay]
+    return "-".join([*parts, str(v.get("budget", "")), f"s{seed}"]).replace("--", "-").replace("--", "-")
 
 
 def stage(*args: str) -> None:
@@ -132,7 +150,7 @@ def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
             args += ["--previous", str(out / f"task-{t - 1}")]
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            rc = main(args + TRAIN + mem + ["--seed", str(seed), "--threads", "1", "-q"])
+            rc = main(args + TRAIN + REPLAYS[v.get("replay", "subset")] + mem + ["--seed", str(seed), "--threads", "1", "-q"])
         if rc:
             message = err.getvalue().strip().splitlines()[-1]
             found = re.search(r"minimum is about ([\d,]+) bytes", message)
@@ -158,6 +176,7 @@ def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
             memory_samples=stats[-1]["memory_samples"],
             tokens_per_sample=stats[-1]["memory_tokens_per_sample"],
             memory_build_s=sum(s["memory_build_s"] for s in stats),
+            shortcut_auc=[s.get("shortcut_auc") for s in stats],
         )
     result["wall_s"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -299,6 +318,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(DATASETS), default=list(DATASETS), help="datasets to run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (class order, init, memory)")
     parser.add_argument("--budgets", nargs="+", type=float, default=BUDGETS, help="budgets in %% of the train token bytes")
+    parser.add_argument("--replays", nargs="+", choices=list(REPLAYS), default=list(REPLAYS), help="replay variants of the core tokenset")
+    parser.add_argument("--scorers", nargs="+", choices=SCORERS, default=["chefer", "atman", "rollout", "random"], help="token scorers")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "coretokens", help="scratch folder; finished runs are reused")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where coretokens.json/.md/.png go")
@@ -313,7 +334,7 @@ def main() -> None:
     jobs = []
     for name in args.only:
         d = prepare(name, args.work, args.seeds)
-        jobs += [(str(d), v, seed, DATASETS[name]["tasks"], name) for seed in args.seeds for v in variants(args.budgets)]
+        jobs += [(str(d), v, seed, DATASETS[name]["tasks"], name) for seed in args.seeds for v in variants(args.budgets, args.replays, args.scorers)]
     print(f"{len(jobs)} runs", flush=True)
     results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

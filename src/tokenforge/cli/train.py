@@ -17,14 +17,14 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from tokenforge.continual import METHODS, SCORERS, SELECTIONS
+from tokenforge.continual import DROPOUT_MODES, FILLS, METHODS, SCHEDULES, SCORERS, SELECTIONS, VIEWS
 from tokenforge.data.augment_config import FIELD_HELP, AugmentConfig
 from tokenforge.engine import PRECISIONS, ZERO_STAGES
-from tokenforge.models import INPUTS
+from tokenforge.models import HEADS, INPUTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for add in (_data, _optimisation, _deepspeed, _model, _augmentations, _memory):
+    for add in (_data, _optimisation, _deepspeed, _model, _augmentations, _memory, _replay):
         add(parser)
 
 
@@ -61,6 +61,12 @@ def _optimisation(parser: argparse.ArgumentParser) -> None:
         "(keep it outside --out; removed once the outputs are written; default: no checkpoints)",
     )
     opt.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (with --checkpoint-dir)")
+    opt.add_argument(
+        "--head",
+        choices=HEADS,
+        default="keep",
+        help="task t > 0: keep task t-1's classifier head, or reset it to a fresh seeded one (the paper re-initialises it)",
+    )
     opt.add_argument("--log-every", type=int, default=10, help="log step metrics (loss, lr, samples/s, peak memory) every N steps")
 
 
@@ -149,6 +155,10 @@ def _memory(parser: argparse.ArgumentParser) -> None:
         "(default 10%%; 'none': no limit, then --memory-samples-per-class is needed)",
     )
     mem.add_argument("--memory-samples-per-class", type=int, default=None, help="optional cap on samples kept per class")
+
+
+def _replay(parser: argparse.ArgumentParser) -> None:
+    mem = parser.add_argument_group("replay (see tokenforge.continual.replay)")
     mem.add_argument("--memory-replay-ratio", type=float, default=1.0, help="memory samples replayed per current-task sample in a step")
     mem.add_argument(
         "--input-dropout",
@@ -156,6 +166,34 @@ def _memory(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="from task 1 on: share of current-task batches fed as random subsets of as many tokens as a memory "
         "sample keeps, so the model learns partial inputs and cannot tell replayed samples by their length (0: off)",
+    )
+    mem.add_argument(
+        "--input-dropout-mode",
+        choices=DROPOUT_MODES,
+        default="batch",
+        help="batch: whole batches as subsets (above), from task 1 on; token: the paper's, from task 0 on each token "
+        "of a current-task input is dropped with probability --input-dropout (e.g. 0.9), its position kept",
+    )
+    mem.add_argument(
+        "--memory-view",
+        choices=VIEWS,
+        default="subset",
+        help="subset: a kept sample is replayed as its kept tokens only; fill: as a whole grid with the other "
+        "positions filled by --memory-fill (input-dropped current batches too)",
+    )
+    mem.add_argument(
+        "--memory-fill",
+        choices=FILLS,
+        default="frequent",
+        help="view fill: frequent (the current task's most frequent code), mask (a learned mask embedding; tokens), "
+        "mean (the mean patch; pixels, as the paper blanks patches to the mean colour)",
+    )
+    mem.add_argument(
+        "--memory-schedule",
+        choices=SCHEDULES,
+        default="step",
+        help="step: replay-ratio x batch memory rows drawn every step; epoch: every memory row once per epoch, "
+        "weighted like current rows (the paper's loader)",
     )
 
 

@@ -101,10 +101,14 @@ class TrainLoop:
         logits = family.restrict(self.forward(*self.replay.current(units)))
         loss = family.loss(logits, targets)
         s.correct += family.correct(logits, self.labels[idx])
-        memory = self.replay.sample()
+        memory = self.replay.sample(s.epoch, s.batch)
         if memory is not None:
-            ids, positions, labels = memory
-            loss = loss + family.loss(family.restrict(self.forward(ids, positions)), labels)
+            units, positions, labels = memory
+            memory_loss = family.loss(family.restrict(self.forward(units, positions)), labels)
+            if self.replay.weighted:  # one mean over current and memory rows, as one loader over both
+                loss = (loss * len(idx) + memory_loss * len(labels)) / (len(idx) + len(labels))
+            else:
+                loss = loss + memory_loss
         self.engine.backward(loss)
         self.engine.step()
         s.loss = loss.item()

@@ -28,7 +28,8 @@ from tokenforge.continual.policy import (
     resolve_budget,
     resolved,
 )
-from tokenforge.continual.replay import Replay
+from tokenforge.continual.replay import Replay, ReplayConfig, fill_value
+from tokenforge.continual.shortcut import shortcut_auc
 from tokenforge.data.units import load_units
 from tokenforge.engine.callbacks import Checkpointing, ProgressBar, Tracking, max_rss_mb
 from tokenforge.engine.checkpoint import Checkpointer, fingerprint
@@ -69,6 +70,16 @@ def check_args(args) -> None:
         raise TokenforgeError(f"--log-every: must be >= 1, got {args.log_every}")
     if args.memory_replay_ratio <= 0:
         raise TokenforgeError(f"memory.replay_ratio: must be > 0, got {args.memory_replay_ratio}")
+    if args.input_dropout_mode == "token" and args.input_dropout >= 1:
+        raise TokenforgeError(f"train.input_dropout: token mode drops each token with this probability; must be < 1, got {args.input_dropout}")
+    if args.memory_view == "fill":
+        fits = {"frequent": "tokens", "mask": "tokens", "mean": "pixels"}[args.memory_fill]
+        if args.input != fits:
+            raise TokenforgeError(f"memory.fill: {args.memory_fill} is for input {fits}, not {args.input}")
+
+
+def uses_mask_token(args) -> bool:
+    return args.memory_view == "fill" and args.memory_fill == "mask"
 
 
 def initial_model(args, num_classes: int) -> TokenViT:
@@ -79,6 +90,10 @@ def initial_model(args, num_classes: int) -> TokenViT:
         model = load_model(args.previous)
         if model.config.input != args.input:
             raise TokenforgeError(f"--previous {args.previous}: a model of input {model.config.input!r}, not {args.input!r}")
+        if uses_mask_token(args) and not model.config.mask_token:
+            raise TokenforgeError(f"--previous {args.previous}: a model without a mask token; memory.fill mask needs one from task 0")
+        if args.head == "reset":  # a fresh head, seeded like everything else in this task
+            reset_head(model)
         return model
     from tokenforge.tokenizer.vq import load_codebook
 
@@ -90,8 +105,18 @@ def initial_model(args, num_classes: int) -> TokenViT:
         codebook = None
         sizes = {"codebook_size": 0, "code_dim": tok["downsample"] ** 2 * tok["channels"], "patch": tok["downsample"]}
     arch = {name: getattr(args, name) for name in ("embed_dim", "depth", "num_heads", "mlp_ratio")}
-    config = ModelConfig(grid=tuple(tok["grid"]), input=args.input, **sizes, num_classes=num_classes, **arch)
+    config = ModelConfig(
+        grid=tuple(tok["grid"]), input=args.input, **sizes, num_classes=num_classes, **arch, mask_token=uses_mask_token(args)
+    )
     return TokenViT(config, codebook)
+
+
+def reset_head(model: TokenViT) -> None:
+    """Re-initialise the classifier head as timm initialises it (truncated normal weights, std 0.02; zero bias)."""
+    head = model.vit.head
+    with torch.no_grad():
+        torch.nn.init.trunc_normal_(head.weight, std=0.02)
+        torch.nn.init.zeros_(head.bias)
 
 
 def plain_model(module, device) -> TokenViT:
@@ -187,6 +212,8 @@ def train_task(args, tracker) -> None:
     state = loop.run()
     model = plain_model(loop.engine.module, loop.device)
     memory, info, memory_s = after_training(args, model, memory, data.where(task.classes), task, policy)
+    seen = data.where(task.seen)  # the shortcut probe: replayed views against the same samples whole
+    info["shortcut_auc"] = shortcut_auc(model, memory, loop.replay, seen.keys, seen.units, seed=args.seed)
     outputs = Outputs(args, task, policy, loop, state, len(train.keys), start)
     try:
         outputs.write(model, memory, info, memory_s, tracker)
@@ -214,8 +241,11 @@ def make_loop(args, tracker, model, task: Task, train: Units, memory: Memory, po
     local = rank_slice(len(ids), rank, world)
     generator = torch.Generator().manual_seed(args.seed * 1000 + args.task)
     replay_batch = max(1, int(round(args.memory_replay_ratio * args.batch_size)))
-    replay = Replay(memory, replay_batch, policy.tokens, model.num_tokens, args.input_dropout, generator)
     augmenter = augmenter_for(args, getattr(model, "codebook", None))
+    if augmenter is not None and args.memory_view == "fill":
+        raise TokenforgeError("memory.view: fill does not combine with token augmentations yet (they work on embeddings)")
+    steps = max(1, -(-len(local) // args.batch_size))
+    replay = Replay(memory, replay_config(args, model, train, policy, replay_batch, steps), generator)
     family = families.get("classification", num_classes=task.num_classes, seen=task.seen)
     model.vit.set_grad_checkpointing(bool(args.activation_checkpointing))
     steps_per_epoch = max(1, -(-len(local) // args.batch_size))
@@ -228,6 +258,16 @@ def make_loop(args, tracker, model, task: Task, train: Units, memory: Memory, po
                      generator=generator, augmenter=augmenter, callbacks=callbacks)
     loop.checkpointer = ckpt  # removed once the outputs are written
     return loop
+
+
+def replay_config(args, model: TokenViT, train: Units, policy: Policy, batch: int, steps_per_epoch: int) -> ReplayConfig:
+    """The replay settings of the flags; a filled view's value comes from this task's own training units."""
+    fill = fill_value(train.units, args.memory_fill, model.config.codebook_size) if args.memory_view == "fill" else None
+    return ReplayConfig(
+        batch=batch, keep=policy.tokens, grid=tuple(model.config.grid), input_dropout=args.input_dropout,
+        dropout_mode=args.input_dropout_mode, view=args.memory_view, fill=fill, schedule=args.memory_schedule,
+        steps_per_epoch=steps_per_epoch, seed=args.seed * 1000 + args.task,
+    )  # fmt: skip
 
 
 def after_training(args, model, memory: Memory, current: Units, task: Task, policy: Policy):
@@ -261,7 +301,8 @@ class Outputs:
             write_json(tmp / "stats.json", stats)
         if self.loop.checkpointer is not None:
             self.loop.checkpointer.clear()
-        tracker.log_metrics({k: v for k, v in stats.items() if k in ("final_loss", "memory_bytes", "memory_samples", "memory_build_s")})
+        logged = ("final_loss", "memory_bytes", "memory_samples", "memory_build_s", "shortcut_auc")
+        tracker.log_metrics({k: v for k, v in stats.items() if k in logged and v is not None})
         for name in ("stats.json", "model.json"):
             tracker.log_artifact(args.out / name)
         s = self.state
@@ -295,4 +336,5 @@ class Outputs:
                           "activation_checkpointing": bool(args.activation_checkpointing)},
             "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "peak_rss_mb": max_rss_mb(), "memory_sha256": digest, "wall_s": time.perf_counter() - self.start,
+            "shortcut_auc": info.get("shortcut_auc"),
         }

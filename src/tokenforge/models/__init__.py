@@ -9,3 +9,5 @@
 
 # train.input: what a model reads, VQ code ids or (the baseline) pixel patches of the same grid
 INPUTS = ("tokens", "pixels")
+# train.head: task t > 0 keeps task t-1's classifier head, or starts from a fresh one (the paper re-initialises it)
+HEADS = ("keep", "reset")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # models.vit imports this module: its names are imported wher
 
 # Model options added after the first release, left out of model.json while off: a plain model's config stays
 # byte for byte what it was, and reading fills them in with these defaults.
-OPTIONS_OFF = {"prompts": 0}
+OPTIONS_OFF = {"prompts": 0, "mask_token": False}
 
 
 def config_dict(config: ModelConfig) -> dict:

@@ -73,6 +73,7 @@ class ModelConfig:
     input: str = "tokens"
     patch: int = 1  # pixels only: patch side in pixels (the tokenizer's downsample factor)
     prompts: int = 0  # learned prompt tokens after the class token (timm's register tokens); 0: no parameter
+    mask_token: bool = False  # tokens: a learned mask embedding, code id `codebook_size` (replay's fill view)
 
 
 class Probe:
@@ -123,6 +124,10 @@ class TokenViT(nn.Module):
             codebook = codebook.detach().clone().float()
             mean, std = codebook.mean(0), codebook.std(0, unbiased=False).clamp_min(1e-6)
             self.register_buffer("codebook", (codebook - mean) / std)
+            if config.mask_token:  # in the standardised code space: zeros is the mean code to start from
+                self.mask_embed = nn.Parameter(torch.zeros(config.code_dim))
+        elif config.mask_token:
+            raise TokenforgeError("mask_token: a learned mask embedding needs input tokens (pixels fill with the mean patch)")
         self.vit = VisionTransformer(
             img_size=tuple(config.grid),
             patch_size=1,
@@ -152,7 +157,8 @@ class TokenViT(nn.Module):
         if units.is_floating_point():
             return units.to(dtype)
         if self.config.input == "tokens":
-            return self.codebook[units].to(dtype)
+            table = torch.cat([self.codebook, self.mask_embed[None]]) if self.config.mask_token else self.codebook
+            return table[units].to(dtype)
         return (units.float() / 255.0).to(dtype)
 
     def project(self, emb: torch.Tensor) -> torch.Tensor:

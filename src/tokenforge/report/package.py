@@ -187,6 +187,9 @@ def build_metrics(R: np.ndarray, stats: dict[str, dict]) -> dict:
     last = stats[f"train-{result['num_tasks'] - 1}"]["data"]
     # What the memory was, for comparing runs (older train stats lack these keys: None).
     result["memory"] = {key: last.get(f"memory_{key}") for key in ("method", "budget_bytes", "samples", "tokens_per_sample")}
+    # The shortcut probe after each task (continual/shortcut.py), beside the old tasks' accuracy it explains.
+    result["shortcut_auc"] = [stats[f"train-{t}"]["data"].get("shortcut_auc") for t in range(result["num_tasks"])]
+    result["old_tasks_accuracy"] = [float(np.mean(R[t][:t])) if t else None for t in range(result["num_tasks"])]
     return result
 
 
@@ -371,6 +374,10 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _fraction(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def _usage(value: float) -> str:
     # A fraction of the codebook, or (if a tokenizer reports it so) a number of codes in use.
     return _pct(value) if value <= 1 else f"{value:,.0f} codes"
@@ -440,7 +447,11 @@ def render_report(
     """
     R, n, b = result["accuracy_matrix"], result["num_tasks"], result["bytes"]
     matrix_rows = [[t] + [f"{v:.4f}" if j <= t else "" for j, v in enumerate(row)] for t, row in enumerate(R)]
-    curve_rows = [[t, f"{a:.4f}", f"{b['memory_per_task'][t]:,}"] for t, a in enumerate(result["average_accuracy"])]
+    old, auc = result.get("old_tasks_accuracy", [None] * n), result.get("shortcut_auc", [None] * n)
+    curve_rows = [
+        [t, f"{a:.4f}", _fraction(old[t]), _fraction(auc[t]), f"{b['memory_per_task'][t]:,}"]
+        for t, a in enumerate(result["average_accuracy"])
+    ]
     wall_rows = [[name, f"{s:.2f}"] for name, s in result["wall_time_s"].items()]
     version_rows = [["python", versions["python"]], ["platform", versions["platform"]]]
     version_rows += [[name, v or "not installed"] for name, v in versions["packages"].items()]
@@ -452,7 +463,9 @@ def render_report(
         + _img(bundle / "average_accuracy.png", "average accuracy after each task"),
         "<h3>Accuracy matrix (row: after training task, column: evaluated on task; empty: not trained yet)</h3>"
         + _table(["after task"] + [f"task {j}" for j in range(n)], matrix_rows),
-        "<h3>After each task</h3>" + _table(["after task", "average accuracy", "memory bytes"], curve_rows),
+        "<h3>After each task (shortcut AUC: how well a linear probe tells a replayed view from the whole sample; "
+        "0.5 = indistinguishable, near 1 = replay can teach 'this view = an old class')</h3>"
+        + _table(["after task", "average accuracy", "old tasks' accuracy", "shortcut AUC", "memory bytes"], curve_rows),
         f"<h2>Storage ({b['dataset_images']:,} images, train + test)</h2>"
         + _table(["form", "bytes per image", "dataset", "of raw pixels"], _bytes_rows(b)),
         *(["<h2>Images</h2>" + figures] if images else []),
