@@ -7,6 +7,7 @@
 #                (a seit:DIR source is imported here instead of shard/tokenizer/tokenize: 15_seit.smk)
 #   synonyms/    k nearest codes per code                       (40_synonyms.smk)
 #   split/       one manifest per task                          (50_split.smk)
+#   pretrain/    optional start for task 0 / MTM fill model     (55_pretrain.smk; pretrain.mode != none)
 #   train/task-<t>/  model + replay memory after task t         (60_train.smk)
 #   evaluate/    row t of the accuracy matrix                   (70_evaluate.smk)
 #   package/     metrics, plots, report.html, final model; tokenforge-results.tar.gz (80_package.smk)
@@ -52,6 +53,7 @@ include: "workflow/rules/20_tokenizer.smk"
 include: "workflow/rules/30_tokenize.smk"
 include: "workflow/rules/40_synonyms.smk"
 include: "workflow/rules/50_split.smk"
+include: "workflow/rules/55_pretrain.smk"
 include: "workflow/rules/60_train.smk"
 include: "workflow/rules/70_evaluate.smk"
 include: "workflow/rules/80_package.smk"

@@ -108,6 +108,7 @@ def _constant(dotted: str):
         ("train.zero_stage", "tokenforge.engine.ZERO_STAGES"),
         ("train.precision", "tokenforge.engine.PRECISIONS"),
         ("train.launcher", "tokenforge.engine.launch.LAUNCHERS"),
+        ("pretrain.mode", "tokenforge.engine.PRETRAIN_MODES"),
     ],
 )
 def test_every_config_choice_list_is_the_python_constant(key, constant):

@@ -50,7 +50,7 @@ def test_fill_values():
 
 def test_step_schedule_draws_rows_with_replacement_from_the_shared_generator():
     memory = _memory()
-    units, positions, labels = _replay(memory, seed=3).sample()
+    units, positions, labels = _replay(memory, seed=3).sample(0, 0)
     expected = torch.randint(10, (4,), generator=torch.Generator().manual_seed(3))
     assert torch.equal(units, torch.from_numpy(memory.ids)[expected])
     assert torch.equal(positions, torch.from_numpy(memory.positions)[expected])
@@ -81,7 +81,7 @@ def test_epoch_schedule_with_fewer_rows_than_steps_skips_steps():
 
 def test_fill_view_replays_whole_grids():
     memory = _memory()
-    units, positions, _ = _replay(memory, view="fill", fill=torch.tensor(9)).sample()
+    units, positions, _ = _replay(memory, view="fill", fill=torch.tensor(9)).sample(0, 0)
     assert positions is None and units.shape == (4, 4, 4)
     assert ((units != 9).flatten(1).sum(1) <= 3).all()  # at most the 3 kept tokens differ from the fill
 

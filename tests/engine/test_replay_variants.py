@@ -2,19 +2,16 @@
 the head reset, and the errors of combinations that cannot work."""
 
 import json
-import os
 
-import numpy as np
 import pytest
 import torch
 
+from helpers.training import token_task_data
+
 from tokenforge.cli import main
 from tokenforge.continual.memory import read_memory
-from tokenforge.data.tokens import TokenSet, save_tokens
 from tokenforge.models.vit import load_model
-from tokenforge.tokenizer.vq import build_model, make_config, save_tokenizer
 
-RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 VARIANTS = {
     "subset": [],
@@ -26,28 +23,10 @@ VARIANTS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _keep_environment(monkeypatch):
-    for name in RENDEZVOUS:
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-        monkeypatch.delenv(name)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("variants")
-    torch.manual_seed(0)
-    (root / "tokenizer").mkdir()
-    save_tokenizer(build_model(make_config((8, 8), 1, 2, 16, 8, 8, 0)), root / "tokenizer")
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 40)
-    ids = rng.integers(0, 16, (len(labels), 4, 4))
-    ids[:, 0, 0] = labels * 4
-    save_tokens(root / "train.parquet", TokenSet([f"k{i:03d}" for i in range(len(labels))], labels, ids), 16)
-    (root / "split").mkdir()
-    tasks = [{"task": 0, "classes": [0, 1], "class_names": ["a", "b"]}, {"task": 1, "classes": [2, 3], "class_names": ["c", "d"]}]
-    (root / "split" / "tasks.json").write_text(json.dumps({"num_classes": 4, "tasks": tasks}))
-    return root
+    """A tokenizer, a token set with 4 classes whose grids differ, a 2-task split."""
+    return token_task_data(tmp_path_factory.mktemp("variants"), per_class=40)
 
 
 def train(data, out, task, *extra):

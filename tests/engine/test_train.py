@@ -8,39 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.training import token_task_data
+
 from tokenforge.cli import main
 from tokenforge.continual.memory import read_memory
-from tokenforge.data.tokens import TokenSet, save_tokens
 from tokenforge.tokenizer.vq import build_model, make_config, save_tokenizer
 
 pytestmark = pytest.mark.slow
 RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # set by training for DeepSpeed
 
 
-@pytest.fixture(autouse=True)
-def _keep_environment(monkeypatch):
-    """Training sets the rendezvous variables for DeepSpeed; keep them out of later tests."""
-    for name in RENDEZVOUS:
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-        monkeypatch.delenv(name)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """A tokenizer (codebook only matters), a token set with 4 classes whose grids differ, a 2-task split."""
-    root = tmp_path_factory.mktemp("train")
-    torch.manual_seed(0)
-    (root / "tokenizer").mkdir()
-    save_tokenizer(build_model(make_config((8, 8), 1, 2, 16, 8, 8, 0)), root / "tokenizer")
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 80)
-    ids = rng.integers(0, 16, (len(labels), 4, 4))
-    ids[:, 0, 0] = labels * 4  # a class-revealing token
-    save_tokens(root / "train.parquet", TokenSet([f"k{i:03d}" for i in range(len(labels))], labels, ids), 16)
-    (root / "split").mkdir()
-    tasks = [{"task": 0, "classes": [0, 1], "class_names": ["a", "b"]}, {"task": 1, "classes": [2, 3], "class_names": ["c", "d"]}]
-    (root / "split" / "tasks.json").write_text(json.dumps({"num_classes": 4, "tasks": tasks}))
-    return root
+    """A tokenizer, a token set with 4 classes whose grids differ, a 2-task split."""
+    return token_task_data(tmp_path_factory.mktemp("train"), per_class=80)
 
 
 def train(data, out, task, *extra):

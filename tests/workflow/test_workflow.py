@@ -54,6 +54,8 @@ def test_lint_is_clean(workdir):
         ("train: {precision: fp16}", "train.precision"),
         ("train: {gradient_accumulation: 0}", "train.gradient_accumulation"),
         ("train: {nodes: 2, gpus: 8, launcher: deepspeed}", "train.launcher"),
+        ("pretrain: {mode: bert}", "pretrain.mode"),
+        ("memory: {view: fill, fill: mtm}", "memory.fill"),  # no masked-token model to fill with
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workdir, text, key):
@@ -99,6 +101,18 @@ def test_every_job_runs_the_cli_of_snakemakes_python(workdir):
         assert Path(first).parent == BIN and " -m tokenforge" in command, command
         programs = re.sub(r"-m \S+", "", command)  # module names are not programs
         assert not re.search(r"(^|[\s(])(tokenforge|torchrun|deepspeed|python3?) ", programs), command
+
+
+def test_pretrain_stage_starts_task_0_and_feeds_the_mtm_fill_of_every_task(workdir):
+    text = "pretrain: {mode: mtm, data: heldout}\nsplit: {tasks: 4, classes_per_task: 2}\nmemory: {view: fill, fill: mtm}"
+    out = snakemake(workdir, "-n", "-p", "--configfile", write_config(workdir, text)).stdout
+    pretrain = [line for line in out.splitlines() if " pretrain --mode " in line]
+    assert len(pretrain) == 1 and "--mode mtm --data heldout" in pretrain[0] and "--split results/default/split" in pretrain[0]
+    train = sorted(line for line in out.splitlines() if " train --tokens " in line)
+    assert len(train) == 4 and all("--fill-model results/default/pretrain" in line for line in train)
+    assert [("--init results/default/pretrain" in line) for line in train] == [True, False, False, False]
+    plain = snakemake(workdir, "-n", "-p").stdout  # the default: no pretrain stage at all
+    assert " pretrain --mode " not in plain and "--init" not in plain
 
 
 @pytest.mark.slow

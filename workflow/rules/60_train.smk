@@ -7,6 +7,7 @@ rule train:
         deepspeed=config["train"]["deepspeed_config"],
         synonyms=SYNONYMS,
         previous=previous_task,
+        pretrain=pretrain_inputs,
     output:
         model=f"{R}/train/task-{{task}}/model.safetensors",
         model_config=f"{R}/train/task-{{task}}/model.json",
@@ -26,6 +27,7 @@ rule train:
         memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),
         augment=cli_args(config["augment"], prefix="augment-"),
         previous=previous_flag,
+        pretrain=pretrain_flags,
         tokenizer=dirname("input.codebook"),
         shards="" if SEIT else f"--shards {R}/shard",
         split=dirname("input.split"),
@@ -47,7 +49,7 @@ rule train:
         "../../envs/tokenforge.yaml"
     shell:
         "{params.launch} train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
-        " --task {wildcards.task} {params.previous} --out {params.outdir} {params.args} {params.memory}"
+        " --task {wildcards.task} {params.previous} {params.pretrain} --out {params.outdir} {params.args} {params.memory}"
         " --checkpoint-dir {params.checkpoints}"
         " --synonyms {input.synonyms} {params.augment}"
         " --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"

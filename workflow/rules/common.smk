@@ -133,3 +133,30 @@ def tracking_flags():
     return f"--experiment {shlex.quote(config['mlflow']['experiment'])}" + (
         f" --tracking-uri {shlex.quote(uri)}" if uri else ""
     )
+
+
+# The optional pretrain stage (55_pretrain.smk): a start for task 0 and/or the masked-token model of replay's
+# `memory.fill: mtm`. Settings that cannot work are caught here, before any job runs.
+PRETRAIN = config.get("pretrain", {}) or {}
+PRETRAIN_MODE = PRETRAIN.get("mode", "none")
+PRETRAIN_DIR = f"{R}/pretrain"
+FILL_MTM = config["memory"].get("view") == "fill" and config["memory"].get("fill") == "mtm"
+if FILL_MTM and PRETRAIN_MODE != "mtm":
+    raise WorkflowError("config key memory.fill: mtm needs a masked-token model: set pretrain.mode to mtm")
+if PRETRAIN_MODE != "none" and SEIT and PRETRAIN.get("data", "heldout") not in ("heldout", "tasks"):
+    raise WorkflowError("config key pretrain.data: a seit: source has no tokenizer to encode another source with")
+
+
+def pretrain_inputs(wildcards):
+    """What a training job reads from the pretrain stage: task 0 its start (pretrain.init), every task the MTM fill."""
+    used = (PRETRAIN_MODE != "none" and PRETRAIN.get("init", True) and int(wildcards.task) == 0) or FILL_MTM
+    return [f"{PRETRAIN_DIR}/model.safetensors"] if used else []
+
+
+def pretrain_flags(wildcards):
+    flags = []
+    if PRETRAIN_MODE != "none" and PRETRAIN.get("init", True) and int(wildcards.task) == 0:
+        flags.append(f"--init {PRETRAIN_DIR}")
+    if FILL_MTM:
+        flags.append(f"--fill-model {PRETRAIN_DIR}")
+    return " ".join(flags)

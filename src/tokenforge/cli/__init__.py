@@ -28,6 +28,7 @@ STAGES = (
     "synonyms",
     "seit",
     "split",
+    "pretrain",
     "train",
     "evaluate",
     "package",

@@ -43,6 +43,20 @@ def _data(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--task", type=int, required=True, help="index of the task to train (0-based)")
     data.add_argument("--previous", type=Path, default=None, help="task t-1's output directory (model + memory); required for t > 0")
     data.add_argument("--out", type=Path, required=True, help="output directory: model, memory.arrows.zst, stats.json")
+    data.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="task 0: start from this pretrained model (`tokenforge pretrain` output) with a fresh head; its "
+        "architecture replaces the --embed-dim/--depth/... flags (later tasks ignore it)",
+    )
+    data.add_argument(
+        "--fill-model",
+        type=Path,
+        default=None,
+        help="--memory-fill mtm: the masked-token model (`tokenforge pretrain --mode mtm` output) that predicts the "
+        "non-kept tokens of replayed grids",
+    )
 
 
 def _optimisation(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +200,8 @@ def _replay(parser: argparse.ArgumentParser) -> None:
         choices=FILLS,
         default="frequent",
         help="view fill: frequent (the current task's most frequent code), mask (a learned mask embedding; tokens), "
-        "mean (the mean patch; pixels, as the paper blanks patches to the mean colour)",
+        "mean (the mean patch; pixels, as the paper blanks patches to the mean colour), mtm (the codes a pretrained "
+        "masked-token model predicts from the kept ones; tokens, needs --fill-model)",
     )
     mem.add_argument(
         "--memory-schedule",

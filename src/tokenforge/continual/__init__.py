@@ -20,8 +20,10 @@ SCORERS = ("rollout", "chefer", "gradcam", "atman", "random")
 # memory.view: how a kept sample is replayed, as its kept tokens only or as a whole grid filled (continual/replay.py)
 VIEWS = ("subset", "fill")
 # memory.fill: what the non-kept positions of a filled grid hold: the most frequent code, a learned mask
-# embedding (tokens), the mean patch (pixels)
-FILLS = ("frequent", "mask", "mean")
+# embedding (tokens), the mean patch (pixels), the codes a pretrained masked-token model predicts (tokens)
+# (each with the input it is for)
+FILL_INPUTS = {"frequent": "tokens", "mask": "tokens", "mean": "pixels", "mtm": "tokens"}
+FILLS = tuple(FILL_INPUTS)
 # memory.schedule: memory rows drawn every step, or every row once per epoch (the paper's loader)
 SCHEDULES = ("step", "epoch")
 # train.input_dropout_mode: whole batches as subsets (from task 1), or per-token dropout from task 0 (the paper's)

@@ -27,6 +27,7 @@ epoch schedule's shuffle comes from a generator seeded by the epoch, so it needs
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,9 +63,9 @@ def fill_grid(
 
 
 def fill_value(units: np.ndarray, fill: str, codebook_size: int) -> torch.Tensor:
-    """The value non-kept positions take: the most frequent code, the mask id (one past the codebook), or
-    the mean patch (pixels, rounded to uint8) of `units` (N, h, w[, F])."""
-    if fill == "mask":
+    """The value non-kept positions take: the most frequent code, the mask id (one past the codebook; also what an
+    MTM filler replaces), or the mean patch (pixels, rounded to uint8) of `units` (N, h, w[, F])."""
+    if fill in ("mask", "mtm"):
         return torch.tensor(codebook_size)
     if fill == "frequent":
         return torch.tensor(int(np.bincount(units.reshape(-1)).argmax()))
@@ -87,6 +88,7 @@ class ReplayConfig:
     schedule: str = "step"  # step | epoch
     steps_per_epoch: int = 1
     seed: int = 0  # epoch schedule: the shuffles' seed
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None  # fill mtm: grids with mask ids -> filled grids
 
     @property
     def num_tokens(self) -> int:
@@ -114,6 +116,12 @@ class Replay:
         self.labels = torch.from_numpy(memory.labels)
         self._order: tuple[int, torch.Tensor] | None = (
             None  # (epoch, the memory's order in that epoch)
+        )
+        # Filled views of the memory's rows, made once: they do not change within a task (an MTM fill is argmax).
+        self._filled = (
+            self._view(self.ids, self.positions)[0]
+            if config.view == "fill" and self.size
+            else None
         )
 
     @property
@@ -147,7 +155,7 @@ class Replay:
             dropped = torch.rand(len(units), n, generator=self.generator) < p
             flat = units.flatten(1, 2).clone()
             flat[dropped] = self.config.fill.to(flat.dtype)
-            return flat.reshape(units.shape), None
+            return self._predicted(flat.reshape(units.shape)), None
         count = torch.binomial(
             torch.tensor(float(n)), torch.tensor(1.0 - p), generator=self.generator
         )
@@ -165,8 +173,11 @@ class Replay:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Kept units as the model takes them: the subset with its positions, or the filled whole grid."""
         if self.config.view == "fill":
-            return fill_grid(ids, positions, self.config.grid, self.config.fill), None
+            return self._predicted(fill_grid(ids, positions, self.config.grid, self.config.fill)), None
         return ids, positions
+
+    def _predicted(self, grids: torch.Tensor) -> torch.Tensor:
+        return grids if self.config.predict is None else self.config.predict(grids)
 
     def rows(self, epoch: int, batch: int) -> torch.Tensor | None:
         """The memory rows replayed at this step (None: no memory, or none this step in the epoch schedule)."""
@@ -185,12 +196,14 @@ class Replay:
         return self._order[1][lo:hi] if hi > lo else None
 
     def sample(
-        self, epoch: int = 0, batch: int = 0
+        self, epoch: int, batch: int
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
         """This step's memory batch (units, positions or None for whole grids, labels), or None."""
         m = self.rows(epoch, batch)
         if m is None:
             return None
+        if self._filled is not None:
+            return self._filled[m], None, self.labels[m]
         units, positions = self._view(self.ids[m], self.positions[m])
         return units, positions, self.labels[m]
 

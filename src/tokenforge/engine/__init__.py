@@ -6,6 +6,7 @@
 - `deepspeed`: the DeepSpeed engine and its config (ZeRO, precision, accumulation);
 - `checkpoint`: resumable checkpoints outside the job's outputs;
 - `launch`: how a training job starts (one process, torchrun, the deepspeed launcher, srun);
+- `pretrain`: the optional pretrain stage (supervised on disjoint data, masked-token modelling, timm weights);
 - `evaluate`: the accuracy of a trained model on every task's test set.
 """
 
@@ -14,3 +15,5 @@
 ZERO_STAGES = (0, 1, 2)
 # train.precision
 PRECISIONS = ("fp32", "bf16")
+# pretrain.mode: none, or how the start of task 0 is made (engine/pretrain.py)
+PRETRAIN_MODES = ("none", "supervised", "mtm", "timm")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tokenforge import families
+from tokenforge.continual import FILL_INPUTS
 from tokenforge.continual.memory import MEMORY_FILE, Memory, read_memory, serialize
 from tokenforge.continual.policy import (
     Policy,
@@ -38,7 +39,7 @@ from tokenforge.engine.loop import TrainLoop, rank_slice
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, read_json, write_json
 from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model
-from tokenforge.runtime import seed_everything
+from tokenforge.runtime import compute_device, seed_everything
 
 
 @dataclass
@@ -73,9 +74,11 @@ def check_args(args) -> None:
     if args.input_dropout_mode == "token" and args.input_dropout >= 1:
         raise TokenforgeError(f"train.input_dropout: token mode drops each token with this probability; must be < 1, got {args.input_dropout}")
     if args.memory_view == "fill":
-        fits = {"frequent": "tokens", "mask": "tokens", "mean": "pixels"}[args.memory_fill]
+        fits = FILL_INPUTS[args.memory_fill]
         if args.input != fits:
             raise TokenforgeError(f"memory.fill: {args.memory_fill} is for input {fits}, not {args.input}")
+        if args.memory_fill == "mtm" and args.fill_model is None:
+            raise TokenforgeError("--fill-model: required with memory.fill mtm (a `tokenforge pretrain --mode mtm` output)")
 
 
 def uses_mask_token(args) -> bool:
@@ -98,6 +101,14 @@ def initial_model(args, num_classes: int) -> TokenViT:
     from tokenforge.tokenizer.vq import load_codebook
 
     tok = read_json(args.tokenizer / "config.json")
+    if args.init is not None:  # a pretrained backbone (engine/pretrain.py), a fresh head
+        from tokenforge.engine.pretrain import init_from
+
+        codebook = load_codebook(args.tokenizer) if args.input == "tokens" else None
+        model = init_from(args.init, num_classes, uses_mask_token(args), codebook, args.input)
+        if tuple(model.config.grid) != tuple(tok["grid"]):
+            raise TokenforgeError(f"--init {args.init}: a model of grid {model.config.grid}, the tokenizer's is {tuple(tok['grid'])}")
+        return model
     if args.input == "tokens":
         codebook = load_codebook(args.tokenizer)
         sizes = {"codebook_size": codebook.shape[0], "code_dim": codebook.shape[1]}
@@ -263,10 +274,16 @@ def make_loop(args, tracker, model, task: Task, train: Units, memory: Memory, po
 def replay_config(args, model: TokenViT, train: Units, policy: Policy, batch: int, steps_per_epoch: int) -> ReplayConfig:
     """The replay settings of the flags; a filled view's value comes from this task's own training units."""
     fill = fill_value(train.units, args.memory_fill, model.config.codebook_size) if args.memory_view == "fill" else None
+    predict = None
+    if args.memory_view == "fill" and args.memory_fill == "mtm":
+        from tokenforge.models.mtm import MTMFiller
+
+        predict = MTMFiller(args.fill_model, device=compute_device())
+        predict.check_codebook(model.codebook, f"--fill-model {args.fill_model}")
     return ReplayConfig(
         batch=batch, keep=policy.tokens, grid=tuple(model.config.grid), input_dropout=args.input_dropout,
         dropout_mode=args.input_dropout_mode, view=args.memory_view, fill=fill, schedule=args.memory_schedule,
-        steps_per_epoch=steps_per_epoch, seed=args.seed * 1000 + args.task,
+        steps_per_epoch=steps_per_epoch, seed=args.seed * 1000 + args.task, predict=predict,
     )  # fmt: skip
 
 
