@@ -11,6 +11,13 @@ time, one thread each). Budgets are shares of the train token file's bytes on di
 bytes are its file's bytes on disk after the last task. A budget too small for one sample per class is
 reported as such, with the minimum the trainer states. Finished runs are kept in the work folder and
 not redone. Writes benchmarks/results/coretokens.json, coretokens.md and coretokens.png.
+
+Pretrained starts (`--pretrains`, `tokenforge pretrain`, one per dataset and seed, reused): `scratch`; `sup-other`
+(supervised on another dataset's train images, encoded by this dataset's tokenizer: Fashion-MNIST for digits,
+digits for Fashion-MNIST: disjoint classes); `mtm-other` (masked-token modelling on the same other images, no
+labels); `mtm-tasks` (masked-token modelling on the sequence's own train images, labels unused: NOT disjoint,
+the model has seen later tasks' images); `fill-mtm-tasks` (a random start, only the MTM fill from mtm-tasks).
+The `mtm` replay fills non-kept tokens with the pretrained MTM model's predictions (runs only where there is one).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ DATASETS = {
         "shard": ["--source", "digits", "--image-size", "16"],
         "tokenizer": ["--codebook-size", "64", "--code-dim", "16", "--downsample", "2", "--epochs", "20"],
         "tasks": 5,
+        "other": ["--data", "idx:/usr/share/datasets/fashion-mnist", "--max-per-class", "500"],  # 5,000 images
     },
     "shapes": {
         "title": "Split-shapes (20 classes, 5 tasks)",
@@ -52,6 +60,7 @@ DATASETS = {
         "shard": ["--source", "idx:/usr/share/datasets/fashion-mnist", "--max-per-class", "300"],
         "tokenizer": ["--codebook-size", "128", "--code-dim", "16", "--downsample", "2", "--epochs", "10"],
         "tasks": 5,
+        "other": ["--data", "digits"],  # sklearn's 1,797 digits, resized to 28x28
     },
 }
 # Replay variants (continual/replay.py), each a set of flags on top of TRAIN.
@@ -64,6 +73,21 @@ REPLAYS = {
     # head re-initialised every task
     "paper": ["--memory-view", "fill", "--memory-fill", "frequent", "--input-dropout-mode", "token",
               "--input-dropout", "0.9", "--memory-schedule", "epoch", "--head", "reset"],
+    "mtm": ["--memory-view", "fill", "--memory-fill", "mtm"],  # whole grids, the rest predicted by a pretrained MTM model
+}
+# Pretrained starts: which pretraining (PRETRAININGS) a run uses, and whether task 0 starts from it (else only the
+# MTM fill reads it). Pretraining uses TRAIN's architecture and the SeiT++ mask-ratio defaults (not tuned here).
+PRETRAINS = {
+    "scratch": None,
+    "sup-other": {"pretraining": "sup-other", "init": True},
+    "mtm-other": {"pretraining": "mtm-other", "init": True},
+    "mtm-tasks": {"pretraining": "mtm-tasks", "init": True},
+    "fill-mtm-tasks": {"pretraining": "mtm-tasks", "init": False},
+}
+PRETRAININGS = {  # "OTHER" is the dataset's other source (DATASETS[...]["other"])
+    "sup-other": ["--mode", "supervised", "OTHER", "--epochs", "30"],
+    "mtm-other": ["--mode", "mtm", "OTHER", "--epochs", "30"],
+    "mtm-tasks": ["--mode", "mtm", "--data", "tasks", "--epochs", "30"],
 }
 BUDGETS = [0.5, 1, 2, 5, 10]  # percent of the train token bytes
 SCORERS = ["rollout", "chefer", "gradcam", "atman", "random"]
@@ -74,18 +98,25 @@ TRAIN = ["--epochs", "16", "--embed-dim", "48", "--depth", "2", "--num-heads", "
 TOKEN_FRACTION = 0.125  # coretokenset keeps 8 of 64 tokens per sample (16 did not fit one sample per class in 1% on digits)
 
 
-def variants(budgets: list[float], replays: list[str], scorers: list[str], coreset_only: list[float] = ()) -> list[dict]:
-    """Every run of one dataset and seed: the baselines, the coreset at every budget, then each replay variant x
-    budget x scorer of the core tokenset (not at the `coreset_only` budgets)."""
-    out = [{"method": "none"}, {"method": "joint"}]
+def variants(budgets: list[float], replays: list[str], scorers: list[str], coreset_only: list[float] = (),
+             pretrain: str = "scratch") -> list[dict]:
+    """Every run of one dataset, seed and pretrained start: the baselines, the coreset at every budget, then each
+    replay variant x budget x scorer of the core tokenset (not at the `coreset_only` budgets). The mtm replay runs
+    only from a start with an MTM model; a start used only for the fill has no baselines of its own."""
+    spec = PRETRAINS[pretrain]
+    has_mtm = spec is not None and PRETRAININGS[spec["pretraining"]][1] == "mtm"
+    starts = spec is None or spec["init"]  # task 0 starts from it (else only the fill reads it)
+    replays = [r for r in replays if (r != "mtm" and starts) or (r == "mtm" and has_mtm)]
+    out = [{"method": "none"}, {"method": "joint"}] if starts else []
     for b in sorted({*budgets, *coreset_only}):
-        out.append({"method": "coreset", "budget": b, "selection": "class_balanced"})
+        if starts:
+            out.append({"method": "coreset", "budget": b, "selection": "class_balanced"})
         if b not in budgets:
             continue
         for r in replays:
             for s in scorers:
                 out.append({"method": "coretokenset", "budget": b, "scorer": s, "selection": "class_balanced", "replay": r})
-    return out
+    return [{**v, "pretrain": pretrain} if pretrain != "scratch" else v for v in out]
 
 
 def label(v: dict) -> str:
@@ -98,13 +129,18 @@ def label(v: dict) -> str:
         parts.append(f"{100 * v.get('fraction', TOKEN_FRACTION):g}% tokens")
     if v.get("replay", "subset") != "subset":
         parts.append(f"replay {v['replay']}")
-    return " / ".join(parts)
+    return " / ".join(parts) + suffix(v.get("pretrain", "scratch"))
+
+
+def suffix(pretrain: str) -> str:
+    return "" if pretrain == "scratch" else f" / from {pretrain}"
 
 
 def run_id(v: dict, seed: int) -> str:
     fraction = f"f{v.get('fraction', TOKEN_FRACTION)}" if v["method"] == "coretokenset" else ""
     replay = v.get("replay", "subset")
-    parts = [v["method"], v.get("selection", ""), v.get("scorer", ""), fraction, "" if replay == "subset" else replay]
+    parts = [v["method"], v.get("selection", ""), v.get("scorer", ""), fraction, "" if replay == "subset" else replay,
+             "" if v.get("pretrain", "scratch") == "scratch" else v["pretrain"]]
     return "-".join([*parts, str(v.get("budget", "")), f"s{seed}"]).replace("--", "-").replace("--", "-")
 
 
@@ -126,6 +162,24 @@ def prepare(name: str, work: Path, seeds: list[int]) -> Path:
     return d
 
 
+def pretraining_dir(d: Path, pretrain: str, seed: int) -> Path | None:
+    spec = PRETRAINS[pretrain]
+    return None if spec is None else d / "pretrain" / f"{spec['pretraining']}-s{seed}"
+
+
+def pretrain(name: str, d: Path, pretraining: str, seed: int) -> str:
+    """One pretraining (`tokenforge pretrain`), reused when done; returns its stats line."""
+    out = d / "pretrain" / f"{pretraining}-s{seed}"
+    if not (out / "stats.json").is_file():
+        args = [a for part in PRETRAININGS[pretraining] for a in (DATASETS[name]["other"] if part == "OTHER" else [part])]
+        arch = TRAIN[TRAIN.index("--embed-dim"):TRAIN.index("--batch-size")]  # embed dim, depth, heads
+        stage("pretrain", *args, *arch, "--tokens", str(d / "tokens" / "train.parquet"), "--split", str(d / f"split-{seed}"),
+              "--tokenizer", str(d / "tokenizer"), "--out", str(out), "--seed", str(seed), "--threads", "2")
+    stats = json.loads((out / "stats.json").read_text())
+    return f"{name} {pretraining} seed {seed}: " + ", ".join(
+        f"{k} {stats[k]:.3f}" for k in ("final_accuracy", "final_fill_accuracy", "frequent_code_accuracy", "wall_s") if k in stats)
+
+
 def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
     """The whole task sequence for one variant, in this process; the result is also kept in the run folder."""
     import torch
@@ -144,6 +198,11 @@ def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
         mem += ["--memory-samples-per-class", "1"]  # unused: none and joint keep nothing
     mem += ["--memory-selection", v.get("selection", "class_balanced"), "--memory-scorer", v.get("scorer", "random")]
     split = ["--split", str(d / f"split-{seed}")]
+    start_from = pretraining_dir(d, v.get("pretrain", "scratch"), seed)
+    if start_from is not None and PRETRAINS[v["pretrain"]]["init"]:
+        mem += ["--init", str(start_from)]  # task 0 only; later tasks ignore it
+    if v.get("replay") == "mtm":
+        mem += ["--fill-model", str(start_from)]
     rows, stats, start = [], [], time.perf_counter()
     result = {**v, "label": label(v), "seed": seed, "token_bytes": (d / "tokens" / "train.parquet").stat().st_size}
     for t in range(tasks):
@@ -228,9 +287,10 @@ def _mean_auc(runs: list[dict]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-ORDER = ["none", "joint", "coreset / class_balanced", "coreset / herding", "coreset / gradient", "coretokens / chefer"] + [
+BASE_ORDER = ["none", "joint", "coreset / class_balanced", "coreset / herding", "coreset / gradient", "coretokens / chefer"] + [
     f"coretokenset / {s} / 12.5% tokens{'' if r == 'subset' else f' / replay {r}'}" for r in REPLAYS for s in SCORERS] + [
     f"coretokenset / {s} / 50% tokens" for s in ("chefer", "atman", "random")]
+ORDER = [lab + suffix(p) for p in PRETRAINS for lab in BASE_ORDER]
 
 
 def markdown(rows: list[dict], budgets: list[float]) -> str:
@@ -250,7 +310,7 @@ def markdown(rows: list[dict], budgets: list[float]) -> str:
             for b in budgets:
                 r = next((r for r in rs if r["label"] == lab and (r["budget_percent"] in (b, None))), None)
                 cells.append(_cell(r))
-            if lab in ("none", "joint"):
+            if lab.split(" / ")[0] in ("none", "joint"):
                 cells = [_cell(next(r for r in rs if r["label"] == lab))] + ["″"] * (len(budgets) - 1)
             out.append(f"| {lab} | " + " | ".join(cells) + " |")
         out.append("")
@@ -268,28 +328,43 @@ def _cell(r: dict | None) -> str:
 
 
 def goal_lines(rows: list[dict]) -> list[str]:
-    """The issue's questions: does a core tokenset at 1% reach the coreset at 2% (the paper's lower claim) or 5%,
-    and does an attribution scorer beat random tokens (by 3 points, the goal) under the same replay?"""
+    """The issue's questions, per dataset and start: does a core tokenset at 1% reach the coreset at 2% (the paper's
+    lower claim) or 5% from the same start, and does an attribution scorer beat random tokens (by 3 points, the
+    goal) under the same replay?"""
     lines = []
     for dataset in sorted({r["dataset"] for r in rows}):
-        rs = [r for r in rows if r["dataset"] == dataset and r["runs"]]
-        coreset = {r["budget_percent"]: r["accuracy_mean"] for r in rs if r["label"] == "coreset / class_balanced"}
-        best = max((r for r in rs if r["method"] == "coretokenset" and r["budget_percent"] == 1), key=lambda r: r["accuracy_mean"], default=None)
-        if best is not None:
-            verdicts = [f"{'reaches' if best['accuracy_mean'] >= coreset[b] else 'below'} the coreset at {b:g}% "
-                        f"({100 * coreset[b]:.1f}%)" for b in (2, 5) if b in coreset]
-            lines.append(f"- {dataset}: best core tokenset at 1% ({best['label']}) {100 * best['accuracy_mean']:.1f}%: "
-                         + ("; ".join(verdicts) or "no coreset at 2% or 5% measured") + ".")
-        for r in rs:
-            if r["method"] != "coretokenset" or "random" in r["label"]:
+        for p in PRETRAINS:
+            rs = [r for r in rows if r["dataset"] == dataset and r["runs"] and r["label"].endswith(suffix(p))
+                  and (p != "scratch" or " / from " not in r["label"])]
+            if not rs:
                 continue
-            control = next((c for c in rs if c["label"] == r["label"].replace(f"/ {r['label'].split(' / ')[1]} /", "/ random /")
-                            and c["budget_percent"] == r["budget_percent"]), None)
-            if control is not None and r["accuracy_mean"] >= control["accuracy_mean"] + 0.03:
-                lines.append(f"- {dataset}: {r['label']} at {r['budget_percent']:g}% beats random tokens by "
-                             f"{100 * (r['accuracy_mean'] - control['accuracy_mean']):.1f} points.")
-        if not any("beats random" in line for line in lines if line.startswith(f"- {dataset}")):
-            lines.append(f"- {dataset}: no attribution scorer beats random tokens by 3 points in any measured cell.")
+            where = f"{dataset}, {'from scratch' if p == 'scratch' else f'from {p}'}"
+            base = "scratch" if PRETRAINS[p] is not None and not PRETRAINS[p]["init"] else p  # fill only: scratch's coreset
+            coreset = {r["budget_percent"]: r["accuracy_mean"] for r in rows if r["dataset"] == dataset and r["runs"]
+                       and r["label"] == "coreset / class_balanced" + suffix(base)}
+            best = max((r for r in rs if r["method"] == "coretokenset" and r["budget_percent"] == 1),
+                       key=lambda r: r["accuracy_mean"], default=None)
+            if best is not None:
+                verdicts = [f"{'reaches' if best['accuracy_mean'] >= coreset[b] else 'below'} the coreset at {b:g}% "
+                            f"({100 * coreset[b]:.1f}%)" for b in (2, 5) if b in coreset]
+                lines.append(f"- {where}: best core tokenset at 1% ({best['label']}) {100 * best['accuracy_mean']:.1f}%: "
+                             + ("; ".join(verdicts) or "no coreset at 2% or 5% measured") + ".")
+            beats = False
+            none = next((r["accuracy_mean"] for r in rows if r["dataset"] == dataset and r["runs"]
+                         and r["label"] == "none" + suffix(base)), None)
+            for r in rs:
+                if r["method"] != "coretokenset" or "/ random /" in r["label"]:
+                    continue
+                control = next((c for c in rs if c["label"] == r["label"].replace(f"/ {r['label'].split(' / ')[1]} /", "/ random /")
+                                and c["budget_percent"] == r["budget_percent"]), None)
+                if control is not None and r["accuracy_mean"] >= control["accuracy_mean"] + 0.03:
+                    beats = True
+                    worse = none is not None and r["accuracy_mean"] <= none
+                    lines.append(f"- {where}: {r['label']} at {r['budget_percent']:g}% beats random tokens by "
+                                 f"{100 * (r['accuracy_mean'] - control['accuracy_mean']):.1f} points"
+                                 + (f", but both are at or below no memory ({100 * none:.1f}%)." if worse else "."))
+            if not beats and any(r["method"] == "coretokenset" for r in rs):
+                lines.append(f"- {where}: no attribution scorer beats random tokens by 3 points in any measured cell.")
     return lines
 
 
@@ -342,24 +417,33 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=BUDGETS, help="budgets in %% of the train token bytes")
     parser.add_argument("--coreset-budgets", nargs="+", type=float, default=[], help="budgets where only the coreset runs")
     parser.add_argument("--replays", nargs="+", choices=list(REPLAYS), default=list(REPLAYS), help="replay variants of the core tokenset")
+    parser.add_argument("--pretrains", nargs="+", choices=list(PRETRAINS), default=["scratch"], help="starts of task 0 (module doc)")
     parser.add_argument("--scorers", nargs="+", choices=SCORERS, default=["chefer", "atman", "rollout", "random"], help="token scorers")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "coretokens", help="scratch folder; finished runs are reused")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where coretokens.json/.md/.png go")
     parser.add_argument("--table-only", action="store_true", help="redo the table and plot from coretokens.json")
+    parser.add_argument("--fresh", action="store_true", help="leave out the runs of an earlier coretokens.json that this "
+                        "invocation did not run (default: keep them, so the map grows over invocations)")
     args = parser.parse_args()
     if args.table_only:
         saved = json.loads((args.out / "coretokens.json").read_text())
-        budgets = sorted({*saved["meta"]["budgets"], *saved["meta"].get("coreset_budgets", [])})
+        budgets = saved["meta"].get("table_budgets") or sorted({*saved["meta"]["budgets"], *saved["meta"].get("coreset_budgets", [])})
         print(write_outputs(saved["runs"], budgets, args.out, saved["meta"]))
         return
     os.environ["TQDM_DISABLE"] = "1"
     start = time.perf_counter()
     jobs = []
+    pretrained = []
     for name in args.only:
         d = prepare(name, args.work, args.seeds)
-        jobs += [(str(d), v, seed, DATASETS[name]["tasks"], name) for seed in args.seeds
-                 for v in variants(args.budgets, args.replays, args.scorers, args.coreset_budgets)]
+        for p in args.pretrains:
+            if PRETRAINS[p] is not None:
+                pretrained += [pretrain(name, d, PRETRAINS[p]["pretraining"], seed) for seed in args.seeds]
+            jobs += [(str(d), v, seed, DATASETS[name]["tasks"], name) for seed in args.seeds
+                     for v in variants(args.budgets, args.replays, args.scorers, args.coreset_budgets, p)]
+    pretrained = list(dict.fromkeys(pretrained))
+    print("\n".join(pretrained), flush=True)
     print(f"{len(jobs)} runs", flush=True)
     results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -381,12 +465,26 @@ def main() -> None:
         "budgets": args.budgets,
         "coreset_budgets": args.coreset_budgets,
         "replays": {r: REPLAYS[r] for r in args.replays},
+        "pretrains": {p: PRETRAINS[p] for p in args.pretrains},
+        "pretrainings": PRETRAININGS,
+        "pretrained": pretrained,
         "train": TRAIN,
         "token_fraction": TOKEN_FRACTION,
         "datasets": {n: DATASETS[n] for n in args.only},
         "wall_s": time.perf_counter() - start,
     }
-    print(write_outputs(results, sorted({*args.budgets, *args.coreset_budgets}), args.out, meta))
+    budgets = sorted({*args.budgets, *args.coreset_budgets})
+    saved = args.out / "coretokens.json"
+    if saved.is_file() and not args.fresh:  # earlier cells stay in the map
+        old = json.loads(saved.read_text())
+        done = {(r["dataset"], run_id(r, r["seed"])) for r in results}
+        kept = [r for r in old["runs"] if (r["dataset"], run_id(r, r["seed"])) not in done]
+        results += kept
+        budgets = sorted({*budgets, *old["meta"]["budgets"], *old["meta"].get("coreset_budgets", [])})
+        meta["earlier"] = {k: old["meta"][k] for k in ("seeds", "budgets", "coreset_budgets", "replays", "wall_s") if k in old["meta"]}
+        meta["kept_earlier_runs"] = len(kept)
+    meta["table_budgets"] = budgets
+    print(write_outputs(results, budgets, args.out, meta))
 
 
 if __name__ == "__main__":

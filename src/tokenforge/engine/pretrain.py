@@ -87,7 +87,8 @@ def pretrain(args, tracker) -> None:
     tracker.log_params({"pretrain_mode": args.mode, "pretrain_data": stats.get("data", args.timm_model)})
     tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     tracker.log_artifact(args.out / "stats.json")
-    print(f"pretrain {args.mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.startswith("final_")), flush=True)
+    shown = [k for k in stats if k.startswith("final_") or k == "frequent_code_accuracy"]
+    print(f"pretrain {args.mode}: " + ", ".join(f"{k} {stats[k]:.3f}" for k in shown), flush=True)
 
 
 def timm_kwargs(text: str | None) -> dict:

@@ -4,7 +4,9 @@
   full grids and position subsets, prefix tokens, and the probe API that attribution reads attention through;
 - `attention`: its blocks and attention (built by timm, same parameters), which take token positions and
   output rows, and record attention for the probe;
-- `store`: saving and loading a trained model (safetensors + JSON config).
+- `store`: saving and loading a trained model (safetensors + JSON config);
+- `mtm`: masked-token modelling (the pretrain stage's label-free mode) and the filler of replay's `fill: mtm`;
+- `timm_import`: a pixel TokenViT from a local timm ViT checkpoint (the pretrain stage's `timm` mode).
 """
 
 # train.input: what a model reads, VQ code ids or (the baseline) pixel patches of the same grid
