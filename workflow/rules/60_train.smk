@@ -18,7 +18,7 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/task-{{task}}.tsv"
     params:
-        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS}),
+        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS and k != "token_expansion"}),
         # From the job's resources: one process (CPU or one GPU), one per GPU or train.processes on a node (torchrun
         # or the deepspeed launcher), or srun + torchrun across nodes. Data parallel; rank 0 writes the outputs.
         # Every program but srun is a module of the job's Python (train_launch in common.smk): no PATH needed.
@@ -26,6 +26,7 @@ rule train:
         # budget null means no limit, which the CLI spells "none" (its own default is 10%)
         memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),
         augment=cli_args(config["augment"], prefix="augment-"),
+        toe=cli_args(config["train"].get("token_expansion", {}), prefix="toe-"),
         previous=previous_flag,
         pretrain=pretrain_flags,
         tokenizer=dirname("input.codebook"),
@@ -51,7 +52,7 @@ rule train:
         "{params.launch} train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.previous} {params.pretrain} --out {params.outdir} {params.args} {params.memory}"
         " --checkpoint-dir {params.checkpoints}"
-        " --synonyms {input.synonyms} {params.augment}"
+        " --synonyms {input.synonyms} {params.augment} {params.toe}"
         " --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"
 
 

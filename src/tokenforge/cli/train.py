@@ -21,10 +21,11 @@ from tokenforge.continual import DROPOUT_MODES, FILLS, METHODS, SCHEDULES, SCORE
 from tokenforge.data.augment_config import FIELD_HELP, AugmentConfig
 from tokenforge.engine import PRECISIONS, ZERO_STAGES
 from tokenforge.models import HEADS, INPUTS
+from tokenforge.models.expansion import ExpansionConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for add in (_data, _optimisation, _deepspeed, _model, _augmentations, _memory, _replay):
+    for add in (_data, _optimisation, _deepspeed, _model, _token_expansion, _augmentations, _memory, _replay):
         add(parser)
 
 
@@ -125,6 +126,38 @@ def _model(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--depth", type=int, default=4, help="ViT blocks")
     arch.add_argument("--num-heads", type=int, default=4, help="attention heads")
     arch.add_argument("--mlp-ratio", type=float, default=2.0, help="MLP hidden size / width")
+
+
+def _token_expansion(parser: argparse.ArgumentParser) -> None:
+    toe = parser.add_argument_group(
+        "token expansion (ToE, train.token_expansion; see tokenforge.models.expansion): while training, the blocks "
+        "after --toe-after see a growing share of the tokens, the others merged into them; evaluation sees all"
+    )
+    default = ExpansionConfig()
+    toe.add_argument("--toe-enabled", action=argparse.BooleanOptionalAction, default=False, help="turn token expansion on")
+    toe.add_argument(
+        "--toe-steps",
+        type=int,
+        nargs="+",
+        default=list(default.steps),
+        metavar="EPOCH",
+        help="epochs of each task (from 0, increasing) at which the stages start; before the first, all tokens",
+    )
+    toe.add_argument(
+        "--toe-keep",
+        type=float,
+        nargs="+",
+        default=list(default.keep),
+        metavar="RATE",
+        help="share of the tokens each stage keeps, one per step, non-decreasing in (0, 1]; a stage at 1.0 keeps all",
+    )
+    toe.add_argument(
+        "--toe-r0", type=float, default=default.r0, metavar="SHARE", help="share of seed tokens (fixed raster indices), in (0, keep[0]]"
+    )
+    toe.add_argument("--toe-chunks", type=int, default=default.chunks, metavar="K", help="chunks in which each stage's most novel tokens join")
+    toe.add_argument(
+        "--toe-after", type=int, default=default.after, metavar="BLOCK", help="thin the output of this block (0-based; below the last)"
+    )
 
 
 def _augmentations(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@ batch; one backward and one optimizer step through the DeepSpeed engine.
 Everything around the method is a callback (engine/callbacks.py): progress bars, MLflow step and epoch
 metrics, resumable checkpoints. A callback sees the loop and its `LoopState` and may not change what is
 computed. Every random draw comes from the loop's generators, in a fixed order, and their states are
-part of a checkpoint, so a resumed run equals an uninterrupted one.
+part of a checkpoint, so a resumed run equals an uninterrupted one. The model is told the epoch when each one
+starts (`set_epoch`: token expansion's stages count epochs within the task), from the state, so also on resume.
 
 Data parallel: each rank trains on its own slice of the task's samples, padded to equal length as
 DistributedSampler does, so every rank takes the same number of steps and no collective waits forever.
@@ -75,7 +76,10 @@ class TrainLoop:
         self._emit("on_train_start")
         self.t_start = time.perf_counter()
         s = self.state
+        model = getattr(self.engine, "module", self.engine)  # the DeepSpeed engine wraps the model
         while s.epoch < self.epochs:
+            if hasattr(model, "set_epoch"):
+                model.set_epoch(s.epoch)
             if s.order is None:
                 s.order = self.local[torch.randperm(len(self.local), generator=self.generator)]
                 s.loss_sum, s.correct, s.batch = 0.0, 0, 0

@@ -38,6 +38,7 @@ from tokenforge.engine.deepspeed import build_engine
 from tokenforge.engine.loop import TrainLoop, rank_slice
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, read_json, write_json
+from tokenforge.models.expansion import ExpansionConfig
 from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model
 from tokenforge.runtime import compute_device, seed_everything
 
@@ -79,6 +80,15 @@ def check_args(args) -> None:
             raise TokenforgeError(f"memory.fill: {args.memory_fill} is for input {fits}, not {args.input}")
         if args.memory_fill == "mtm" and args.fill_model is None:
             raise TokenforgeError("--fill-model: required with memory.fill mtm (a `tokenforge pretrain --mode mtm` output)")
+    expansion_config(args)  # its settings fail now, the depth check once the model is there
+
+
+def expansion_config(args) -> ExpansionConfig | None:
+    """The token expansion schedule of the `--toe-*` flags, or None when it is off."""
+    if not args.toe_enabled:
+        return None
+    return ExpansionConfig(steps=tuple(args.toe_steps), keep=tuple(args.toe_keep), r0=args.toe_r0,
+                           chunks=args.toe_chunks, after=args.toe_after)
 
 
 def uses_mask_token(args) -> bool:
@@ -259,6 +269,7 @@ def make_loop(args, tracker, model, task: Task, train: Units, memory: Memory, po
     replay = Replay(memory, replay_config(args, model, train, policy, replay_batch, steps), generator)
     family = families.get("classification", num_classes=task.num_classes, seen=task.seen)
     model.vit.set_grad_checkpointing(bool(args.activation_checkpointing))
+    model.set_expansion(expansion_config(args))  # training only: plain_model's copy for the memory has it off
     steps_per_epoch = max(1, -(-len(local) // args.batch_size))
     engine = build_engine(model, args, steps_per_epoch * args.epochs)
     callbacks = [ProgressBar(args.task), Tracking(tracker, args.log_every)]

@@ -33,6 +33,10 @@ The probe, for attribution (`continual.scorers`), undone when the context exits:
 `key_scale` (B, N: prefix tokens first) multiplies each token's keys in every block (AtMan). `prefix_only`
 makes the last block compute only the prefix tokens' outputs (exact for logits and features, which read the
 class token; cheaper: AtMan runs h*w forwards per sample). Other blocks keep the fused attention.
+
+Training-time schedules, set on the model and never saved with it (a new or loaded model has them off):
+`set_expansion(config)` turns on token expansion (`models.expansion`) and `set_epoch(epoch)` says where in the
+task's epochs training is. Expansion thins only forwards that train with gradients and no probe.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.models import INPUTS
+from tokenforge.models.expansion import ExpansionConfig, expand
 from tokenforge.models.store import load_model, save_model
 
 if TYPE_CHECKING:
@@ -144,6 +149,18 @@ class TokenViT(nn.Module):
             block_fn=TokenBlock,
         )
         self._probe: Probe | None = None
+        self.expansion: ExpansionConfig | None = None  # token expansion in training forwards (set_expansion)
+        self.epoch = 0  # the epoch within the task being trained (set_epoch): the expansion stage follows it
+
+    def set_expansion(self, config: ExpansionConfig | None) -> None:
+        """Token expansion (`models.expansion`) in training forwards from now on; None: off (the default)."""
+        if config is not None:
+            config.check_depth(len(self.vit.blocks))
+        self.expansion = config
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the task now training (0-based), set by the training loop when an epoch starts."""
+        self.epoch = epoch
 
     @property
     def num_tokens(self) -> int:
@@ -216,10 +233,13 @@ class TokenViT(nn.Module):
         return vit.norm_pre(vit.pos_drop(x))
 
     def _blocks(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The blocks in order, each given the positions if its forward takes them; checkpointed when enabled."""
+        """The blocks in order, each given the positions if its forward takes them; checkpointed when enabled.
+
+        Token expansion thins the sequence after its block, outside the checkpointed calls, positions following."""
         vit = self.vit
         checkpointing = vit.grad_checkpointing and torch.is_grad_enabled()  # activation checkpointing, as timm's
         last = len(vit.blocks) - 1
+        expansion = self.expansion if self._expanding() else None
         for i, block in enumerate(vit.blocks):
             kwargs = {"positions": positions} if _takes(type(block).forward, "positions") else {}
             if i == last and self._probe is not None and self._probe.prefix_only:
@@ -230,7 +250,15 @@ class TokenViT(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False, **kwargs)
             else:
                 x = block(x, **kwargs)
+            if expansion is not None and i == expansion.after:
+                x, positions = expand(x, positions, expansion, expansion.stage(self.epoch), vit.num_prefix_tokens)
         return x
+
+    def _expanding(self) -> bool:
+        """Whether token expansion thins this forward: on, training with gradients, no probe, a stage that thins."""
+        if self.expansion is None or not (self.training and torch.is_grad_enabled()) or self._probe is not None:
+            return False
+        return self.expansion.thins(self.epoch)
 
     @contextmanager
     def probe(
