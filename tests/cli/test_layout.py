@@ -105,6 +105,8 @@ def _constant(dotted: str):
         ("train.input_dropout_mode", "tokenforge.continual.DROPOUT_MODES"),
         ("train.head", "tokenforge.models.HEADS"),
         ("train.input", "tokenforge.models.INPUTS"),
+        ("train.attention", "tokenforge.models.ATTENTIONS"),
+        ("train.routing", "tokenforge.models.ROUTINGS"),
         ("train.zero_stage", "tokenforge.engine.ZERO_STAGES"),
         ("train.precision", "tokenforge.engine.PRECISIONS"),
         ("train.launcher", "tokenforge.engine.launch.LAUNCHERS"),

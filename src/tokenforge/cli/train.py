@@ -20,7 +20,7 @@ from pathlib import Path
 from tokenforge.continual import DROPOUT_MODES, FILLS, METHODS, SCHEDULES, SCORERS, SELECTIONS, VIEWS
 from tokenforge.data.augment_config import FIELD_HELP, AugmentConfig
 from tokenforge.engine import PRECISIONS, ZERO_STAGES
-from tokenforge.models import HEADS, INPUTS
+from tokenforge.models import ATTENTIONS, HEADS, INPUTS, ROUTINGS
 from tokenforge.models.expansion import ExpansionConfig
 
 
@@ -126,6 +126,28 @@ def _model(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--depth", type=int, default=4, help="ViT blocks")
     arch.add_argument("--num-heads", type=int, default=4, help="attention heads")
     arch.add_argument("--mlp-ratio", type=float, default=2.0, help="MLP hidden size / width")
+    arch.add_argument(
+        "--attention",
+        choices=ATTENTIONS,
+        default="global",
+        help="global: every token attends to all; routed: TRAR's routed attention spans, a router per block mixing "
+        "attention within each token's grid window of every --orders (see tokenforge.models.attention)",
+    )
+    arch.add_argument(
+        "--orders",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3],
+        metavar="ORDER",
+        help="routed: span orders, each a (2o+1)x(2o+1) window around the token; 0 = global (TRAR's 0 1 2 3)",
+    )
+    arch.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default="soft",
+        help="routed: soft (softmax weights over the orders) | hard (one order per sample: gumbel-softmax, "
+        "temperature 10 -> 0.1 over each task; argmax at evaluation)",
+    )
 
 
 def _token_expansion(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,8 @@ Everything around the method is a callback (engine/callbacks.py): progress bars,
 metrics, resumable checkpoints. A callback sees the loop and its `LoopState` and may not change what is
 computed. Every random draw comes from the loop's generators, in a fixed order, and their states are
 part of a checkpoint, so a resumed run equals an uninterrupted one. The model is told the epoch when each one
-starts (`set_epoch`: token expansion's stages count epochs within the task), from the state, so also on resume.
+starts (`set_epoch`: token expansion's stages count epochs within the task) and, before every step, how far the
+task's training is (`set_progress`: hard routing's temperature follows it), from the state, so also on resume.
 
 Data parallel: each rank trains on its own slice of the task's samples, padded to equal length as
 DistributedSampler does, so every rank takes the same number of steps and no collective waits forever.
@@ -84,6 +85,9 @@ class TrainLoop:
                 s.order = self.local[torch.randperm(len(self.local), generator=self.generator)]
                 s.loss_sum, s.correct, s.batch = 0.0, 0, 0
             while s.batch < self.steps_per_epoch:
+                if hasattr(model, "set_progress"):  # 0 at the task's first step, 1 at its last
+                    total = self.epochs * self.steps_per_epoch
+                    model.set_progress((s.epoch * self.steps_per_epoch + s.batch) / max(1, total - 1))
                 idx = s.order[s.batch * self.batch_size : (s.batch + 1) * self.batch_size]
                 self.train_step(idx)
                 s.batch += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,8 @@ def check_args(args) -> None:
         if args.memory_fill == "mtm" and args.fill_model is None:
             raise TokenforgeError("--fill-model: required with memory.fill mtm (a `tokenforge pretrain --mode mtm` output)")
     expansion_config(args)  # its settings fail now, the depth check once the model is there
+    if args.attention == "routed" and (not args.orders or min(args.orders) < 0 or len(set(args.orders)) < len(args.orders)):
+        raise TokenforgeError(f"train.orders: distinct whole numbers >= 0 (0 = global), at least one, got {args.orders}")
 
 
 def expansion_config(args) -> ExpansionConfig | None:
@@ -107,7 +109,7 @@ def initial_model(args, num_classes: int) -> TokenViT:
             raise TokenforgeError(f"--previous {args.previous}: a model without a mask token; memory.fill mask needs one from task 0")
         if args.head == "reset":  # a fresh head, seeded like everything else in this task
             reset_head(model)
-        return model
+        return model  # its attention too: train.attention, orders and routing act on task 0 only
     from tokenforge.tokenizer.vq import load_codebook
 
     tok = read_json(args.tokenizer / "config.json")
@@ -118,7 +120,7 @@ def initial_model(args, num_classes: int) -> TokenViT:
         model = init_from(args.init, num_classes, uses_mask_token(args), codebook, args.input)
         if tuple(model.config.grid) != tuple(tok["grid"]):
             raise TokenforgeError(f"--init {args.init}: a model of grid {model.config.grid}, the tokenizer's is {tuple(tok['grid'])}")
-        return model
+        return with_attention(model, args)
     if args.input == "tokens":
         codebook = load_codebook(args.tokenizer)
         sizes = {"codebook_size": codebook.shape[0], "code_dim": codebook.shape[1]}
@@ -127,9 +129,34 @@ def initial_model(args, num_classes: int) -> TokenViT:
         sizes = {"codebook_size": 0, "code_dim": tok["downsample"] ** 2 * tok["channels"], "patch": tok["downsample"]}
     arch = {name: getattr(args, name) for name in ("embed_dim", "depth", "num_heads", "mlp_ratio")}
     config = ModelConfig(
-        grid=tuple(tok["grid"]), input=args.input, **sizes, num_classes=num_classes, **arch, mask_token=uses_mask_token(args)
-    )
+        grid=tuple(tok["grid"]), input=args.input, **sizes, num_classes=num_classes, **arch, mask_token=uses_mask_token(args),
+        **attention_options(args),
+    )  # fmt: skip
     return TokenViT(config, codebook)
+
+
+def attention_options(args) -> dict:
+    """The ModelConfig fields of --attention, --orders and --routing; none for global attention, so a global model's
+    config (and model.json) is what it was before routed attention existed."""
+    if args.attention == "global":
+        return {}
+    return {"attention": args.attention, "orders": tuple(args.orders), "routing": args.routing}
+
+
+def with_attention(model: TokenViT, args) -> TokenViT:
+    """A pretrained start (--init) with the attention of the flags: routed, its weights load into everything but the
+    new routers, which start fresh (seeded)."""
+    options = attention_options(args)
+    if not options or all(getattr(model.config, k) == v for k, v in options.items()):
+        return model
+    routed = TokenViT(replace(model.config, **options), getattr(model, "codebook", None))
+    try:
+        missing, unexpected = routed.load_state_dict(model.state_dict(), strict=False)
+    except RuntimeError as exc:  # a routed start with other orders: router shapes differ
+        raise TokenforgeError(f"--init {args.init}: weights do not fit this routed model ({str(exc).splitlines()[-1].strip()})") from None
+    if unexpected or any(".attn.router." not in k for k in missing):
+        raise TokenforgeError(f"--init {args.init}: weights do not fit a routed model ({(unexpected + missing)[0]})")
+    return routed
 
 
 def reset_head(model: TokenViT) -> None:

@@ -1,6 +1,7 @@
 """Saving and loading a TokenViT: `model.safetensors` (weights, codebook included) + `model.json` (its ModelConfig).
 
-Safetensors only: loading unpickles nothing. `tokenforge.models.vit` re-exports `save_model` and `load_model`.
+Safetensors only: loading unpickles nothing. Non-persistent buffers (routed attention's full-grid span masks) are
+not saved: the model rebuilds them from its config. `tokenforge.models.vit` re-exports `save_model` and `load_model`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,23 @@ if TYPE_CHECKING:  # models.vit imports this module: its names are imported wher
 
 # Model options added after the first release, left out of model.json while off: a plain model's config stays
 # byte for byte what it was, and reading fills them in with these defaults.
-OPTIONS_OFF = {"prompts": 0, "mask_token": False}
+OPTIONS_OFF = {"prompts": 0, "mask_token": False, "attention": "global", "orders": (0, 1, 2, 3), "routing": "soft"}
+
+
+# Settings of an option: left out with it while it is off, always written while it is on (a routed model's
+# model.json says its orders and routing, defaults included).
+SETTINGS_OF = {"orders": "attention", "routing": "attention"}
 
 
 def config_dict(config: ModelConfig) -> dict:
     """The config as written to model.json: every field, but model options that are off."""
-    return {k: v for k, v in asdict(config).items() if not (k in OPTIONS_OFF and v == OPTIONS_OFF[k])}
+    raw = asdict(config)
+
+    def off(key: str) -> bool:
+        option = SETTINGS_OF.get(key, key)
+        return raw[key] == OPTIONS_OFF[key] and raw[option] == OPTIONS_OFF[option]
+
+    return {k: v for k, v in raw.items() if not (k in OPTIONS_OFF and off(k))}
 
 
 def save_model(model: TokenViT, directory: Path) -> None:
@@ -42,7 +54,7 @@ def read_config(path: Path) -> ModelConfig:
 
     try:
         raw = json.loads(path.read_text())
-        return ModelConfig(**{**raw, "grid": tuple(raw["grid"])})
+        return ModelConfig(**{**raw, "grid": tuple(raw["grid"])})  # orders: ModelConfig makes the list a tuple
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise TokenforgeError(f"{path}: not a tokenforge model config ({exc})") from None
 

@@ -29,7 +29,8 @@ The probe, for attribution (`continual.scorers`), undone when the context exits:
         logits = model(units)                      # keys of token j scaled by factors[:, j] in every block
 
 `attention` records the probabilities of those blocks, computed unfused exactly as timm's unfused attention
-(softmax(q k^T * scale), attention dropout, @ v); gradients w.r.t. `probe.maps` are the attention gradients.
+(softmax(q k^T * scale), attention dropout, @ v); gradients w.r.t. `probe.maps` are the attention gradients. With
+routed attention the maps are the routed ones, sum_l alpha_l * attn_drop(softmax_l): what the block attends with.
 `key_scale` (B, N: prefix tokens first) multiplies each token's keys in every block (AtMan). `prefix_only`
 makes the last block compute only the prefix tokens' outputs (exact for logits and features, which read the
 class token; cheaper: AtMan runs h*w forwards per sample). Other blocks keep the fused attention.
@@ -37,6 +38,15 @@ class token; cheaper: AtMan runs h*w forwards per sample). Other blocks keep the
 Training-time schedules, set on the model and never saved with it (a new or loaded model has them off):
 `set_expansion(config)` turns on token expansion (`models.expansion`) and `set_epoch(epoch)` says where in the
 task's epochs training is. Expansion thins only forwards that train with gradients and no probe.
+`set_progress(fraction)` (the training loop, every step) sets hard routing's temperature (below).
+
+Routed attention spans (TRAR, `config.attention = "routed"`, `orders`, `routing`; `models.attention` has the
+method): every block's attention gets a router (parameters `vit.blocks.<i>.attn.router.*`, the only difference
+from a global model's state dict). The span masks of a full grid are computed once, at construction, into the
+non-persistent buffer `grid_spans` (1, L, N, N): rebuilt from the config, never saved, so a routed model's state
+dict holds only parameters (and the codebook). Subsets, and sequences thinned by token expansion, get masks made
+from their tokens' positions, once per forward. `set_routing_temperature(t)` sets hard routing's gumbel
+temperature directly. A global model has no router and no buffer and runs exactly as before.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.models import INPUTS
+from tokenforge.models import ATTENTIONS, INPUTS, ROUTINGS
 from tokenforge.models.expansion import ExpansionConfig, expand
 from tokenforge.models.store import load_model, save_model
 
@@ -79,6 +89,12 @@ class ModelConfig:
     patch: int = 1  # pixels only: patch side in pixels (the tokenizer's downsample factor)
     prompts: int = 0  # learned prompt tokens after the class token (timm's register tokens); 0: no parameter
     mask_token: bool = False  # tokens: a learned mask embedding, code id `codebook_size` (replay's fill view)
+    attention: str = "global"  # global (timm's) | routed: TRAR's routed attention spans (models.attention)
+    orders: tuple[int, ...] = (0, 1, 2, 3)  # routed: span orders, each a (2o+1)x(2o+1) window; 0 = global (TRAR's)
+    routing: str = "soft"  # routed: soft (softmax weights over the orders) | hard (gumbel-softmax, one order)
+
+    def __post_init__(self) -> None:
+        self.orders = tuple(self.orders)  # model.json and the CLI give lists
 
 
 class Probe:
@@ -98,6 +114,17 @@ class Probe:
         return maps
 
 
+def _check_attention(config: ModelConfig) -> None:
+    """The routed attention settings: known choices, orders distinct whole numbers >= 0."""
+    if config.attention not in ATTENTIONS:
+        raise TokenforgeError(f"attention: unknown attention {config.attention!r}; expected one of {', '.join(ATTENTIONS)}")
+    if config.routing not in ROUTINGS:
+        raise TokenforgeError(f"routing: unknown routing {config.routing!r}; expected one of {', '.join(ROUTINGS)}")
+    orders = config.orders
+    if not orders or any(isinstance(o, bool) or not isinstance(o, int) or o < 0 for o in orders) or len(set(orders)) < len(orders):
+        raise TokenforgeError(f"orders: distinct whole numbers >= 0 (0 = global), at least one, got {list(orders)}")
+
+
 @functools.cache
 def _takes(forward, name: str) -> bool:
     """Whether a forward function has an argument `name` (blocks get positions only where they accept them)."""
@@ -115,6 +142,7 @@ class TokenViT(nn.Module):
 
         if config.input not in INPUTS:
             raise TokenforgeError(f"input: unknown input {config.input!r}; expected one of {', '.join(INPUTS)}")
+        _check_attention(config)
         self.config = config
         if config.input == "tokens":
             if codebook is None or tuple(codebook.shape) != (config.codebook_size, config.code_dim):
@@ -148,9 +176,37 @@ class TokenViT(nn.Module):
             global_pool="token",
             block_fn=TokenBlock,
         )
+        if config.attention == "routed":  # after timm's initialisation: its weights are a global model's, same seed
+            self._route()
         self._probe: Probe | None = None
         self.expansion: ExpansionConfig | None = None  # token expansion in training forwards (set_expansion)
         self.epoch = 0  # the epoch within the task being trained (set_epoch): the expansion stage follows it
+
+    def _route(self) -> None:
+        """Routed attention spans: a router per block, the full grid's span masks as a non-persistent buffer."""
+        from tokenforge.models.attention import span_masks
+
+        config, vit = self.config, self.vit
+        width = config.grid[1]
+        for block in vit.blocks:
+            block.attn.route(config.orders, config.routing == "hard", width)
+        grid = torch.arange(self.num_tokens)[None]
+        self.register_buffer("grid_spans", span_masks(grid, width, config.orders, vit.num_prefix_tokens), persistent=False)
+
+    def set_routing_temperature(self, temperature: float) -> None:
+        """Hard routing's gumbel-softmax temperature in training forwards (no effect on soft or global attention)."""
+        for block in self.vit.blocks:
+            router = getattr(getattr(block, "attn", None), "router", None)
+            if router is not None:
+                router.temperature = float(temperature)
+
+    def set_progress(self, fraction: float) -> None:
+        """How far the task's training is, in [0, 1], set by the training loop before every step: hard routing's
+        temperature follows it (`models.attention.routing_temperature`, 10 -> 0.1)."""
+        if self.config.attention == "routed" and self.config.routing == "hard":
+            from tokenforge.models.attention import routing_temperature
+
+            self.set_routing_temperature(routing_temperature(fraction))
 
     def set_expansion(self, config: ExpansionConfig | None) -> None:
         """Token expansion (`models.expansion`) in training forwards from now on; None: off (the default)."""
@@ -205,7 +261,7 @@ class TokenViT(nn.Module):
         if full:  # every position, in order
             positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         x = self._with_prefix(x, positions, full)
-        return self.vit.norm(self._blocks(x, positions))
+        return self.vit.norm(self._blocks(x, positions, full))
 
     def _patch_tokens(self, units: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """Projected units (B, k, E); for a full grid (no positions) by timm's 1x1 convolution, timm's bits."""
@@ -232,16 +288,20 @@ class TokenViT(nn.Module):
             x = torch.cat([tokens + pos[:prefix], x + pos[prefix + positions]], dim=1)
         return vit.norm_pre(vit.pos_drop(x))
 
-    def _blocks(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The blocks in order, each given the positions if its forward takes them; checkpointed when enabled.
+    def _blocks(self, x: torch.Tensor, positions: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """The blocks in order, each given the positions (and, routed, the span masks) if its forward takes them;
+        checkpointed when enabled.
 
         Token expansion thins the sequence after its block, outside the checkpointed calls, positions following."""
         vit = self.vit
         checkpointing = vit.grad_checkpointing and torch.is_grad_enabled()  # activation checkpointing, as timm's
         last = len(vit.blocks) - 1
         expansion = self.expansion if self._expanding() else None
+        spans = self._spans(positions, full)
         for i, block in enumerate(vit.blocks):
             kwargs = {"positions": positions} if _takes(type(block).forward, "positions") else {}
+            if spans is not None and _takes(type(block).forward, "spans"):
+                kwargs["spans"] = spans
             if i == last and self._probe is not None and self._probe.prefix_only:
                 if not _takes(type(block).forward, "rows"):
                     raise TokenforgeError(f"probe: prefix_only needs a last block that takes rows, not {type(block).__name__}")
@@ -252,7 +312,20 @@ class TokenViT(nn.Module):
                 x = block(x, **kwargs)
             if expansion is not None and i == expansion.after:
                 x, positions = expand(x, positions, expansion, expansion.stage(self.epoch), vit.num_prefix_tokens)
+                spans = self._spans(positions, False)
         return x
+
+    def _spans(self, positions: torch.Tensor, full: bool) -> torch.Tensor | None:
+        """Routed attention's span masks (B or 1, L, N, N) for tokens at `positions`; None for global attention."""
+        if self.config.attention != "routed":
+            return None
+        if full:
+            return self.grid_spans
+        from tokenforge.models.attention import span_masks
+
+        if positions.stride(0) == 0:  # the same positions for every sample: one mask for the batch
+            positions = positions[:1]
+        return span_masks(positions, self.config.grid[1], self.config.orders, self.vit.num_prefix_tokens)
 
     def _expanding(self) -> bool:
         """Whether token expansion thins this forward: on, training with gradients, no probe, a stage that thins."""
