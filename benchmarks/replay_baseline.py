@@ -11,7 +11,8 @@ Datasets:
   - digits: scikit-learn's bundled 8x8 digits (1797 images, values 0..16), 80/20 stratified train/test
     split with the seed.
   - fashion: Fashion-MNIST from the IDX files in /usr/share/datasets/fashion-mnist, the first
-    --train-per-class training and --test-per-class test images of each class (default 1000 and 200).
+    --train-per-class training and --test-per-class test images of each class (default 300 and 300, as
+    benchmarks/coretokens.py's fashion entry).
   The class order is np.random.default_rng(seed).permutation(10), two classes per task.
 
 Bytes: one stored sample costs H*W bytes (uint8 pixels; digits' 0..16 fits a byte) plus 1 byte of label,
@@ -37,7 +38,8 @@ Run (about 2 minutes on 2 CPU cores for both datasets and 3 seeds, one process, 
 
     /tmp/ava-venv/bin/python benchmarks/replay_baseline.py                     # both datasets, seeds 0 1 2
     /tmp/ava-venv/bin/python benchmarks/replay_baseline.py --only digits --seeds 0
-    /tmp/ava-venv/bin/python benchmarks/replay_baseline.py --fashion-token-bytes 123456   # budgets as token shares
+    /tmp/ava-venv/bin/python benchmarks/replay_baseline.py --fashion-token-bytes 400637   # budgets as shares of
+        # benchmarks/work/coretokens/fashion/tokens/train.parquet's bytes (the README's run)
 
 Writes benchmarks/results/replay_baseline.json (every run and the meta: versions, machine, settings) and
 benchmarks/results/replay_baseline.md (one table per dataset).
@@ -360,8 +362,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fashion-bytes", type=int, nargs="+", help="byte budgets for fashion (overrides the shares)")
     p.add_argument("--fashion-token-bytes", type=int, default=0,
                    help="bytes of tokenforge's Fashion-MNIST token file; 0 = unknown, use the raw sub-sample's bytes")
-    p.add_argument("--train-per-class", type=int, default=1000)
-    p.add_argument("--test-per-class", type=int, default=200)
+    p.add_argument("--train-per-class", type=int, default=300)
+    p.add_argument("--test-per-class", type=int, default=300)
     p.add_argument("--out", type=Path, default=HERE / "results" / "replay_baseline")
     return p.parse_args()
 
