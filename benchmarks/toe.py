@@ -48,7 +48,7 @@ def load_data(work: Path):
     return d, load_tokens(d / "tokens" / "train.parquet"), load_tokens(d / "tokens" / "test.parquet")
 
 
-def run(d: Path, train, test, preset: dict, seed: int, toe: bool) -> dict:
+def run(d: Path, train, test, preset: dict, seed: int, toe: bool, attention: str = "global") -> dict:
     import torch
 
     from tokenforge.engine.deepspeed import warmup_cosine
@@ -62,7 +62,7 @@ def run(d: Path, train, test, preset: dict, seed: int, toe: bool) -> dict:
     codebook = load_codebook(d / "tokenizer")
     config = ModelConfig(grid=tuple(train.ids.shape[1:]), codebook_size=codebook.shape[0], code_dim=codebook.shape[1],
                          num_classes=int(train.labels.max()) + 1, embed_dim=preset["embed"], depth=preset["depth"],
-                         num_heads=preset["heads"], mlp_ratio=2.0)
+                         num_heads=preset["heads"], mlp_ratio=2.0, attention=attention)
     model = TokenViT(config, codebook).to(device)
     epochs = preset["epochs"]
     if toe:
@@ -94,8 +94,27 @@ def run(d: Path, train, test, preset: dict, seed: int, toe: bool) -> dict:
         with torch.no_grad():
             right = sum(int((model(xt[i : i + 512]).argmax(1) == yt[i : i + 512]).sum()) for i in range(0, len(xt), 512))
         curve.append({"epoch": epoch + 1, "train_s": trained, "test_accuracy": right / len(xt)})
-        print(f"  seed {seed} {'toe  ' if toe else 'plain'} epoch {epoch + 1}: {right / len(xt):.4f} ({trained:.1f} s)", flush=True)
-    return {"seed": seed, "toe": toe, "curve": curve, "train_s": trained, "final_accuracy": curve[-1]["test_accuracy"]}
+        print(f"  seed {seed} {'toe  ' if toe else attention} epoch {epoch + 1}: {right / len(xt):.4f} ({trained:.1f} s)", flush=True)
+    return {"seed": seed, "toe": toe, "attention": attention, "curve": curve, "train_s": trained,
+            "final_accuracy": curve[-1]["test_accuracy"], "samples_per_s": epochs * len(x) / trained,
+            "saved_activation_mb": saved_activations(model, x[: preset["batch"]].to(device))}
+
+
+def saved_activations(model, batch) -> float:
+    """MB of tensors autograd keeps for the backward of one training forward of `batch` (the activation memory)."""
+    import torch
+
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(batch).sum()
+    return total / 2**20
 
 
 def sync(device) -> None:
