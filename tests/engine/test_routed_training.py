@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers.training import token_task_data
+from helpers.training import token_task_data, two_task_chain
 
 from tokenforge.cli import main
 
@@ -30,18 +30,8 @@ def train(data, out, task, *extra):
     return main(args + list(extra))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    """--threads sets torch's threads for this whole process: give the next tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def chain(data, root, *extra) -> None:
-    for task in (0, 1):
-        previous = ["--previous", str(root / "task-0")] if task else []
-        assert train(data, root / f"task-{task}", task, *previous, *extra) == 0
+    two_task_chain(train, data, root, *extra)
 
 
 def read(path):

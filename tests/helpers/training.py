@@ -36,3 +36,10 @@ def token_task_data(
     manifest = [{"task": t, "classes": list(c), "class_names": [chr(97 + k) for k in c]} for t, c in enumerate(tasks)]
     (root / "split" / "tasks.json").write_text(json.dumps({"num_classes": classes, "tasks": manifest}))
     return root
+
+
+def two_task_chain(train, data: Path, root: Path, *extra) -> None:
+    """Tasks 0 and 1 through `train(data, out, task, *flags)` into root/task-0 and root/task-1, each must succeed."""
+    for task in (0, 1):
+        previous = ["--previous", str(root / "task-0")] if task else []
+        assert train(data, root / f"task-{task}", task, *previous, *extra) == 0
