@@ -34,7 +34,7 @@ import torch
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, read_json, write_json
-from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model
+from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model, standardised
 from tokenforge.runtime import compute_device, progress, seed_everything
 
 
@@ -257,7 +257,7 @@ def init_from(directory: Path, num_classes: int, mask_token: bool, codebook: tor
     config = pretrained.config
     if config.input != input:
         raise TokenforgeError(f"{directory}: a pretrained model of input {config.input!r}, not {input!r}")
-    if input == "tokens" and (codebook is None or not torch.equal(_standardised(codebook), pretrained.codebook)):
+    if input == "tokens" and (codebook is None or not torch.equal(standardised(codebook), pretrained.codebook)):
         raise TokenforgeError(f"{directory}: pretrained with another tokenizer (codebooks differ)")
     model = TokenViT(replace(config, num_classes=num_classes, mask_token=mask_token), codebook)
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("vit.head.")}
@@ -268,8 +268,3 @@ def init_from(directory: Path, num_classes: int, mask_token: bool, codebook: tor
     if missing or unexpected:
         raise TokenforgeError(f"{directory}: weights do not fit a {num_classes}-class model ({(missing + unexpected)[0]})")
     return model
-
-
-def _standardised(codebook: torch.Tensor) -> torch.Tensor:
-    codebook = codebook.detach().float()
-    return (codebook - codebook.mean(0)) / codebook.std(0, unbiased=False).clamp_min(1e-6)

@@ -154,9 +154,7 @@ class TokenViT(nn.Module):
             # channel: VQ codes are small (std ~0.1 here), and at that scale the ViT sat at chance for ~70
             # steps before learning; standardised, it learns in ~20. Idempotent, so loading a saved model
             # (whose buffer is already standardised) gives the same buffer.
-            codebook = codebook.detach().clone().float()
-            mean, std = codebook.mean(0), codebook.std(0, unbiased=False).clamp_min(1e-6)
-            self.register_buffer("codebook", (codebook - mean) / std)
+            self.register_buffer("codebook", standardised(codebook))
             if config.mask_token:  # in the standardised code space: zeros is the mean code to start from
                 self.mask_embed = nn.Parameter(torch.zeros(config.code_dim))
         elif config.mask_token:
@@ -363,6 +361,13 @@ class TokenViT(nn.Module):
             for attn in attns:
                 attn.probe = None
             self._probe = None
+
+
+def standardised(codebook: torch.Tensor) -> torch.Tensor:
+    """The codebook as a TokenViT holds it: fp32, standardised per channel (idempotent)."""
+    codebook = codebook.detach().clone().float()
+    mean, std = codebook.mean(0), codebook.std(0, unbiased=False).clamp_min(1e-6)
+    return (codebook - mean) / std
 
 
 def device_of(module: nn.Module) -> torch.device:
