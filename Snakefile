@@ -5,6 +5,7 @@
 #   tokenizer/   VQ autoencoder weights (safetensors) + stats   (20_tokenizer.smk)
 #   tokens/      token grids as Parquet, bytes per image        (30_tokenize.smk)
 #                (a seit:DIR source is imported here instead of shard/tokenizer/tokenize: 15_seit.smk)
+#   tokenadapt/  optional TokenAdapt pair f, g                  (35_tokenadapt.smk; tokenadapt.enabled)
 #   synonyms/    k nearest codes per code                       (40_synonyms.smk)
 #   split/       one manifest per task                          (50_split.smk)
 #   pretrain/    optional start for task 0 / MTM fill model     (55_pretrain.smk; pretrain.mode != none)
@@ -51,6 +52,7 @@ include: "workflow/rules/10_shard.smk"
 include: "workflow/rules/15_seit.smk"
 include: "workflow/rules/20_tokenizer.smk"
 include: "workflow/rules/30_tokenize.smk"
+include: "workflow/rules/35_tokenadapt.smk"
 include: "workflow/rules/40_synonyms.smk"
 include: "workflow/rules/50_split.smk"
 include: "workflow/rules/55_pretrain.smk"

@@ -8,6 +8,7 @@ rule train:
         synonyms=SYNONYMS,
         previous=previous_task,
         pretrain=pretrain_inputs,
+        adapter=tokenadapt_inputs,
     output:
         model=f"{R}/train/task-{{task}}/model.safetensors",
         model_config=f"{R}/train/task-{{task}}/model.json",
@@ -18,7 +19,7 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/task-{{task}}.tsv"
     params:
-        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS and k != "token_expansion"}),
+        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS and k not in ("token_expansion", "prompts")}),
         # From the job's resources: one process (CPU or one GPU), one per GPU or train.processes on a node (torchrun
         # or the deepspeed launcher), or srun + torchrun across nodes. Data parallel; rank 0 writes the outputs.
         # Every program but srun is a module of the job's Python (train_launch in common.smk): no PATH needed.
@@ -27,8 +28,10 @@ rule train:
         memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),
         augment=cli_args(config["augment"], prefix="augment-"),
         toe=cli_args(config["train"].get("token_expansion", {}), prefix="toe-"),
+        prompts=cli_args(config["train"].get("prompts", {}), prefix="prompt-"),
         previous=previous_flag,
         pretrain=pretrain_flags,
+        adapter=tokenadapt_flag,
         tokenizer=dirname("input.codebook"),
         shards="" if SEIT else f"--shards {R}/shard",
         split=dirname("input.split"),
@@ -52,7 +55,7 @@ rule train:
         "{params.launch} train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.previous} {params.pretrain} --out {params.outdir} {params.args} {params.memory}"
         " --checkpoint-dir {params.checkpoints}"
-        " --synonyms {input.synonyms} {params.augment} {params.toe}"
+        " --synonyms {input.synonyms} {params.augment} {params.adapter} {params.toe} {params.prompts}"
         " --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"
 
 

@@ -1,6 +1,7 @@
 STAGE_STATS = {
     **({} if SEIT else {"shard": f"{R}/shard/stats.json", "tokenizer": f"{R}/tokenizer/stats.json"}),
     "tokenize": f"{TOKENS}/stats.json",
+    **({"tokenadapt": f"{TOKENADAPT_DIR}/stats.json"} if TOKENADAPT_ON else {}),
     **({"pretrain": f"{PRETRAIN_DIR}/stats.json"} if PRETRAIN_MODE != "none" else {}),
     **{f"train-{t}": f"{R}/train/task-{t}/stats.json" for t in TASKS},
     **{f"evaluate-{t}": f"{R}/evaluate/task-{t}.json" for t in TASKS},

@@ -145,6 +145,8 @@ if FILL_MTM and PRETRAIN_MODE != "mtm":
     raise WorkflowError("config key memory.fill: mtm needs a masked-token model: set pretrain.mode to mtm")
 if PRETRAIN_MODE != "none" and SEIT and PRETRAIN.get("data", "heldout") not in ("heldout", "tasks"):
     raise WorkflowError("config key pretrain.data: a seit: source has no tokenizer to encode another source with")
+if (config["train"].get("prompts") or {}).get("tokens", 0) and (PRETRAIN_MODE == "none" or not PRETRAIN.get("init", True)):
+    raise WorkflowError("config key train.prompts: prompt tuning needs a backbone for task 0: set pretrain.mode (and pretrain.init)")
 
 
 def pretrain_inputs(wildcards):
@@ -160,3 +162,22 @@ def pretrain_flags(wildcards):
     if FILL_MTM:
         flags.append(f"--fill-model {PRETRAIN_DIR}")
     return " ".join(flags)
+
+
+# The optional tokenadapt stage (35_tokenadapt.smk): the frozen TokenAdapt pair of augment.tokenadapt_p, trained on the
+# shards and the tokenizer. Every training job reads it when the stage is on.
+TOKENADAPT = config.get("tokenadapt", {}) or {}
+TOKENADAPT_ON = bool(TOKENADAPT.get("enabled", False))
+TOKENADAPT_DIR = f"{R}/tokenadapt"
+if TOKENADAPT_ON and SEIT:
+    raise WorkflowError("config key tokenadapt.enabled: a seit: source has no images or tokenizer model to train it on")
+if config.get("augment", {}).get("tokenadapt_p", 0) > 0 and not TOKENADAPT_ON:
+    raise WorkflowError("config key augment.tokenadapt_p: > 0 needs the adapter: set tokenadapt.enabled to true")
+
+
+def tokenadapt_inputs(wildcards):
+    return [f"{TOKENADAPT_DIR}/adapter.safetensors"] if TOKENADAPT_ON else []
+
+
+def tokenadapt_flag(wildcards):
+    return f"--adapter {TOKENADAPT_DIR}" if TOKENADAPT_ON else ""

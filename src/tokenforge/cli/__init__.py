@@ -25,6 +25,7 @@ STAGES = (
     "shard",
     "tokenizer",
     "tokenize",
+    "tokenadapt",
     "synonyms",
     "seit",
     "split",

@@ -25,7 +25,7 @@ from tokenforge.models.expansion import ExpansionConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for add in (_data, _optimisation, _deepspeed, _model, _token_expansion, _augmentations, _memory, _replay):
+    for add in (_data, _optimisation, _deepspeed, _model, _token_expansion, _prompt_tuning, _augmentations, _memory, _replay):
         add(parser)
 
 
@@ -57,6 +57,13 @@ def _data(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="--memory-fill mtm: the masked-token model (`tokenforge pretrain --mode mtm` output) that predicts the "
         "non-kept tokens of replayed grids",
+    )
+    data.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="--augment-tokenadapt-p > 0: the frozen TokenAdapt pair (`tokenforge tokenadapt` output), made for this "
+        "run's tokenizer",
     )
 
 
@@ -179,6 +186,30 @@ def _token_expansion(parser: argparse.ArgumentParser) -> None:
     toe.add_argument("--toe-chunks", type=int, default=default.chunks, metavar="K", help="chunks in which each stage's most novel tokens join")
     toe.add_argument(
         "--toe-after", type=int, default=default.after, metavar="BLOCK", help="thin the output of this block (0-based; below the last)"
+    )
+
+
+def _prompt_tuning(parser: argparse.ArgumentParser) -> None:
+    vpt = parser.add_argument_group(
+        "visual prompt tuning (VPT, train.prompts; see tokenforge.models.vit): learned prompt tokens after the class "
+        "token train with the head, everything else frozen (and in eval mode); task 0 needs --init, later tasks "
+        "keep task 0's prompt settings"
+    )
+    vpt.add_argument("--prompt-tokens", type=int, default=0, metavar="N", help="prompt tokens per set (0: off)")
+    vpt.add_argument(
+        "--prompt-deep",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="deep: a new set of N prompts replaces them before every block (depth sets in all); shallow: one set at the input",
+    )
+    vpt.add_argument("--prompt-dropout", type=float, default=0.0, metavar="P", help="dropout on the prompt tokens while training, in [0, 1)")
+    kernel = parser.add_argument_group("attention kernel (train.fused_attention)")
+    kernel.add_argument(
+        "--fused-attention",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train with fused attention (F.scaled_dot_product_attention, timm's default) or the unfused "
+        "softmax(q k^T) v, for comparison; memory scoring and evaluation are unaffected",
     )
 
 

@@ -6,6 +6,13 @@ A batch arrives as code ids (B, h, w) and class targets (B, C). `TokenAugmenter`
   embed:        codebook lookup -> random resized crop -> horizontal flip
                 -> embedding noise -> CutMix -> ColorAdapt     (embedding maps (B, D, h, w), soft targets)
 
+With augment.tokenadapt_p (SeiT++'s TokenAdapt, a frozen adapter pair f, g from `tokenforge tokenadapt`, see
+tokenforge.tokenizer.adapt) a batch chosen with that probability is split in two halves: the first half takes the
+path above; the second goes f -> per-sample flip, rotation, translation, shear, resized crop on f's map -> Mixup
+(alpha 0.8) or CutMix (alpha 1.0), one of the two with p 0.5, targets mixed alike -> g -> hard argmax -> codebook
+lookup (this augmenter's codebook: the model's standardised one, the space the model embeds ids in) -> embedding
+noise -> ColorAdapt. Batches not chosen, and every batch when tokenadapt_p is 0, take the first path unchanged.
+
 The crop resamples bilinearly, so a cell of the result is a convex mixture of up to four codewords: the
 same as SeiT's crop of the one-hot map followed by the lookup as a matmul (both steps are linear and act
 on the channels independently, so they commute), without building a (B, K, h, w) one-hot.
@@ -35,6 +42,10 @@ from tokenforge.io import read_json
 CROP_RATIO = (3 / 4, 4 / 3)
 # Added to the variance before the square root so a constant channel does not divide by zero.
 COLOR_EPS = 1e-5
+# TokenAdapt's half of a batch: timm's Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5) of the official code.
+TOKENADAPT_MIXUP_ALPHA = 0.8
+TOKENADAPT_CUTMIX_ALPHA = 1.0
+TOKENADAPT_SWITCH_P = 0.5
 
 
 
@@ -279,6 +290,25 @@ def cutmix(emb: Tensor, targets: Tensor, p: float, alpha: float, generator: torc
     return out, targets * (1.0 - pasted) + targets[partner] * pasted
 
 
+def mixup_or_cutmix(maps: Tensor, targets: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Once per batch, as timm's Mixup of TokenAdapt's half: with p 0.5 CutMix (lam ~ Beta(1, 1)), else Mixup
+    (lam ~ Beta(0.8, 0.8)) with each sample's partner; targets mixed by the partner's share."""
+    batch, _, height, width = maps.shape
+    if batch < 2:
+        return maps, targets
+    partner = _partners(batch, generator).to(maps.device)
+    use_cutmix = bool(_chosen(1, TOKENADAPT_SWITCH_P, generator))
+    lam = _beta(TOKENADAPT_CUTMIX_ALPHA if use_cutmix else TOKENADAPT_MIXUP_ALPHA, generator)
+    if use_cutmix:
+        y1, y2, x1, x2 = cutmix_box(height, width, lam, generator)
+        out = maps.clone()
+        out[:, :, y1:y2, x1:x2] = maps[partner, :, y1:y2, x1:x2]
+        share = (y2 - y1) * (x2 - x1) / (height * width)
+    else:
+        out, share = lam * maps + (1.0 - lam) * maps[partner], 1.0 - lam
+    return out, targets * (1.0 - share) + targets[partner] * share
+
+
 def _channel_stats(emb: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample, per-channel mean and std over the grid, each (B, D, 1, 1)."""
     mean = emb.mean(dim=(2, 3), keepdim=True)
@@ -309,12 +339,13 @@ def color_adapt(emb: Tensor, p: float, generator: torch.Generator) -> Tensor:
 class TokenAugmenter:
     """Applies the augmentations switched on in `config` to batches of ids, in SeiT's order."""
 
-    def __init__(self, config: AugmentConfig, codebook: Tensor, synonyms: Tensor | None, seed: int):
+    def __init__(self, config: AugmentConfig, codebook: Tensor, synonyms: Tensor | None, seed: int, adapter=None):
         if codebook.ndim != 2:
             raise TokenforgeError(f"codebook: expected a (codes, dim) matrix, got shape {tuple(codebook.shape)}")
         self.config = config
         self.codebook = codebook.detach().float()
         self.synonyms = _check_synonyms(synonyms, config, len(codebook)) if config.synonym_p > 0 else None
+        self.adapter = _check_adapter(adapter, self.codebook) if config.tokenadapt_p > 0 else None
         # Noise is relative to each embedding channel's spread over the codebook.
         self.channel_std = self.codebook.std(dim=0, unbiased=False)
         self.generator = torch.Generator(device=self.codebook.device)
@@ -340,9 +371,18 @@ class TokenAugmenter:
         if targets.ndim != 2 or len(targets) != len(ids):
             shape = tuple(targets.shape)
             raise TokenforgeError(f"augment: targets must be (batch, classes) for {len(ids)} samples, got {shape}")
+        targets = targets.float()
+        if self.config.tokenadapt_p > 0 and len(ids) > 1 and bool(_chosen(1, self.config.tokenadapt_p, self.generator)):
+            base = len(ids) - len(ids) // 2  # the first half keeps the path below, the second goes through TokenAdapt
+            emb, mixed = self._embed(ids[:base], targets[:base])
+            adapted, adapted_targets = self._tokenadapt(ids[base:], targets[base:])
+            return torch.cat([emb, adapted]), torch.cat([mixed, adapted_targets])
+        return self._embed(ids, targets)
+
+    def _embed(self, ids: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """SeiT's path: lookup -> crop -> flip -> noise -> CutMix -> ColorAdapt."""
         cfg, gen = self.config, self.generator
         codebook = self.codebook.to(ids.device)
-        targets = targets.float()
         # Crop and flip act on the embedding map: both are the same linear resampling of every channel, so
         # they commute with the codebook lookup (a matmul of the one-hot map). The result equals SeiT's
         # one-hot -> crop -> matmul (soft code mixtures) without a (B, K, h, w) one-hot, K/D times less work.
@@ -359,6 +399,23 @@ class TokenAugmenter:
             emb = color_adapt(emb, cfg.coloradapt_p, gen)
         return emb, targets
 
+    @torch.no_grad()
+    def _tokenadapt(self, ids: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """TokenAdapt's path: f -> spatial transforms (per sample) -> Mixup/CutMix -> g -> argmax -> lookup -> noise
+        -> ColorAdapt. The colour steps come after g, whose hard argmax would otherwise undo them."""
+        from tokenforge.tokenizer.adapt import apply_spatial, draw_spatial
+
+        cfg, gen = self.config, self.generator
+        maps = self.adapter.f(ids)
+        maps = apply_spatial(maps, draw_spatial(len(ids), tuple(maps.shape[2:]), gen))
+        maps, targets = mixup_or_cutmix(maps, targets, gen)
+        emb = self.codebook.to(ids.device)[self.adapter.g(maps).argmax(1)].permute(0, 3, 1, 2)
+        if cfg.noise_p > 0:
+            emb = embedding_noise(emb, cfg.noise_p, cfg.noise_std, self.channel_std, gen)
+        if cfg.coloradapt_p > 0:
+            emb = color_adapt(emb, cfg.coloradapt_p, gen)
+        return emb, targets
+
     def _check_ids(self, ids: Tensor) -> Tensor:
         """`ids` as int64 after checking it is a (B, h, w) integer grid of codes of this codebook."""
         if ids.ndim != 3 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
@@ -368,6 +425,16 @@ class TokenAugmenter:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.codebook)):
             raise TokenforgeError(f"augment: ids out of range [0, {len(self.codebook)}) of the codebook")
         return ids
+
+
+def _check_adapter(adapter, codebook: Tensor):
+    """The frozen TokenAdapt pair, made for this codebook, on its device (augment.tokenadapt_p > 0 needs one)."""
+    if adapter is None:
+        raise TokenforgeError("augment.tokenadapt_p: > 0 needs a TokenAdapt adapter (--adapter, from `tokenforge tokenadapt`)")
+    from tokenforge.tokenizer.adapt import check_codebook
+
+    check_codebook(adapter, codebook, "--adapter")
+    return adapter.to(codebook.device).eval().requires_grad_(False)
 
 
 def _check_synonyms(synonyms: Tensor | None, config: AugmentConfig, size: int) -> Tensor:

@@ -9,7 +9,9 @@ from typing import Any
 
 from tokenforge.errors import TokenforgeError
 
-PROBABILITIES = ("synonym_p", "synonym_token_p", "swap_p", "crop_p", "flip_p", "noise_p", "cutmix_p", "coloradapt_p")
+PROBABILITIES = (
+    "synonym_p", "synonym_token_p", "swap_p", "crop_p", "flip_p", "noise_p", "cutmix_p", "coloradapt_p", "tokenadapt_p",
+)
 
 
 @dataclass
@@ -29,6 +31,7 @@ class AugmentConfig:
     cutmix_p: float = 0.0  # per batch: CutMix on the embedding maps (targets mixed by area)
     cutmix_alpha: float = 1.0
     coloradapt_p: float = 0.0  # per sample: take another sample's per-channel mean/std (AdaIN)
+    tokenadapt_p: float = 0.0  # per batch: its second half goes through TokenAdapt instead (needs an adapter)
 
     def __post_init__(self) -> None:
         self.crop_scale = _check_scale(self.crop_scale)
@@ -78,6 +81,8 @@ FIELD_HELP = {
     'noise_std': "relative to the codebook's per-channel std",
     'cutmix_p': 'per batch: CutMix on the embedding maps (targets mixed by area)',
     'coloradapt_p': "per sample: take another sample's per-channel mean/std (AdaIN)",
+    'tokenadapt_p': "per batch: its second half goes through TokenAdapt (f -> flip, rotate, translate, shear, crop -> "
+    "Mixup/CutMix -> g; SeiT++, official 1.0) instead of the crop/flip/CutMix path; needs --adapter",
 }
 
 

@@ -66,7 +66,8 @@ def warmup_cosine(warmup: int, steps: int):
 
 
 def build_engine(model, args, micro_steps: int):
-    """The DeepSpeed engine: AdamW and a warm-up + cosine schedule over the run's optimizer steps."""
+    """The DeepSpeed engine: AdamW over the trainable parameters and a warm-up + cosine schedule over the run's
+    optimizer steps."""
     import deepspeed
     import torch
 
@@ -75,8 +76,10 @@ def build_engine(model, args, micro_steps: int):
     config = deepspeed_config(args.deepspeed_config, args)
     # DeepSpeed steps the optimizer and the scheduler once per gradient_accumulation_steps micro-batches.
     steps = max(1, math.ceil(micro_steps / config["gradient_accumulation_steps"]))
-    # A torch optimizer: DeepSpeed's own Adam would JIT-compile a fused kernel first.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # A torch optimizer: DeepSpeed's own Adam would JIT-compile a fused kernel first. Only the trainable parameters:
+    # a prompted model (VPT) freezes its backbone, which then has no optimizer state and never changes.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     warmup = max(1, int(args.warmup_epochs * steps / max(args.epochs, 1)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=True)

@@ -39,6 +39,7 @@ from tokenforge.engine.loop import TrainLoop, rank_slice
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, read_json, write_json
 from tokenforge.models.expansion import ExpansionConfig
+from tokenforge.models.store import backbone_digest, is_tuned
 from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model
 from tokenforge.runtime import compute_device, seed_everything
 
@@ -81,6 +82,10 @@ def check_args(args) -> None:
         if args.memory_fill == "mtm" and args.fill_model is None:
             raise TokenforgeError("--fill-model: required with memory.fill mtm (a `tokenforge pretrain --mode mtm` output)")
     expansion_config(args)  # its settings fail now, the depth check once the model is there
+    if args.prompt_tokens < 0 or not 0 <= args.prompt_dropout < 1:
+        raise TokenforgeError(f"train.prompts: tokens >= 0 and dropout in [0, 1), got {args.prompt_tokens} and {args.prompt_dropout}")
+    if args.prompt_tokens and args.task == 0 and args.init is None:
+        raise TokenforgeError("train.prompts: prompt tuning trains prompts on a frozen backbone; task 0 needs one from --init (pretrain)")
     if args.attention == "routed" and (not args.orders or min(args.orders) < 0 or len(set(args.orders)) < len(args.orders)):
         raise TokenforgeError(f"train.orders: distinct whole numbers >= 0 (0 = global), at least one, got {args.orders}")
 
@@ -109,6 +114,7 @@ def initial_model(args, num_classes: int) -> TokenViT:
             raise TokenforgeError(f"--previous {args.previous}: a model without a mask token; memory.fill mask needs one from task 0")
         if args.head == "reset":  # a fresh head, seeded like everything else in this task
             reset_head(model)
+        keep_prompts(model, args)
         return model  # its attention too: train.attention, orders and routing act on task 0 only
     from tokenforge.tokenizer.vq import load_codebook
 
@@ -120,7 +126,11 @@ def initial_model(args, num_classes: int) -> TokenViT:
         model = init_from(args.init, num_classes, uses_mask_token(args), codebook, args.input)
         if tuple(model.config.grid) != tuple(tok["grid"]):
             raise TokenforgeError(f"--init {args.init}: a model of grid {model.config.grid}, the tokenizer's is {tuple(tok['grid'])}")
-        return with_attention(model, args)
+        options = attention_options(args)
+        if args.prompt_tokens and any(getattr(model.config, k) != v for k, v in options.items()):
+            raise TokenforgeError("train.prompts: a frozen backbone would keep the routers new to the --init model (train.attention "
+                                  "routed) at their random start; prompt-tune a routed --init model or global attention")
+        return with_prompts(with_attention(model, args), args)
     if args.input == "tokens":
         codebook = load_codebook(args.tokenizer)
         sizes = {"codebook_size": codebook.shape[0], "code_dim": codebook.shape[1]}
@@ -159,6 +169,49 @@ def with_attention(model: TokenViT, args) -> TokenViT:
     return routed
 
 
+def prompt_options(args) -> dict:
+    """The ModelConfig fields of --prompt-tokens, --prompt-deep and --prompt-dropout (all off while tokens is 0)."""
+    if not args.prompt_tokens:
+        return {"prompt_tokens": 0, "prompt_deep": False, "prompt_dropout": 0.0}
+    return {"prompt_tokens": args.prompt_tokens, "prompt_deep": bool(args.prompt_deep), "prompt_dropout": float(args.prompt_dropout)}
+
+
+def with_prompts(model: TokenViT, args) -> TokenViT:
+    """A pretrained start (--init) with the prompts of the flags: its weights, seeded fresh prompts, frozen backbone."""
+    options = prompt_options(args)
+    if all(getattr(model.config, k) == v for k, v in options.items()):
+        return model
+    prompted = TokenViT(replace(model.config, **options), getattr(model, "codebook", None))
+    state = {k: v for k, v in model.state_dict().items() if "prompt" not in k}
+    missing, unexpected = prompted.load_state_dict(state, strict=False)
+    if unexpected or any("prompt" not in k for k in missing):
+        raise TokenforgeError(f"--init {args.init}: weights do not fit a prompted model ({(unexpected + missing)[0]})")
+    return prompted
+
+
+def keep_prompts(model: TokenViT, args) -> None:
+    """Task t > 0: the flags' prompts must be task t-1's (train.prompts is set at task 0); the dropout is the flags'."""
+    options, config = prompt_options(args), model.config
+
+    def said(tokens: int, deep: bool) -> str:
+        return f"{tokens} {'deep' if deep else 'shallow'} prompt tokens" if tokens else "no prompt tokens"
+
+    if (config.prompt_tokens, config.prompt_deep) != (options["prompt_tokens"], options["prompt_deep"]):
+        raise TokenforgeError(f"--previous {args.previous}: a model with {said(config.prompt_tokens, config.prompt_deep)}, the flags "
+                              f"ask for {said(options['prompt_tokens'], options['prompt_deep'])} (train.prompts is set at task 0)")
+    if config.prompt_tokens:
+        model.config = replace(config, prompt_dropout=options["prompt_dropout"])
+        model.prompt_dropout.p = options["prompt_dropout"]
+
+
+def frozen_backbone(model: TokenViT) -> dict[str, torch.Tensor] | None:
+    """A prompted model's frozen tensors (every state-dict entry but the prompts and the head) as training starts,
+    copied: the trained model gets them back bit for bit (bf16 training holds only their rounding); None unprompted."""
+    if not model.config.prompt_tokens:
+        return None
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items() if not is_tuned(k)}
+
+
 def reset_head(model: TokenViT) -> None:
     """Re-initialise the classifier head as timm initialises it (truncated normal weights, std 0.02; zero bias)."""
     head = model.vit.head
@@ -167,10 +220,19 @@ def reset_head(model: TokenViT) -> None:
         torch.nn.init.zeros_(head.bias)
 
 
-def plain_model(module, device) -> TokenViT:
+def plain_model(module, device, frozen: dict[str, torch.Tensor] | None = None) -> TokenViT:
     """The trained weights in a fresh fp32 model on `device`, in eval mode: memory building and saving see the same
-    model whatever the training precision, and without activation checkpointing or DeepSpeed's hooks."""
-    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in module.state_dict().items()}
+    model whatever the training precision, and without activation checkpointing or DeepSpeed's hooks.
+
+    `frozen` (`frozen_backbone` before training): a prompted model's frozen tensors, checked to be what the engine
+    still holds (themselves, or their bf16 rounding) and taken from there, bit for bit."""
+    held_state = module.state_dict()
+    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in held_state.items()}
+    for name, start in (frozen or {}).items():
+        held = held_state[name].detach().cpu()
+        if not torch.equal(held, start.to(held.dtype)):
+            raise TokenforgeError(f"prompt tuning: the frozen backbone changed in training ({name})")
+        state[name] = start
     plain = TokenViT(module.config, state.get("codebook"))
     plain.load_state_dict(state)
     return plain.to(device).eval()
@@ -239,7 +301,14 @@ def augmenter_for(args, codebook):
         if args.synonyms is None:
             raise TokenforgeError("--synonyms: required when augment.synonym_p > 0")
         synonyms = load_synonyms(args.synonyms, config.synonym_k)
-    return TokenAugmenter(config, codebook, synonyms, seed=args.seed * 1000 + args.task)
+    adapter = None
+    if config.tokenadapt_p > 0:  # the frozen TokenAdapt pair (`tokenforge tokenadapt`), checked against the codebook
+        if getattr(args, "adapter", None) is None:
+            raise TokenforgeError("--adapter: required when augment.tokenadapt_p > 0 (a `tokenforge tokenadapt` output)")
+        from tokenforge.tokenizer.adapt import load_adapter
+
+        adapter = load_adapter(args.adapter)
+    return TokenAugmenter(config, codebook, synonyms, seed=args.seed * 1000 + args.task, adapter=adapter)
 
 
 def train_task(args, tracker) -> None:
@@ -256,9 +325,13 @@ def train_task(args, tracker) -> None:
     if not len(train.keys):
         raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {task.classes}")
     memory = read_memory(args.previous / MEMORY_FILE) if args.task > 0 and policy.keeps_memory else Memory.empty()
+    frozen = frozen_backbone(model)
+    backbone = model.config.backbone_sha256 if args.task > 0 else None  # prompted: task t-1's, checked by load_model
     loop = make_loop(args, tracker, model, task, train, memory, policy)
     state = loop.run()
-    model = plain_model(loop.engine.module, loop.device)
+    model = plain_model(loop.engine.module, loop.device, frozen)
+    if backbone is not None and backbone_digest(model) != backbone:
+        raise TokenforgeError(f"task {args.task}: the frozen backbone no longer matches task {args.task - 1}'s backbone_sha256")
     memory, info, memory_s = after_training(args, model, memory, data.where(task.classes), task, policy)
     seen = data.where(task.seen)  # the shortcut probe: replayed views against the same samples whole
     info["shortcut_auc"] = shortcut_auc(model, memory, loop.replay, seen.keys, seen.units, seed=args.seed)
@@ -296,6 +369,7 @@ def make_loop(args, tracker, model, task: Task, train: Units, memory: Memory, po
     replay = Replay(memory, replay_config(args, model, train, policy, replay_batch, steps), generator)
     family = families.get("classification", num_classes=task.num_classes, seen=task.seen)
     model.vit.set_grad_checkpointing(bool(args.activation_checkpointing))
+    model.set_fused_attention(args.fused_attention)  # training only, as checkpointing: plain_model's copy is timm's
     model.set_expansion(expansion_config(args))  # training only: plain_model's copy for the memory has it off
     steps_per_epoch = max(1, -(-len(local) // args.batch_size))
     engine = build_engine(model, args, steps_per_epoch * args.epochs)

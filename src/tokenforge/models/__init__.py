@@ -1,7 +1,8 @@
 """The models that train on token grids.
 
 - `vit`: TokenViT, a timm VisionTransformer fed with codebook embeddings (or pixel patches), with one forward for
-  full grids and position subsets, prefix tokens, and the probe API that attribution reads attention through;
+  full grids and position subsets, prefix tokens, visual prompt tuning (`train.prompts`: prompts on a frozen
+  backbone), and the probe API that attribution reads attention through;
 - `attention`: its blocks and attention (built by timm, same parameters), which take token positions and
   output rows, record attention for the probe, and route attention spans (TRAR, `train.attention: routed`);
 - `store`: saving and loading a trained model (safetensors + JSON config);

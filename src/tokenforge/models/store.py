@@ -2,12 +2,18 @@
 
 Safetensors only: loading unpickles nothing. Non-persistent buffers (routed attention's full-grid span masks) are
 not saved: the model rebuilds them from its config. `tokenforge.models.vit` re-exports `save_model` and `load_model`.
+
+A prompted model (VPT, `prompt_tokens` > 0) is saved whole, frozen backbone included, so every stage loads it on
+its own; model.json adds `backbone_sha256`, the digest of the frozen tensors (`backbone_digest`: every state-dict
+entry but the prompts and the head), which names the backbone a task's model was tuned from and which
+`load_model` checks: weights whose frozen part changed fail to load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +25,34 @@ if TYPE_CHECKING:  # models.vit imports this module: its names are imported wher
 
 # Model options added after the first release, left out of model.json while off: a plain model's config stays
 # byte for byte what it was, and reading fills them in with these defaults.
-OPTIONS_OFF = {"prompts": 0, "mask_token": False, "attention": "global", "orders": (0, 1, 2, 3), "routing": "soft"}
+OPTIONS_OFF = {"prompts": 0, "mask_token": False, "attention": "global", "orders": (0, 1, 2, 3), "routing": "soft",
+               "prompt_tokens": 0, "prompt_deep": False, "prompt_dropout": 0.0, "backbone_sha256": None}
 
 
 # Settings of an option: left out with it while it is off, always written while it is on (a routed model's
 # model.json says its orders and routing, defaults included).
-SETTINGS_OF = {"orders": "attention", "routing": "attention"}
+SETTINGS_OF = {"orders": "attention", "routing": "attention", "prompt_deep": "prompt_tokens", "prompt_dropout": "prompt_tokens",
+               "backbone_sha256": "prompt_tokens"}
+
+
+def is_tuned(name: str) -> bool:
+    """Whether a prompted model trains the parameter (or state-dict entry) `name`: the prompts and the head."""
+    return "prompt" in name or name.startswith("vit.head.")
+
+
+def backbone_digest(model: TokenViT) -> str:
+    """sha256 over the frozen part of a model's state dict (every entry `is_tuned` leaves out): names, dtypes, shapes
+    and bytes, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if is_tuned(name):
+            continue
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def config_dict(config: ModelConfig) -> dict:
@@ -45,7 +73,8 @@ def save_model(model: TokenViT, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
-    (directory / "model.json").write_text(json.dumps(config_dict(model.config), indent=2) + "\n")
+    config = replace(model.config, backbone_sha256=backbone_digest(model) if model.config.prompt_tokens else None)
+    (directory / "model.json").write_text(json.dumps(config_dict(config), indent=2) + "\n")
 
 
 def read_config(path: Path) -> ModelConfig:
@@ -77,4 +106,6 @@ def load_model(directory: Path) -> TokenViT:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise TokenforgeError(f"{weights}: weights do not match {cfg_path.name} ({str(exc).splitlines()[0]})") from None
+    if config.backbone_sha256 is not None and backbone_digest(model) != config.backbone_sha256:
+        raise TokenforgeError(f"{weights}: the frozen backbone's digest differs from backbone_sha256 in {cfg_path.name}")
     return model.eval()

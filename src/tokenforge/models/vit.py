@@ -12,9 +12,10 @@ One forward, `forward(units, positions)` / `features(...)` / `forward_tokens(...
 *subsets* of units with their grid positions (B, k): a replayed memory sample is a short sequence of only its
 kept units, with their own positional embeddings, so replay costs less compute than a full image. The path:
 embed -> patch projection -> positional embeddings at the positions (all of them for a full grid) -> prefix
-tokens (the class token, then `config.prompts` prompt tokens, timm's register tokens: they are in every
-sequence, subsets included, and `vit.num_prefix_tokens` counts them) -> blocks, each given the positions when
-its forward takes a `positions` argument -> final norm -> head on the class token. A float `units` tensor is
+tokens (the class token, then `config.prompts` timm register tokens, each with its positional embedding, then
+`config.prompt_tokens` VPT prompt tokens, without one: they are in every sequence, subsets included, and
+`vit.num_prefix_tokens` counts them all) -> blocks, each given the positions when its forward takes a `positions`
+argument (deep prompts replaced before each block) -> final norm -> head on the class token. A float `units` tensor is
 taken as an already embedded map (B, D, h, w) or sequence (B, k, D): token augmentations work on embeddings.
 Full grids are projected by timm's patch embedding (a 1x1 Conv2d) and subsets by the same weights as a linear
 map: the two differ in the last bits (measured), and full grids keep timm's bits.
@@ -47,12 +48,28 @@ non-persistent buffer `grid_spans` (1, L, N, N): rebuilt from the config, never 
 dict holds only parameters (and the codebook). Subsets, and sequences thinned by token expansion, get masks made
 from their tokens' positions, once per forward. `set_routing_temperature(t)` sets hard routing's gumbel
 temperature directly. A global model has no router and no buffer and runs exactly as before.
+
+Visual prompt tuning (VPT, `config.prompt_tokens` > 0; METHODS.md §4, KMnP/vpt): n learned prompt tokens follow
+the class (and register) tokens, [CLS, (REG), P x n, units], with no positional embedding, spliced in after
+timm's `norm_pre` (where deep prompts enter too). Shallow: one set, `prompt_embeddings` (1, n, E), at the input.
+Deep (`prompt_deep`): VPT's layout, the input set plus `deep_prompt_embeddings` (depth - 1, n, E): before block
+i >= 1 the n prompt outputs of block i - 1 are replaced by set i - 1 (depth sets in all), outside the
+checkpointed call, so activation checkpointing recomputes each block with its own prompts. Both are initialised
+uniform(-v, v), v = sqrt(6 / (fan_in + E)) (VPT's xavier-uniform bound, sqrt(6 / (3 p^2 + E)), with our stem's
+fan-in: a 1x1 patch over code_dim channels, fan_in = code_dim). `prompt_dropout` drops prompt entries (each
+sample its own mask) in training forwards. A prompted model trains only the tensors `store.is_tuned` names (the
+prompts, every name with "prompt" in it, and the head `vit.head.*`): the others have requires_grad False from
+construction, and `train()` keeps the backbone (`vit`) in eval mode, so dropout, drop path and hard routing's
+noise stay off while the prompts train. `vit.num_prefix_tokens` counts the prompts (timm's own count, which
+`pos_embed` covers, is `embedded_prefix`), so attribution, token expansion, span masks and the probe skip them
+like the class token. `save_model` records the frozen part's digest (`backbone_sha256`) and `load_model` checks it.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,7 +83,7 @@ from torch.utils.checkpoint import checkpoint
 from tokenforge.errors import TokenforgeError
 from tokenforge.models import ATTENTIONS, INPUTS, ROUTINGS
 from tokenforge.models.expansion import ExpansionConfig, expand
-from tokenforge.models.store import load_model, save_model
+from tokenforge.models.store import is_tuned, load_model, save_model
 
 if TYPE_CHECKING:
     from tokenforge.models.attention import AttentionProbe
@@ -87,11 +104,15 @@ class ModelConfig:
     drop_path: float = 0.0
     input: str = "tokens"
     patch: int = 1  # pixels only: patch side in pixels (the tokenizer's downsample factor)
-    prompts: int = 0  # learned prompt tokens after the class token (timm's register tokens); 0: no parameter
+    prompts: int = 0  # timm's register tokens after the class token (imported timm models; not VPT's prompt_tokens)
     mask_token: bool = False  # tokens: a learned mask embedding, code id `codebook_size` (replay's fill view)
     attention: str = "global"  # global (timm's) | routed: TRAR's routed attention spans (models.attention)
     orders: tuple[int, ...] = (0, 1, 2, 3)  # routed: span orders, each a (2o+1)x(2o+1) window; 0 = global (TRAR's)
     routing: str = "soft"  # routed: soft (softmax weights over the orders) | hard (gumbel-softmax, one order)
+    prompt_tokens: int = 0  # VPT: learned prompt tokens after the class/register tokens, frozen backbone; 0: off
+    prompt_deep: bool = False  # VPT-deep: a new set of prompt_tokens replaces them before every block after the first
+    prompt_dropout: float = 0.0  # dropout on the prompt tokens in training forwards
+    backbone_sha256: str | None = None  # prompted: sha256 of the frozen tensors (store.backbone_digest), set by save_model
 
     def __post_init__(self) -> None:
         self.orders = tuple(self.orders)  # model.json and the CLI give lists
@@ -112,6 +133,15 @@ class Probe:
         if any(m is None for m in maps):
             raise TokenforgeError("probe: no attention recorded (run the model inside the probe context)")
         return maps
+
+
+def _check_prompts(config: ModelConfig) -> None:
+    """VPT's settings: a whole number of tokens >= 0, a dropout probability in [0, 1)."""
+    n = config.prompt_tokens
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise TokenforgeError(f"train.prompts.tokens: a whole number >= 0 (0: off), got {n!r}")
+    if not 0.0 <= config.prompt_dropout < 1.0:
+        raise TokenforgeError(f"train.prompts.dropout: must be in [0, 1), got {config.prompt_dropout}")
 
 
 def _check_attention(config: ModelConfig) -> None:
@@ -143,6 +173,7 @@ class TokenViT(nn.Module):
         if config.input not in INPUTS:
             raise TokenforgeError(f"input: unknown input {config.input!r}; expected one of {', '.join(INPUTS)}")
         _check_attention(config)
+        _check_prompts(config)
         self.config = config
         if config.input == "tokens":
             if codebook is None or tuple(codebook.shape) != (config.codebook_size, config.code_dim):
@@ -174,8 +205,12 @@ class TokenViT(nn.Module):
             global_pool="token",
             block_fn=TokenBlock,
         )
+        self.embedded_prefix = self.vit.num_prefix_tokens  # class and register tokens: those with a positional embedding
+        self.vit.num_prefix_tokens += config.prompt_tokens  # VPT's prompts are prefix tokens too (no positional embedding)
         if config.attention == "routed":  # after timm's initialisation: its weights are a global model's, same seed
             self._route()
+        if config.prompt_tokens:  # after everything else: the backbone's initialisation is an unprompted model's
+            self._prompt()
         self._probe: Probe | None = None
         self.expansion: ExpansionConfig | None = None  # token expansion in training forwards (set_expansion)
         self.epoch = 0  # the epoch within the task being trained (set_epoch): the expansion stage follows it
@@ -190,6 +225,31 @@ class TokenViT(nn.Module):
             block.attn.route(config.orders, config.routing == "hard", width)
         grid = torch.arange(self.num_tokens)[None]
         self.register_buffer("grid_spans", span_masks(grid, width, config.orders, vit.num_prefix_tokens), persistent=False)
+
+    def _prompt(self) -> None:
+        """VPT's prompt parameters (uniform in +-sqrt(6 / (code_dim + E))), its dropout, and the backbone frozen."""
+        config = self.config
+        n, width, depth = config.prompt_tokens, config.embed_dim, len(self.vit.blocks)
+        bound = math.sqrt(6.0 / (config.code_dim + width))  # VPT's sqrt(6 / (3 p^2 + E)) with our stem's fan-in
+        self.prompt_embeddings = nn.Parameter(torch.empty(1, n, width).uniform_(-bound, bound))
+        if config.prompt_deep and depth > 1:
+            self.deep_prompt_embeddings = nn.Parameter(torch.empty(depth - 1, n, width).uniform_(-bound, bound))
+        self.prompt_dropout = nn.Dropout(config.prompt_dropout)
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(is_tuned(name))
+
+    def train(self, mode: bool = True) -> "TokenViT":
+        """nn.Module.train; a prompted model's backbone stays in eval mode (VPT: only the prompts train)."""
+        super().train(mode)
+        if self.config.prompt_tokens:
+            self.vit.eval()
+        return self
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Every block's attention fused (`F.scaled_dot_product_attention`, timm's default) or unfused (softmax(q k^T)
+        @ v). A training setting, never saved; the probe records unfused maps either way."""
+        for block in self.vit.blocks:
+            block.attn.fused_attn = bool(fused)
 
     def set_routing_temperature(self, temperature: float) -> None:
         """Hard routing's gumbel-softmax temperature in training forwards (no effect on soft or global attention)."""
@@ -276,7 +336,7 @@ class TokenViT(nn.Module):
         A full grid in timm's order (concatenate, then add every embedding by broadcasting): the same values as
         adding the embeddings indexed by position, and also timm's gradient bits (indexing scatters instead)."""
         vit = self.vit
-        prefix = vit.num_prefix_tokens
+        prefix = self.embedded_prefix  # the prompts (inserted after) have no positional embedding
         tokens = vit.cls_token if vit.reg_token is None else torch.cat([vit.cls_token, vit.reg_token], dim=1)
         tokens = tokens.expand(x.shape[0], -1, -1)
         if full:
@@ -284,11 +344,22 @@ class TokenViT(nn.Module):
         else:
             pos = vit.pos_embed[0]  # (prefix + h*w, E): prefix tokens first
             x = torch.cat([tokens + pos[:prefix], x + pos[prefix + positions]], dim=1)
-        return vit.norm_pre(vit.pos_drop(x))
+        x = vit.norm_pre(vit.pos_drop(x))
+        return self._prompted(x, 0) if self.config.prompt_tokens else x
+
+    def _prompted(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """The sequence block `block` reads: the input prompts inserted after the class/register tokens (block 0), or
+        deep prompts replacing the n tokens there (block >= 1); after dropout in training forwards."""
+        start, n = self.embedded_prefix, self.config.prompt_tokens
+        prompts = self.prompt_embeddings if block == 0 else self.deep_prompt_embeddings[block - 1 : block]
+        prompts = prompts.to(x.dtype).expand(x.shape[0], -1, -1)
+        if self.training and self.prompt_dropout.p > 0:
+            prompts = self.prompt_dropout(prompts)
+        return torch.cat([x[:, :start], prompts, x[:, start + (n if block else 0) :]], dim=1)
 
     def _blocks(self, x: torch.Tensor, positions: torch.Tensor, full: bool = False) -> torch.Tensor:
         """The blocks in order, each given the positions (and, routed, the span masks) if its forward takes them;
-        checkpointed when enabled.
+        checkpointed when enabled; deep prompts replaced before every block but the first.
 
         Token expansion thins the sequence after its block, outside the checkpointed calls, positions following."""
         vit = self.vit
@@ -296,7 +367,10 @@ class TokenViT(nn.Module):
         last = len(vit.blocks) - 1
         expansion = self.expansion if self._expanding() else None
         spans = self._spans(positions, full)
+        deep = self.config.prompt_tokens and self.config.prompt_deep
         for i, block in enumerate(vit.blocks):
+            if deep and i > 0:  # outside the checkpointed call: recomputation runs the block on these very prompts
+                x = self._prompted(x, i)
             kwargs = {"positions": positions} if _takes(type(block).forward, "positions") else {}
             if spans is not None and _takes(type(block).forward, "spans"):
                 kwargs["spans"] = spans
