@@ -140,7 +140,7 @@ def run_id(v: dict, seed: int) -> str:
     fraction = f"f{v.get('fraction', TOKEN_FRACTION)}" if v["method"] == "coretokenset" else ""
     replay = v.get("replay", "subset")
     parts = [v["method"], v.get("selection", ""), v.get("scorer", ""), fraction, "" if replay == "subset" else replay,
-             "" if v.get("pretrain", "scratch") == "scratch" else v["pretrain"]]
+             "" if v.get("pretrain", "scratch") == "scratch" else v["pretrain"], v.get("tag", "")]
     return "-".join([*parts, str(v.get("budget", "")), f"s{seed}"]).replace("--", "-").replace("--", "-")
 
 
@@ -211,7 +211,8 @@ def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
             args += ["--previous", str(out / f"task-{t - 1}")]
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            rc = main(args + TRAIN + REPLAYS[v.get("replay", "subset")] + mem + ["--seed", str(seed), "--threads", "1", "-q"])
+            rc = main(args + TRAIN + REPLAYS[v.get("replay", "subset")] + mem + list(v.get("flags", ()))
+                      + ["--seed", str(seed), "--threads", "1", "-q"])
         if rc:
             message = err.getvalue().strip().splitlines()[-1]
             found = re.search(r"minimum is about ([\d,]+) bytes", message)
@@ -238,6 +239,8 @@ def one_run(d: str, v: dict, seed: int, tasks: int) -> dict:
             tokens_per_sample=stats[-1]["memory_tokens_per_sample"],
             memory_build_s=sum(s["memory_build_s"] for s in stats),
             shortcut_auc=[s.get("shortcut_auc") for s in stats],
+            samples_per_s=[s["samples_per_s"] for s in stats],
+            peak_rss_mb=max(s["peak_rss_mb"] for s in stats),
         )
     result["wall_s"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
