@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from helpers.pipeline import REPO
 
 from tokenforge.tokenizer import vq as tokenizer
@@ -27,3 +28,12 @@ def workdir(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     return tmp_path
 
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is much faster on a busy CPU; the next tests get their threads back.
+    A module uses it for all its tests with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,12 +25,7 @@ from tokenforge.tokenizer.synonyms import nearest_codes, synonyms_json
 K, D, B, H, W, C = 12, 4, 6, 5, 6, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def codebook() -> torch.Tensor:

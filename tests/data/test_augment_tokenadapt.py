@@ -12,12 +12,7 @@ from tokenforge.tokenizer.adapt import AdapterConfig, TokenAdapter
 K, D, B, H, W, C = 12, 4, 8, 5, 6, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def raw_codebook(seed: int = 1) -> torch.Tensor:

@@ -18,13 +18,7 @@ from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model
 ROUTER_KEYS = ("attn.router.fc1.weight", "attn.router.fc2.weight", "attn.router.fc2.bias")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is much faster on a busy CPU; the next tests get theirs back."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**overrides) -> ModelConfig:

@@ -29,12 +29,7 @@ from tokenforge.tokenizer.vq import build_model, make_config, save_tokenizer
 STAGE = ["--epochs", "30", "--lr", "3e-3", "--width", "32", "--heads", "4", "--batch-size", "32", "--threads", "1", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def adapter(codes=16, dim=8, grid=(4, 4), seed=0) -> TokenAdapter:
