@@ -27,7 +27,7 @@ from tokenforge.errors import TokenforgeError
 def test_unknown_source(spec):
     with pytest.raises(TokenforgeError) as err:
         open_source(spec)
-    expected = "digits, shapes, imagefolder:PATH, cifar:PATH or idx:PATH"
+    expected = "digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH, scenes, vqa2:PATH, clevr:PATH or coco-captions:PATH"
     assert str(err.value) == f"source '{spec}': unknown source; expected {expected}"
 
 

@@ -4,18 +4,25 @@
     tokenforge shard --source cifar:data/cifar-10-batches-py --out results/c10/shard
     tokenforge shard --source imagefolder:data/imagenet100 --image-size 64 --out results/in100/shard
     tokenforge shard --source idx:/usr/share/datasets/fashion-mnist --max-per-class 500 --out results/fm/shard
+    tokenforge shard --source scenes --scenes-count 5000 --scenes-size 32 --out results/scenes/shard
+    tokenforge shard --source vqa2:data/vqa2+clevr:data/CLEVR_v1.0 --image-size 64 --out results/vqa/shard
 
-Sources: digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH (see tokenforge/data/sources.py). A source
-with its own train/test split keeps it; otherwise each class is split by --seed and --test-fraction.
+Sources: digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH (see tokenforge/data/sources.py), and the
+text-bearing scenes, vqa2:PATH, clevr:PATH, coco-captions:PATH (see tokenforge/data/multimodal.py), whose
+images each carry a text record (questions and answers, captions, object names); specs joined with '+' are
+one source whose label k is the k-th spec's dataset. A source with its own train/test split keeps it;
+otherwise each class is split by --seed and --test-fraction.
 --max-per-class N keeps the first N images of each class, in source order, before any of this: per
 original split (N train and N test) when the source has one, otherwise before the seeded split.
 
 Output folder:
-    train-000000.tar, ...   WebDataset shards: <key>.cls, <key>.json, <key>.png per sample
+    train-000000.tar, ...   WebDataset shards: <key>.cls, <key>.json, <key>.png per sample (the json holds
+                            label, class_name, source_id and, for a text-bearing source, the record as "text")
     test-000000.tar, ...    keys are train_000042 / test_000007 (no dots)
     index.parquet           key, label, class_name, split, shard, bytes (PNG bytes)
     classes.json            class names in label order
-    stats.json              counts and bytes per image (raw, PNG, shard)
+    stats.json              counts and bytes per image (raw, PNG, shard); with text, "text": true and the
+                            question-answer pairs and captions per split ("qa_pairs", "captions")
 
 The tar files are byte-for-byte reproducible (fixed mtime, owner, order; PNG has no timestamps).
 `load_split(dir, "train")` reads a split back as uint8 arrays for the later stages.
@@ -40,10 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--source",
         required=True,
         help="digits, shapes, imagefolder:PATH (PATH/<class>/<images>), cifar:PATH or idx:PATH (MNIST-format "
-        "*train-images-idx3-ubyte[.gz], *train-labels-idx1-ubyte[.gz] and t10k-/test- files)",
+        "*train-images-idx3-ubyte[.gz], *train-labels-idx1-ubyte[.gz] and t10k-/test- files); with text: scenes, "
+        "vqa2:PATH (VQA v2), clevr:PATH (CLEVR v1.0) or coco-captions:PATH (COCO captions); SPEC+SPEC joins "
+        "sources, one label per source",
     )
     parser.add_argument("--out", required=True, help="output folder for the shards, index and stats")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split and of the shapes source")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the train/test split and of the shapes and scenes sources"
+    )
     parser.add_argument(
         "--test-fraction",
         type=float,
@@ -76,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shapes-count", type=int, default=2000, help="number of images to generate")
     group.add_argument("--shapes-classes", type=int, default=10, help="number of classes (shape x colour x style)")
     group.add_argument("--shapes-size", type=int, default=32, help="image side in pixels")
+    group = parser.add_argument_group("scenes source")
+    group.add_argument("--scenes-count", type=int, default=1000, help="number of scenes to generate")
+    group.add_argument("--scenes-size", type=int, default=32, help="image side in pixels")
 
 
 def run(args: argparse.Namespace, tracker) -> None:
@@ -142,6 +156,8 @@ def _open(args: argparse.Namespace):
         shapes_count=args.shapes_count,
         shapes_classes=args.shapes_classes,
         shapes_size=args.shapes_size,
+        scenes_count=args.scenes_count,
+        scenes_size=args.scenes_size,
     )
     source = first_per_class(source, args.max_per_class)
     if len(source) == 0:

@@ -9,6 +9,10 @@ bits = max(1, ceil(log2(num_codes))) for the (pruned) codebook: token i fills bi
 a little-endian bit stream (bit j of the stream is bit j%8 of byte j//8; lowest bit of an id first). The
 schema metadata holds grid (b"h,w"), num_codes and bits. Read a file back with `load_tokens(path)`, which
 also reads the earlier layout (ids as a fixed-size list of uint8/uint16).
+
+Shards of a text-bearing source (scenes, vqa2, clevr, coco-captions) carry a text record per image; the token
+files then have a `text` column (the record's JSON) and stats.json adds "text": true and the question-answer
+pairs and captions per split ("qa_pairs", "captions").
 """
 
 from __future__ import annotations
@@ -47,13 +51,18 @@ def run(args: argparse.Namespace, tracker) -> None:
     num_codes = config["codebook_size"]  # pruned: what the ids are numbered by
     bytes_per_image = shard_bytes(args.shards)
     counts = {}
+    text_counts: dict[str, dict[str, int]] = {}  # qa_pairs / captions per split, for shards with text
     with atomic_dir(args.out) as tmp:
         for split in SPLITS:
             data = load_split(args.shards, split)
             check_images(data.images, config, args)
             ids = encode_split(model, data.images, args.batch_size, desc=f"tokenize {split}")
-            save_tokens(tmp / f"{split}.parquet", TokenSet(list(data.keys), data.labels, ids), num_codes)
+            texts = getattr(data, "texts", None)
+            save_tokens(tmp / f"{split}.parquet", TokenSet(list(data.keys), data.labels, ids, texts), num_codes)
             counts[split] = len(data.keys)
+            if texts is not None:
+                text_counts.setdefault("qa_pairs", {})[split] = sum(len(t.get("qa", [])) for t in texts)
+                text_counts.setdefault("captions", {})[split] = sum(len(t.get("captions", [])) for t in texts)
         shutil.copyfile(args.tokenizer / "config.json", tmp / "tokenizer.json")
         token_bytes = sum((tmp / f"{split}.parquet").stat().st_size for split in SPLITS)
         bytes_per_image["tokens"] = token_bytes / max(sum(counts.values()), 1)
@@ -66,6 +75,8 @@ def run(args: argparse.Namespace, tracker) -> None:
             "bytes_per_image": bytes_per_image,
             "wall_s": time.perf_counter() - start,
         }
+        if text_counts:
+            stats = {**stats, "text": True, **text_counts}
         write_json(tmp / "stats.json", stats)
     tracker.log_dataset(f"{args.shards.name}", args.shards, "source", {"images": int(sum(counts.values()))})
     tracker.log_metrics({f"bytes_per_image_{k}": float(v) for k, v in bytes_per_image.items()})

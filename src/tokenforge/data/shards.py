@@ -3,8 +3,10 @@
 `write_shards` writes byte-for-byte reproducible tars (fixed mtime, owner and order; PNG has no timestamps),
 `<key>.cls`, `<key>.json` and `<key>.png` per sample, keys train_000042 / test_000007; `split_of` and
 `stratified_test_mask` give a source without its own split a seeded per-class one; `load_split(dir, "train")`
-reads a split back as uint8 arrays (`ImageSet`) for the later stages. The stage, its options and its output
-folder: tokenforge/cli/shard.py (`tokenforge shard --help`).
+reads a split back as uint8 arrays (`ImageSet`) for the later stages. The json holds label, class_name and
+source_id, and for a text-bearing source (tokenforge/data/multimodal.py) the sample's text record under
+"text"; `load_split` returns those records as `ImageSet.texts` (None when the shards have none). The stage,
+its options and its output folder: tokenforge/cli/shard.py (`tokenforge shard --help`).
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ def _tar_writer(path: Path):
 def _write_sample(tar, key: str, img: Image.Image, label: int, source: Source, i: int, split: str, shard: str) -> dict:
     png = encode_png(img)
     meta = {"label": label, "class_name": source.class_names[label], "source_id": source.ids[i]}
+    if source.texts is not None:  # only then: the tars of image-only sources stay as they were
+        meta["text"] = source.texts[i]
     tar.write(
         {
             "__key__": key,
@@ -164,12 +168,19 @@ def _write_sample(tar, key: str, img: Image.Image, label: int, source: Source, i
         }
     )
     row = {"key": key, "label": label, "class_name": meta["class_name"], "split": split, "shard": shard}
+    if source.texts is not None:  # for stats.json; INDEX_SCHEMA leaves these out of index.parquet
+        row["qa_pairs"], row["captions"] = len(meta["text"].get("qa", [])), len(meta["text"].get("captions", []))
     return {**row, "bytes": len(png)}
 
 
 def _stats(spec: str, source: Source, rows: list[dict], size: tuple[int, int], channels: int, out: Path) -> dict:
     n = len(rows)
     shard_bytes = sum(p.stat().st_size for p in sorted(out.glob("*.tar")))
+    text = {}
+    if source.texts is not None:  # text-bearing sources: question-answer pairs and captions per split
+        text["text"] = True
+        for what in ("qa_pairs", "captions"):
+            text[what] = {split: sum(r[what] for r in rows if r["split"] == split) for split in SPLITS}
     return {
         "source": spec,
         "num_classes": len(source.class_names),
@@ -180,6 +191,7 @@ def _stats(spec: str, source: Source, rows: list[dict], size: tuple[int, int], c
         "png_bytes_per_image": round(sum(r["bytes"] for r in rows) / n, 3),
         "shard_bytes_per_image": round(shard_bytes / n, 3),
         "split_from": "source" if source.splits is not None else "seed",
+        **text,
     }
 
 
@@ -194,6 +206,7 @@ class ImageSet:
     labels: np.ndarray  # int64 (N,)
     images: np.ndarray  # uint8 (N, H, W, C)
     class_names: list[str]
+    texts: list[dict] | None = None  # per-sample text records of a text-bearing source, else None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -215,26 +228,33 @@ def load_split(shard_dir: str | Path, split: str) -> ImageSet:
         raise TokenforgeError(f"{root / 'stats.json'}: missing or bad channels/image_size ({exc})") from None
     if channels not in MODES:
         raise TokenforgeError(f"{root / 'stats.json'}: channels must be 1 or 3, not {channels}")
-    keys, labels, images = [], [], []
+    keys, labels, images, texts, where = [], [], [], [], []
     for url in urls:
-        for key, label, image in _read_shard(url, MODES[channels], shape, len(class_names)):
+        for key, label, image, text in _read_shard(url, MODES[channels], shape, len(class_names)):
             keys.append(key)
             labels.append(label)
             images.append(image)
+            texts.append(text)
+            where.append(url)
+    has_text = [t is not None for t in texts]
+    if any(has_text) and not all(has_text):  # all samples carry a text record, or none does
+        k = has_text.index(False)
+        raise TokenforgeError(f"{where[k]}: sample {keys[k]} has no text record, but other {split} samples do")
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return ImageSet(
         keys=[keys[i] for i in order],
         labels=np.asarray([labels[i] for i in order], dtype=np.int64),
         images=np.stack([images[i] for i in order]),
         class_names=list(class_names),
+        texts=[texts[i] for i in order] if any(has_text) else None,
     )
 
 
 def _read_shard(url: Path, mode: str, shape: tuple, num_classes: int):
-    """Yield (key, label, image HxWxC uint8) per sample of one tar."""
+    """Yield (key, label, image HxWxC uint8, text record or None) per sample of one tar."""
     import webdataset as wds
 
-    # no wds .decode(): its default handlers would unpickle .pyd members; PNG and cls only here
+    # no wds .decode(): its default handlers would unpickle .pyd members; PNG, cls and json only here
     dataset = wds.WebDataset(str(url), shardshuffle=False, empty_check=False)
     try:
         for sample in dataset:
@@ -243,7 +263,9 @@ def _read_shard(url: Path, mode: str, shape: tuple, num_classes: int):
         raise TokenforgeError(f"{url}: corrupt shard ({_reason(exc)})") from None
 
 
-def _decode_sample(sample: dict, url: Path, mode: str, shape: tuple, num_classes: int) -> tuple[str, int, np.ndarray]:
+def _decode_sample(
+    sample: dict, url: Path, mode: str, shape: tuple, num_classes: int
+) -> tuple[str, int, np.ndarray, dict | None]:
     key = sample.get("__key__", "?")
     try:
         label = int(sample["cls"])
@@ -252,14 +274,28 @@ def _decode_sample(sample: dict, url: Path, mode: str, shape: tuple, num_classes
             if img.mode != mode:
                 raise ValueError(f"PNG mode {img.mode}, expected {mode}")
             array = np.asarray(img, dtype=np.uint8)
-    except (KeyError, OSError, SyntaxError, ValueError) as exc:
+        text = _sample_text(sample)
+    except (KeyError, OSError, SyntaxError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise TokenforgeError(f"{url}: corrupt sample {key} ({_reason(exc)})") from None
     array = array.reshape(array.shape[0], array.shape[1], -1)
     if array.shape[:2] != shape:
         raise TokenforgeError(f"{url}: sample {key} is {array.shape[1]}x{array.shape[0]}, stats.json says {shape}")
     if not 0 <= label < num_classes:
         raise TokenforgeError(f"{url}: sample {key} has label {label}, outside 0..{num_classes - 1}")
-    return key, label, array
+    return key, label, array, text
+
+
+def _sample_text(sample: dict) -> dict | None:
+    """The text record in the sample's json ("text"), or None when it has none (or no json)."""
+    if "json" not in sample:
+        return None
+    meta = json.loads(sample["json"])
+    if not isinstance(meta, dict):
+        raise ValueError("json is not an object")
+    text = meta.get("text")
+    if text is not None and not isinstance(text, dict):
+        raise ValueError("json key 'text' is not an object")
+    return text
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,6 +1,6 @@
 """Image sources for the `shard` stage: where the pixels come from.
 
-A source spec names one of five readers:
+A source spec names one of these readers:
 
     digits            scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes)
     shapes            seeded procedural RGB shapes, any count, class count and size
@@ -9,6 +9,16 @@ A source spec names one of five readers:
     idx:PATH          MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST), gzipped or plain:
                       *train-images-idx3-ubyte[.gz] + *train-labels-idx1-ubyte[.gz] and the same with
                       t10k- or test- for the test split; class names from PATH/classes.txt if present
+
+or one of the text-bearing sources of tokenforge/data/multimodal.py, whose images each carry a text record
+(`Source.texts`: questions and answers, captions, object names):
+
+    scenes               seeded procedural CLEVR-like scenes with questions and captions
+    vqa2:PATH            VQA v2 questions and annotations with their COCO images
+    clevr:PATH           CLEVR v1.0 questions and images
+    coco-captions:PATH   COCO captions (and object categories) with their images
+
+and specs joined with '+' (`vqa2:/a+clevr:/b`) are one source whose label k is the k-th spec's dataset.
 
 `open_source(spec, ...)` returns a `Source`: labels, class names and the original split are known
 up front, while images are loaded one at a time (`source.image(i)`), so a large image folder is
@@ -34,7 +44,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from tokenforge.errors import TokenforgeError
 
-SOURCE_KINDS = "digits, shapes, imagefolder:PATH, cifar:PATH or idx:PATH"
+# The text-bearing sources (scenes, vqa2:, clevr:, coco-captions:) are tokenforge/data/multimodal.py's; any specs may
+# also be joined with '+'.
+SOURCE_KINDS = "digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH, scenes, vqa2:PATH, clevr:PATH or coco-captions:PATH"
 
 # The same extensions torchvision's ImageFolder accepts; other files in a class folder are ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -62,6 +74,7 @@ class Source:
     ids: list[str]
     splits: list[str] | None  # per-sample original split, or None when the source has no split
     load: Callable[[int], Image.Image] = field(repr=False)
+    texts: list[dict] | None = field(default=None, repr=False)  # per-sample text record (multimodal.py), or None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -77,7 +90,7 @@ class Source:
         return (self.sample(i) for i in range(len(self)))
 
     def subset(self, indices: list[int] | np.ndarray) -> Source:
-        """The samples at `indices`, in that order; ids and splits travel with them, images stay lazy."""
+        """The samples at `indices`, in that order; ids, splits and texts travel with them, images stay lazy."""
         keep = np.asarray(indices, dtype=np.int64)
         return Source(
             spec=self.spec,
@@ -87,6 +100,7 @@ class Source:
             ids=[self.ids[i] for i in keep],
             splits=None if self.splits is None else [self.splits[i] for i in keep],
             load=lambda j: self.load(int(keep[j])),
+            texts=None if self.texts is None else [self.texts[i] for i in keep],
         )
 
 
@@ -111,15 +125,43 @@ def first_per_class(source: Source, n: int | None) -> Source:
 
 
 def open_source(
-    spec: str, *, seed: int = 0, shapes_count: int = 2000, shapes_classes: int = 10, shapes_size: int = 32
+    spec: str,
+    *,
+    seed: int = 0,
+    shapes_count: int = 2000,
+    shapes_classes: int = 10,
+    shapes_size: int = 32,
+    scenes_count: int = 1000,
+    scenes_size: int = 32,
 ) -> Source:
-    """Parse a source spec and open it; a bad spec or path is a TokenforgeError."""
+    """Parse a source spec and open it; a bad spec or path is a TokenforgeError.
+
+    A spec with '+' opens each part (any spec) with the same options and joins them (`join_sources`).
+    """
+    from tokenforge.data import multimodal  # imports this module: not at the top
+
+    if "+" in spec:
+        parts = spec.split("+")
+        if not all(parts):
+            raise TokenforgeError(f"source {spec!r}: empty part in a '+' join")
+        options = dict(seed=seed, shapes_count=shapes_count, shapes_classes=shapes_classes, shapes_size=shapes_size)
+        options.update(scenes_count=scenes_count, scenes_size=scenes_size)
+        return multimodal.join_sources([open_source(part, **options) for part in parts])
     kind, sep, path = spec.partition(":")
     if spec == "digits":
         return digits_source()
     if spec == "shapes":
         return shapes_source(shapes_count, shapes_classes, shapes_size, seed)
-    readers = {"imagefolder": imagefolder_source, "cifar": cifar_source, "idx": idx_source}
+    if spec == "scenes":
+        return multimodal.scenes_source(scenes_count, scenes_size, seed)
+    text_readers = {
+        "vqa2": multimodal.vqa2_source,
+        "clevr": multimodal.clevr_source,
+        "coco-captions": multimodal.coco_captions_source,
+    }
+    if spec in text_readers:
+        raise TokenforgeError(f"source {spec!r}: missing PATH after '{spec}:'")
+    readers = {"imagefolder": imagefolder_source, "cifar": cifar_source, "idx": idx_source, **text_readers}
     if sep and kind in readers:
         if not path:
             raise TokenforgeError(f"source {spec!r}: missing PATH after '{kind}:'")

@@ -6,10 +6,15 @@ a little-endian bit stream (bit j of the stream is bit j%8 of byte j//8; lowest 
 schema metadata holds grid (b"h,w"), num_codes and bits. `save_tokens` writes a `TokenSet`; `load_tokens(path)`
 reads one back, also in the earlier layout (ids as a fixed-size list of uint8/uint16). The `tokenize` stage
 (tokenforge/cli/tokenize.py) writes these files with `tokenforge.tokenizer.encode`.
+
+Images of a text-bearing source (tokenforge/data/multimodal.py) add a `text` column (string): each image's
+text record as `json.dumps(record, sort_keys=True)`, read back as `TokenSet.texts`. Files without text have no
+such column (and are byte-identical to files written before it existed); `texts` is then None.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,7 @@ from tokenforge.io import read_parquet
 
 SPLITS = ("train", "test")
 COLUMNS = ("key", "label", "ids")
+TEXT_COLUMN = "text"  # optional: only in files of text-bearing sources
 MAX_BITS = 16  # ids up to 65535: the tokenizer's MAX_CODES
 # Rows packed or unpacked at once: bounds the temporary arrays (rows x tokens x bits bytes) to ~64 MiB.
 CHUNK_ELEMENTS = 1 << 26
@@ -44,6 +50,7 @@ class TokenSet:
     keys: list[str]
     labels: np.ndarray  # int64 (N,)
     ids: np.ndarray  # int64 (N, h, w)
+    texts: list[dict] | None = None  # per-image text record (multimodal sources), else None
 
 
 # ---------------------------------------------------------------------------------------------- bit packing
@@ -107,7 +114,7 @@ def unpack_ids(packed: np.ndarray, num_tokens: int, bits: int) -> np.ndarray:
 
 
 def tokens_table(tokens: TokenSet, num_codes: int) -> pa.Table:
-    """The parquet layout of `tokens`: key, label int32, ids fixed-size binary (packed), + metadata."""
+    """The parquet layout of `tokens`: key, label int32, ids fixed-size binary (packed), [text], + metadata."""
     ids = np.asarray(tokens.ids)
     if ids.ndim != 3:
         raise TokenforgeError(f"ids: expected (N, h, w) token grids, got shape {ids.shape}")
@@ -117,15 +124,19 @@ def tokens_table(tokens: TokenSet, num_codes: int) -> pa.Table:
         raise TokenforgeError(f"ids: values must lie in [0, {num_codes})")
     if len(tokens.keys) != n or len(tokens.labels) != n:
         raise TokenforgeError(f"tokens: {len(tokens.keys)} keys and {len(tokens.labels)} labels for {n} grids")
+    if tokens.texts is not None and len(tokens.texts) != n:
+        raise TokenforgeError(f"tokens: {len(tokens.texts)} text records for {n} grids")
     packed = pack_ids(ids.reshape(n, h * w), bits)
     kind = pa.binary(packed.shape[1])
-    table = pa.table(
-        {
-            "key": pa.array(tokens.keys, type=pa.string()),
-            "label": pa.array(np.asarray(tokens.labels, dtype=np.int32), type=pa.int32()),
-            "ids": pa.FixedSizeBinaryArray.from_buffers(kind, n, [None, pa.py_buffer(packed.tobytes())]),
-        }
-    )
+    columns = {
+        "key": pa.array(tokens.keys, type=pa.string()),
+        "label": pa.array(np.asarray(tokens.labels, dtype=np.int32), type=pa.int32()),
+        "ids": pa.FixedSizeBinaryArray.from_buffers(kind, n, [None, pa.py_buffer(packed.tobytes())]),
+    }
+    if tokens.texts is not None:
+        records = [json.dumps(record, sort_keys=True) for record in tokens.texts]
+        columns[TEXT_COLUMN] = pa.array(records, type=pa.string())
+    table = pa.table(columns)
     meta = {b"grid": f"{h},{w}".encode(), b"num_codes": str(num_codes).encode(), b"bits": str(bits).encode()}
     return table.replace_schema_metadata(meta)
 
@@ -159,7 +170,24 @@ def load_tokens(path: str | Path) -> TokenSet:
     if num_codes is not None and ids.size and (ids.min() < 0 or ids.max() >= num_codes):
         raise TokenforgeError(f"{path}: ids out of range for {num_codes} codes (max {int(ids.max())})")
     labels = table.column("label").to_numpy().astype(np.int64)
-    return TokenSet(keys=table.column("key").to_pylist(), labels=labels, ids=ids)
+    texts = _read_texts(path, table.column(TEXT_COLUMN)) if TEXT_COLUMN in table.column_names else None
+    return TokenSet(keys=table.column("key").to_pylist(), labels=labels, ids=ids, texts=texts)
+
+
+def _read_texts(path: Path, column: pa.ChunkedArray) -> list[dict]:
+    """The text records of a `text` column: one JSON object per row, no nulls."""
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        raise TokenforgeError(f"{path}: column {TEXT_COLUMN} must hold strings, got {column.type}")
+    texts = []
+    for row, value in enumerate(column.to_pylist()):
+        try:
+            record = json.loads(value) if value is not None else None
+        except json.JSONDecodeError as exc:
+            raise TokenforgeError(f"{path}: column {TEXT_COLUMN}, row {row}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise TokenforgeError(f"{path}: column {TEXT_COLUMN}, row {row}: expected a JSON object")
+        texts.append(record)
+    return texts
 
 
 def _read_metadata(path: Path, schema: pa.Schema) -> tuple[int, int, int | None]:
