@@ -2,7 +2,9 @@
 #   make run    create .venv, install tokenforge, run the whole pipeline on the embedded default
 #   make test   the same set-up with test extras, then the test suite
 VENV ?= .venv
-RUN ?= default
+# CONFIG=config/vqa.yaml (or captioning.yaml): a config laid over config/config.yaml; its run is named after the file
+CONFIG ?=
+RUN ?= $(if $(CONFIG),$(basename $(notdir $(CONFIG))),default)
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -17,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	snakemake --workflow-profile workflow/profiles/default --config run=$(RUN)
+	snakemake --workflow-profile workflow/profiles/default $(if $(CONFIG),--configfile $(CONFIG)) --config run=$(RUN)
 	tokenforge summary results/$(RUN)
 
 test: install

@@ -1,6 +1,7 @@
 rule split:
     input:
-        classes=CLASSES,
+        # classification: the class names; vqa/captioning: the train text (groups, text tokenizer)
+        classes=f"{TOKENS}/train.parquet" if MULTIMODAL else CLASSES,
     output:
         tasks=f"{R}/split/tasks.json",
         manifests=expand(f"{R}/split/task-{{task}}.json", task=TASKS),
@@ -13,6 +14,7 @@ rule split:
         args=cli_args(config["split"]),
         outdir=dirname("output.tasks"),
         seed=config["seed"],
+        family=split_flags(),
         track=track(),
     threads: 1
     resources:
@@ -21,5 +23,5 @@ rule split:
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "{params.tokenforge} split --classes {input} --out {params.outdir} {params.args} --seed {params.seed}"
+        "{params.tokenforge} split {params.family} --out {params.outdir} {params.args} --seed {params.seed}"
         " {params.track} > {log} 2>&1"

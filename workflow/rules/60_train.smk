@@ -32,6 +32,7 @@ rule train:
         previous=previous_flag,
         pretrain=pretrain_flags,
         adapter=tokenadapt_flag,
+        family=family_train_flags(),
         tokenizer=dirname("input.codebook"),
         shards="" if SEIT else f"--shards {R}/shard",
         split=dirname("input.split"),
@@ -53,7 +54,7 @@ rule train:
         "../../envs/tokenforge.yaml"
     shell:
         "{params.launch} train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
-        " --task {wildcards.task} {params.previous} {params.pretrain} --out {params.outdir} {params.args} {params.memory}"
+        " --task {wildcards.task} {params.family} {params.previous} {params.pretrain} --out {params.outdir} {params.args} {params.memory}"
         " --checkpoint-dir {params.checkpoints}"
         " --synonyms {input.synonyms} {params.augment} {params.adapter} {params.toe} {params.prompts}"
         " --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"

@@ -16,6 +16,7 @@ rule evaluate:
         model=dirname("input.model"),
         split=dirname("input.split"),
         shards="" if SEIT else f"--shards {R}/shard",
+        family=family_evaluate_flags(),
         track=lambda w: track(f"--tag task={w.task}"),
     threads: 1
     resources:
@@ -25,4 +26,4 @@ rule evaluate:
         "../../envs/tokenforge.yaml"
     shell:
         "{params.tokenforge} evaluate --model {params.model} --tokens {input.tokens} {params.shards} --split {params.split}"
-        " --task {wildcards.task} --out {output} {params.args} {params.track} > {log} 2>&1"
+        " --task {wildcards.task} {params.family} --out {output} {params.args} {params.track} > {log} 2>&1"

@@ -181,3 +181,43 @@ def tokenadapt_inputs(wildcards):
 
 def tokenadapt_flag(wildcards):
     return f"--adapter {TOKENADAPT_DIR}" if TOKENADAPT_ON else ""
+
+
+# The task family (families/): classification trains the ViT on class labels; vqa and captioning train BLIP on the
+# text that a text source (scenes, vqa2:, clevr:, coco-captions:) carries beside its images. Same stages, same files.
+FAMILY = config.get("family", "classification")
+MULTIMODAL = FAMILY != "classification"
+MM = config.get("multimodal", {}) or {}
+if MULTIMODAL:
+    if SEIT:
+        raise WorkflowError(f"config key family: {FAMILY} needs text beside the images; a seit: source has tokens only")
+    if PRETRAIN_MODE != "none" or TOKENADAPT_ON:
+        raise WorkflowError(f"config key family: {FAMILY} has no pretrain or tokenadapt stage yet; set pretrain.mode none, tokenadapt.enabled false")
+    if config["train"]["processes"] > 1 or config["train"]["gpus"] > 1 or config["train"]["nodes"] > 1:
+        raise WorkflowError(f"config key train: {FAMILY} trains in one process (one GPU or the CPU) for now")
+
+
+def split_flags():
+    """`tokenforge split` flags beyond the split: section: the family's groups and text tokenizer."""
+    if not MULTIMODAL:
+        return f"--classes {CLASSES}"
+    flags = f"--family {FAMILY} --tokens {TOKENS}/train.parquet --caption-prompt {shlex.quote(MM.get('caption_prompt', 'a picture of'))}"
+    if MM.get("split_by"):
+        flags += f" --by {MM['split_by']}"
+    if MM.get("text_tokenizer"):
+        flags += f" --text-tokenizer {shlex.quote(MM['text_tokenizer'])}"
+    return flags
+
+
+def family_train_flags():
+    """`tokenforge train` flags of the family: none for classification."""
+    if not MULTIMODAL:
+        return ""
+    flags = f"--family {FAMILY} --text-max-len {MM.get('text_max_len', 24)}"
+    return flags + (f" --pretrained {shlex.quote(MM['pretrained'])}" if MM.get("pretrained") else "")
+
+
+def family_evaluate_flags():
+    if not MULTIMODAL:
+        return ""
+    return f"--family {FAMILY}" + (f" --generate-tokens {MM['generate_tokens']}" if MM.get("generate_tokens") else "")

@@ -25,6 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", type=int, required=True, help="the task the model was last trained on")
     parser.add_argument("--out", type=Path, required=True, help="output JSON with this row of the accuracy matrix")
     parser.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
+    parser.add_argument(
+        "--family",
+        choices=("classification", "vqa", "captioning"),
+        default="classification",
+        help="vqa/captioning: answer every task's test questions or caption its images by greedy decoding, and score "
+        "them (VQA accuracy; CIDEr-D and BLEU-4), one row of each score matrix",
+    )
+    parser.add_argument("--generate-tokens", type=int, default=None, help="vqa/captioning: most text ids generated (default: the model's text length)")
 
 
 def run(args, tracker) -> None:
@@ -34,6 +42,8 @@ def run(args, tracker) -> None:
     from tokenforge.runtime import compute_device
 
     start = time.perf_counter()
+    if args.family != "classification":
+        return run_multimodal(args, tracker, start)
     tasks = read_json(args.split / "tasks.json")["tasks"]
     if not 0 <= args.task < len(tasks):
         raise TokenforgeError(f"--task {args.task}: the split has tasks 0..{len(tasks) - 1}")
@@ -47,3 +57,16 @@ def run(args, tracker) -> None:
     tracker.log_artifact(args.out)
     tracker.log_metrics({f"accuracy_task_{j}": a for j, a in enumerate(row["accuracy"])} | {"average_accuracy": row["average_accuracy"]})
     print(f"after task {args.task}: " + " ".join(f"{a:.3f}" for a in row["accuracy"]) + f" (average {row['average_accuracy']:.3f})")
+
+
+def run_multimodal(args, tracker, start: float) -> None:
+    from tokenforge.engine.multimodal import evaluate_row
+
+    row = evaluate_row(args, tracker)
+    row["wall_s"] = time.perf_counter() - start
+    write_json(args.out, row)
+    tracker.log_artifact(args.out)
+    for name, values in row["scores"].items():
+        tracker.log_metrics({f"{name}_task_{j}": v for j, v in enumerate(values)} | {f"average_{name}": row["average_scores"][name]})
+    for name, values in row["scores"].items():
+        print(f"after task {args.task}, {name}: " + " ".join(f"{a:.3f}" for a in values) + f" (average {row['average_scores'][name]:.3f})")

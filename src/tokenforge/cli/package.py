@@ -84,6 +84,7 @@ def run(args: argparse.Namespace, tracker) -> None:
         load_accuracy_matrix,
         load_stats,
         log_to_tracker,
+        multimodal_metrics,
         package_versions,
         parse_images_args,
         parse_stats_args,
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace, tracker) -> None:
     config = require_file(args.config, "config file")
     images = parse_images_args(args.images)
     result = build_metrics(R, stats)
+    result.update(multimodal_metrics([Path(p) for p in args.evaluations]))
     versions = package_versions()
     out, archive = Path(args.out), Path(args.archive)
     if out.resolve() in archive.resolve().parents:

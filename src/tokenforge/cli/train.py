@@ -25,8 +25,33 @@ from tokenforge.models.expansion import ExpansionConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for add in (_data, _optimisation, _deepspeed, _model, _token_expansion, _prompt_tuning, _augmentations, _memory, _replay):
+    for add in (_data, _optimisation, _deepspeed, _model, _token_expansion, _prompt_tuning, _augmentations, _memory, _replay,
+                _multimodal):  # fmt: skip
         add(parser)
+
+
+def _multimodal(parser: argparse.ArgumentParser) -> None:
+    mm = parser.add_argument_group(
+        "vqa and captioning (--family): BLIP from transformers on the same tokens; the model flags --embed-dim, --depth "
+        "(vision and text layers each), --num-heads, --mlp-ratio size it; the memory flags method (none, coreset, "
+        "coretokenset, joint), scorer (atman, gradient, random), token fraction, budget and replay ratio apply; the "
+        "ViT-only options (attention, ToE, prompts, augmentations, fill views) do not"
+    )
+    mm.add_argument(
+        "--family",
+        choices=("classification", "vqa", "captioning"),
+        default="classification",
+        help="classification: the ViT on class labels; vqa/captioning: BLIP answers questions or writes captions "
+        "(the split must be of the same family: `tokenforge split --family`)",
+    )
+    mm.add_argument("--text-max-len", type=int, default=24, help="text ids per question, answer or caption (longer ones are cut)")
+    mm.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="task 0: a local BLIP folder (save_pretrained layout) to start from instead of a small BLIP from scratch; "
+        "its vision embeddings give way to the token stem",
+    )
 
 
 def _data(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +270,8 @@ def _memory(parser: argparse.ArgumentParser) -> None:
         choices=SCORERS,
         default="random",
         help="which tokens of a kept sample are stored: top ones by attention rollout, gradient-weighted attention "
-        "relevance (Chefer), attention GradCAM, AtMan perturbation, or random ones (the control)",
+        "relevance (Chefer), attention GradCAM, AtMan perturbation, or random ones (the control); vqa/captioning: "
+        "atman, gradient (gradient x input) or random",
     )
     mem.add_argument("--memory-token-fraction", type=float, default=0.5, help="coretokenset: share of each kept sample's tokens stored, in (0, 1]")
     mem.add_argument(
@@ -299,6 +325,10 @@ def _replay(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, tracker) -> None:
+    if args.family != "classification":
+        from tokenforge.engine.multimodal import train_task as train_multimodal
+
+        return train_multimodal(args, tracker)
     from tokenforge.engine.train import train_task
 
     train_task(args, tracker)

@@ -15,8 +15,10 @@ of the config schema read them from here (this file imports nothing heavy, so `-
 METHODS = ("none", "coreset", "coretokens", "coretokenset", "joint")
 # memory.selection: which samples a task keeps (continual/selection.py)
 SELECTIONS = ("random", "class_balanced", "herding", "gradient")
-# memory.scorer: which tokens of a kept sample are stored (continual/scorers.py)
-SCORERS = ("rollout", "chefer", "gradcam", "atman", "random")
+# memory.scorer: which tokens of a kept sample are stored (continual/scorers.py; for BLIP, models/blip.py)
+SCORERS = ("rollout", "chefer", "gradcam", "atman", "random", "gradient")
+# the ViT's (classification); gradient (x input) is BLIP's (vqa, captioning), which has atman and random too
+VIT_SCORERS = ("rollout", "chefer", "gradcam", "atman", "random")
 # memory.view: how a kept sample is replayed, as its kept tokens only or as a whole grid filled (continual/replay.py)
 VIEWS = ("subset", "fill")
 # memory.fill: what the non-kept positions of a filled grid hold: the most frequent code, a learned mask

@@ -65,6 +65,8 @@ class Task:
 
 
 def check_args(args) -> None:
+    if args.memory_scorer == "gradient":
+        raise TokenforgeError("memory.scorer: gradient scores BLIP's tokens (vqa, captioning); the ViT's gradient-based ones are chefer and gradcam")
     if not 0 <= args.input_dropout <= 1:
         raise TokenforgeError(f"--input-dropout: must be in [0, 1], got {args.input_dropout}")
     if args.checkpoint_every < 1:

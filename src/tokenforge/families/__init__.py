@@ -3,7 +3,9 @@
 A family says what a batch's targets are, the loss, the prediction and its score, and which extra columns
 a memory row carries. The training loop (engine/loop.py), evaluation (engine/evaluate.py) and the memory
 (continual/) call only this interface, so a new family (VQA, captioning) plugs in here without
-rewriting them. Classification (`families/classification.py`) is the only one today.
+rewriting them. Classification (`families/classification.py`) is the ViT's; the multimodal families `vqa` and
+`captioning` (`families/multimodal.py`) train BLIP on text targets through their own loop (engine/multimodal.py),
+with items (a question, a caption) in place of labels: `items`, `score` and `memory_columns` are theirs.
 
 The interface, as the trainer uses it (`family = families.get("classification", num_classes=..., seen=...)`):
 
@@ -27,13 +29,19 @@ from __future__ import annotations
 
 from tokenforge.errors import TokenforgeError
 
-FAMILIES = ("classification",)
+FAMILIES = ("classification", "vqa", "captioning")
+MULTIMODAL = ("vqa", "captioning")
 
 
 def get(name: str, **kwargs):
-    """The family `name`, built for this job (`num_classes`, `seen` for classification)."""
+    """The family `name`, built for this job (`num_classes`, `seen` for classification; `by`, `caption_prompt` for
+    the multimodal ones)."""
     if name == "classification":
         from tokenforge.families.classification import Classification
 
         return Classification(**kwargs)
+    if name in MULTIMODAL:
+        from tokenforge.families.multimodal import VQA, Captioning
+
+        return (VQA if name == "vqa" else Captioning)(**kwargs)
     raise TokenforgeError(f"family: unknown family {name!r}; expected one of {', '.join(FAMILIES)}")

@@ -45,6 +45,8 @@ def register_final_model(tracker, out: Path, name: str) -> None:
     """The final model into the MLflow model registry as a new version of `name`, alias "latest-run"."""
     if not name or not getattr(tracker, "enabled", False):
         return
+    if not (out / "model.json").is_file() or "family" in read_json(out / "model.json"):
+        return  # BLIP (vqa, captioning): its files are in the bundle and the run's artifacts; the registry holds ViTs
     import torch
 
     from tokenforge.models.vit import load_model
@@ -90,13 +92,32 @@ def _read_evaluation(path: Path) -> tuple[int, list[float]]:
     task, accuracy = data.get("task"), data.get("accuracy")
     if not isinstance(task, int) or isinstance(task, bool) or task < 0:
         raise TokenforgeError(f"{path}: 'task' must be a task index >= 0, got {task!r}")
-    if not isinstance(accuracy, list) or not all(_is_fraction(a) for a in accuracy):
-        raise TokenforgeError(f"{path}: 'accuracy' must be a list of accuracies in [0, 1]")
+    # CIDEr (captioning's headline score) is not a fraction: it runs from 0 to 10.
+    fits = _is_score if data.get("metric") == "cider" else _is_fraction
+    if not isinstance(accuracy, list) or not all(fits(a) for a in accuracy):
+        raise TokenforgeError(f"{path}: 'accuracy' must be a list of {data.get('metric') or 'accuracies'} in [0, {10 if fits is _is_score else 1}]")
     return task, [float(a) for a in accuracy]
 
 
 def _is_fraction(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _is_score(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 10.0
+
+
+def multimodal_metrics(paths: list[Path]) -> dict:
+    """VQA and captioning runs: every score's task x task matrix with its metrics (average, forgetting, backward
+    transfer), the headline score's name and the last row's example answers; {} for classification."""
+    rows = {read_json(p)["task"]: read_json(p) for p in paths}
+    last = rows[max(rows)]
+    if "scores" not in last:
+        return {}
+    names = sorted(last["scores"])
+    matrices = {name: metrics.summarize([rows[t]["scores"][name] for t in sorted(rows)]) for name in names}
+    return {"family": last.get("family"), "metric": last.get("metric"), "score_matrices": matrices,
+            "groups": last.get("groups"), "examples": last.get("examples")}  # fmt: skip
 
 
 def parse_stats_args(items: list[str]) -> dict[str, Path]:
@@ -267,6 +288,9 @@ def write_bundle(
     shutil.copyfile(model, out / "model.safetensors")
     if (model.parent / "model.json").is_file():  # the architecture, so `tokenforge.model.load_model` can read it
         shutil.copyfile(model.parent / "model.json", out / "model.json")
+    for name in ("blip_settings.json", "blip_config.json"):  # BLIP (vqa, captioning): `BlipModel.load(bundle)` reads them
+        if (model.parent / name).is_file():
+            shutil.copyfile(model.parent / name, out / name)
     shutil.copyfile(config, out / "config.yaml")
     for name, path in (images or {}).items():
         shutil.copyfile(path, out / f"{name}.png")
@@ -438,6 +462,22 @@ def _bytes_rows(b: dict) -> list[list[Any]]:
     return rows
 
 
+def _score_sections(result: dict) -> list[str]:
+    """VQA and captioning: each score's matrix (the 'accuracy' plots below show the headline score) and examples."""
+    out = []
+    for name, summary in (result.get("score_matrices") or {}).items():
+        M = summary["accuracy_matrix"]
+        rows = [[t] + [f"{v:.4f}" if j <= t else "" for j, v in enumerate(row)] for t, row in enumerate(M)]
+        head = f"<h2>{html.escape(name)} (row: after training task, column: evaluated on task)</h2>"
+        numbers = f"<p>final average {summary['final_average_accuracy']:.4f}, forgetting {summary['average_forgetting']:.4f}, " \
+                  f"backward transfer {summary['backward_transfer']:.4f}</p>"  # fmt: skip
+        out.append(head + _table(["after task"] + [f"task {j}" for j in range(len(M))], rows) + numbers)
+    for t, examples in enumerate(result.get("examples") or []):
+        rows = [[e["prompt"], e["prediction"], " | ".join(e["references"])] for e in examples]
+        out.append(f"<h3>Task {t}: examples after the last task</h3>" + _table(["prompt", "prediction", "references"], rows))
+    return out
+
+
 def render_report(
     title: str, result: dict, versions: dict, config_text: str, bundle: Path, images: list[str] | tuple = ()
 ) -> str:
@@ -459,6 +499,7 @@ def render_report(
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Summary</h2>" + _table(["metric", "value"], _summary_rows(result)),
+        *_score_sections(result),
         "<h2>Accuracy</h2>" + _img(bundle / "accuracy_matrix.png", "accuracy matrix")
         + _img(bundle / "average_accuracy.png", "average accuracy after each task"),
         "<h3>Accuracy matrix (row: after training task, column: evaluated on task; empty: not trained yet)</h3>"

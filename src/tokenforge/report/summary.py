@@ -45,6 +45,14 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _headline(result: dict, name: str) -> str:
+    """A headline number: a percentage of accuracy, or the score a VQA/captioning run names (CIDEr is no fraction)."""
+    metric = result.get("metric")
+    if metric == "cider":
+        return "n/a" if result[name] is None else f"{result[name]:.3f} (CIDEr-D)"
+    return _pct(result[name]) + (f" ({metric.replace('_', ' ')})" if metric else "")
+
+
 def memory_lines(b: dict, memory: dict | None = None) -> list[str]:
     """The replay memory in bytes, per dataset image, and as a share of the dataset's token bytes."""
     what = ""
@@ -60,6 +68,21 @@ def memory_lines(b: dict, memory: dict | None = None) -> list[str]:
             f"                          {b['memory'] / images:,.1f} bytes per dataset image = "
             f"{_pct(b['memory'] / tokens)} of the token bytes ({tokens:,} bytes for {images:,} images)"
         )
+    return lines
+
+
+def score_lines(result: dict) -> list[str]:
+    """VQA and captioning: every score's task matrix (row: after task t; column: task j), then its summary."""
+    lines = []
+    groups = result.get("groups") or []
+    for name, summary in (result.get("score_matrices") or {}).items():
+        M = summary["accuracy_matrix"]
+        lines.append(f"  {name} matrix (row: after task t, column: task j" + (", " + "; ".join(
+            f"{j}: {'+'.join(g)}" for j, g in enumerate(groups)) if groups else "") + ")")  # fmt: skip
+        for t, row in enumerate(M):
+            lines.append(f"    after task {t}: " + " ".join(f"{v:7.3f}" if j <= t else "      ." for j, v in enumerate(row)))
+        lines.append(f"    final average {summary['final_average_accuracy']:.3f}, forgetting {summary['average_forgetting']:.3f}, "
+                     f"backward transfer {summary['backward_transfer']:.3f}")  # fmt: skip
     return lines
 
 
@@ -86,8 +109,9 @@ def summary_lines(results: Path, result: dict, parent: dict | None) -> list[str]
     archive = results / ARCHIVE
     lines = [
         f"tokenforge results in {results} ({result['num_tasks']} tasks)",
-        *(f"  {name.replace('_', ' ') + ':':<{LABEL_WIDTH}}{_pct(result[name])}" for name in ACCURACY_HEADLINES),
+        *(f"  {name.replace('_', ' ') + ':':<{LABEL_WIDTH}}{_headline(result, name)}" for name in ACCURACY_HEADLINES),
     ]
+    lines += score_lines(result)
     lines += memory_lines(result["bytes"], result.get("memory"))
     lines += [
         f"  report:                 {results / 'package' / 'report.html'}",

@@ -1,0 +1,189 @@
+"""The multimodal families: sequential visual question answering (`vqa`) and captioning (`captioning`).
+
+An image's text record (tokenforge.data.multimodal: `{"dataset", "qa": [{"question", "answers", "family"}],
+"captions", "objects"}`) travels with its token grid. A family turns records into *items*, the unit of training,
+evaluation and memory:
+
+- VQA: one item per question. prompt = the question, target = the most frequent of its answers (the training
+  answer; ties go to the first given), references = all its answers (VQA v2's ten, one for CLEVR and scenes).
+  Its group, which decides its task, is the question family (`split.by: family`: colour, count, ...) or the
+  dataset (`by: dataset`: VQA v2 -> CLEVR, as the paper's sequence).
+- Captioning: training has one item per caption (prompt = `caption_prompt`, "a picture of" as BLIP's, target =
+  the caption); evaluation one per image, references = all its captions. Its group is an object (`by: object`):
+  tasks hold images that show their objects, as the paper splits COCO by object. An image showing objects of
+  several tasks goes to the one of them with the fewest images so far (in key order), so tasks are disjoint and
+  about balanced.
+
+The score of a task: VQA accuracy (the official score with ten answers, exact match otherwise); captioning CIDEr-D,
+with BLEU-4 beside it (tokenforge.report.text_metrics). A memory row carries its item's prompt and target as the
+extra columns `prompt` and `target`, counted in the memory's bytes on disk.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tokenforge.errors import TokenforgeError
+
+SPLIT_BY = {"vqa": ("family", "dataset"), "captioning": ("object",)}
+CAPTION_PROMPT = "a picture of"
+
+
+@dataclass
+class Items:
+    """Columns of a set of items: image = row of the token set; group = the value that picks its task."""
+
+    image: list[int] = field(default_factory=list)
+    prompt: list[str] = field(default_factory=list)
+    target: list[str] = field(default_factory=list)
+    references: list[list[str]] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def add(self, image: int, prompt: str, target: str, references: list[str], group: str) -> None:
+        self.image.append(image)
+        self.prompt.append(prompt)
+        self.target.append(target)
+        self.references.append(references)
+        self.group.append(group)
+
+    def where(self, groups) -> "Items":
+        keep = set(groups)
+        out = Items()
+        for i, g in enumerate(self.group):
+            if g in keep:
+                out.add(self.image[i], self.prompt[i], self.target[i], self.references[i], g)
+        return out
+
+
+def training_answer(answers: list[str]) -> str:
+    """The answer a VQA item is trained on: the most frequent (VQA v2's multiple-choice answer), first on ties."""
+    if not answers:
+        raise TokenforgeError("a question has no answers")
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)
+
+
+class _Multimodal:
+    name = ""
+    memory_columns: tuple[str, ...] = ("prompt", "target")
+    metric = ""  # the headline score of a task: the matrix the package reports
+
+    def __init__(self, by: str, caption_prompt: str = CAPTION_PROMPT):
+        if by not in SPLIT_BY[self.name]:
+            raise TokenforgeError(f"split.by: {by!r} does not split a {self.name} sequence; use one of {', '.join(SPLIT_BY[self.name])}")
+        self.by, self.caption_prompt = by, caption_prompt
+
+    def groups(self, records: list[dict]) -> list[str]:
+        """Every group value in these records, most frequent first (ties by name): the candidates for tasks."""
+        counts = Counter(self._record_groups(records))
+        if not counts:
+            raise TokenforgeError(f"no {self.by} values in the data's text: nothing to split a {self.name} sequence by")
+        return sorted(counts, key=lambda g: (-counts[g], g))
+
+    def texts(self, records: list[dict]) -> list[str]:
+        """The text a word-level tokenizer is trained on."""
+        raise NotImplementedError
+
+    def _record_groups(self, records):
+        raise NotImplementedError
+
+
+class VQA(_Multimodal):
+    name = "vqa"
+    metric = "vqa_accuracy"
+
+    def _record_groups(self, records):
+        for r in records:
+            for qa in r.get("qa", []):
+                yield qa["family"] if self.by == "family" else r["dataset"]
+
+    def texts(self, records):
+        for r in records:
+            for qa in r.get("qa", []):
+                yield qa["question"]
+                yield from qa["answers"]
+
+    def items(self, records: list[dict], groups, *, evaluation: bool = False) -> Items:
+        """The questions of `records` whose group is in `groups` (all when None)."""
+        keep = None if groups is None else set(groups)
+        out = Items()
+        for i, r in enumerate(records):
+            for qa in r.get("qa", []):
+                group = qa["family"] if self.by == "family" else r["dataset"]
+                if keep is None or group in keep:
+                    out.add(i, qa["question"], training_answer(qa["answers"]), list(qa["answers"]), group)
+        return out
+
+    def score(self, predictions: list[str], items: Items) -> dict[str, float]:
+        from tokenforge.report.text_metrics import vqa_accuracy
+
+        return {"vqa_accuracy": vqa_accuracy(predictions, items.references)}
+
+
+class Captioning(_Multimodal):
+    name = "captioning"
+    metric = "cider"
+
+    def _record_groups(self, records):
+        for r in records:
+            yield from set(r.get("objects", []))
+
+    def texts(self, records):
+        yield self.caption_prompt
+        for r in records:
+            yield from r.get("captions", [])
+
+    def assign(self, records: list[dict], tasks: list[list[str]]) -> list[int | None]:
+        """The task of each image: the task of one of its objects with the fewest images so far; None: no task's."""
+        of_object = {g: t for t, groups in enumerate(tasks) for g in groups}
+        sizes = [0] * len(tasks)
+        out: list[int | None] = []
+        for r in records:
+            candidates = sorted({of_object[o] for o in r.get("objects", []) if o in of_object})
+            if not candidates or not r.get("captions"):
+                out.append(None)
+                continue
+            t = min(candidates, key=lambda c: (sizes[c], c))
+            sizes[t] += 1
+            out.append(t)
+        return out
+
+    def items(self, records: list[dict], groups, *, evaluation: bool = False, tasks: list[list[str]] | None = None) -> Items:
+        """Training: one item per caption; evaluation: one per image with all captions as references. `tasks`: every
+        task's objects (the assignment needs them all); `groups`: the objects of the tasks wanted."""
+        tasks = tasks if tasks is not None else [[g] for g in (groups or self.groups(records))]
+        assigned = self.assign(records, tasks)
+        keep = None if groups is None else set(groups)
+        out = Items()
+        for i, (r, t) in enumerate(zip(records, assigned)):
+            if t is None:
+                continue
+            group = tasks[t][0]
+            if keep is not None and not keep.intersection(tasks[t]):
+                continue
+            captions = list(r["captions"])
+            if evaluation:
+                out.add(i, self.caption_prompt, captions[0], captions, group)
+            else:
+                for caption in captions:
+                    out.add(i, self.caption_prompt, caption, captions, group)
+        return out
+
+    def score(self, predictions: list[str], items: Items) -> dict[str, float]:
+        from tokenforge.report.text_metrics import caption_scores
+
+        return caption_scores(predictions, items.references)
+
+
+def task_items(family, records: list[dict], split: dict, tasks: list[int], *, evaluation: bool = False) -> Items:
+    """The items of the listed tasks of a split manifest (tasks.json)."""
+    groups = [g for t in tasks for g in split["tasks"][t]["class_names"]]
+    if family.name == "captioning":
+        every = [t["class_names"] for t in split["tasks"]]
+        return family.items(records, groups, evaluation=evaluation, tasks=every)
+    return family.items(records, groups, evaluation=evaluation)

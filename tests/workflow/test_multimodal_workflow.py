@@ -1,0 +1,81 @@
+"""family: vqa | captioning in the workflow: the commands of config/vqa.yaml and config/captioning.yaml, configs
+rejected before any job, and a small VQA sequence end to end (package, summary with the task matrix, MLflow)."""
+
+import json
+import subprocess
+
+import pytest
+from helpers.pipeline import BIN, REPO, pipeline_env, snakemake, write_config
+
+
+def commands(workdir, *configs: str) -> list[str]:
+    args = [a for c in configs for a in ("--configfile", c)]
+    return snakemake(workdir, "-n", "-p", *args).stdout.splitlines()
+
+
+@pytest.mark.parametrize("family, tasks", [("vqa", 5), ("captioning", 3)])
+def test_example_configs_run_every_stage_of_their_family(workdir, family, tasks):
+    lines = commands(workdir, str(workdir / "config" / f"{family}.yaml"))
+    shard = [line for line in lines if " shard " in line]
+    split = [line for line in lines if " split " in line]
+    train = [line for line in lines if " train --tokens " in line]
+    evaluate = [line for line in lines if " evaluate --model " in line]
+    assert len(shard) == 1 and "--source scenes" in shard[0]
+    assert len(split) == 1 and f"--family {family} --tokens results/{family}/tokens/train.parquet" in split[0]
+    assert len(train) == len(evaluate) == tasks
+    assert all(f"--family {family}" in line for line in train + evaluate)
+
+
+def test_classification_commands_carry_no_family_flags(workdir):
+    lines = commands(workdir, write_config(workdir, "{}"))
+    assert any(" split --classes results/default/shard/classes.json" in line for line in lines)
+    assert not any("--family" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("family: vqa\npretrain: {mode: supervised}", "family"),
+        ("family: captioning\ntrain: {processes: 2}", "train"),
+        ("family: chat", "family"),
+    ],
+)
+def test_bad_multimodal_configs_are_rejected_before_any_job(workdir, text, key):
+    proc = snakemake(workdir, "--configfile", write_config(workdir, text), check=False)
+    assert proc.returncode != 0 and f"config key {key}" in proc.stderr + proc.stdout
+    assert not (workdir / "results").exists()
+
+
+SMALL = """
+run: small
+shard: {scenes_count: 80, scenes_size: 16}
+tokenizer: {codebook_size: 16, code_dim: 4, hidden_dim: 8, epochs: 1}
+split: {tasks: 2, classes_per_task: 2}
+train: {epochs: 1, embed_dim: 32, depth: 1, num_heads: 2}
+"""
+
+
+@pytest.mark.slow
+def test_small_vqa_sequence_end_to_end(workdir):
+    from mlflow import MlflowClient
+
+    snakemake(workdir, "--configfile", str(workdir / "config" / "vqa.yaml"), write_config(workdir, SMALL))
+    run = workdir / "results" / "small"
+    metrics = json.loads((run / "package" / "metrics.json").read_text())
+    assert metrics["family"] == "vqa" and metrics["metric"] == "vqa_accuracy"
+    R = metrics["score_matrices"]["vqa_accuracy"]["accuracy_matrix"]
+    assert R == metrics["accuracy_matrix"] and len(R) == 2
+    stats = json.loads((run / "train" / "task-1" / "stats.json").read_text())
+    assert 0 < stats["memory_bytes"] <= stats["memory_budget_bytes"] and stats["memory_scorer"] == "atman"
+    summary = subprocess.run([str(BIN / "tokenforge"), "summary", str(run)], capture_output=True, text=True, check=True,
+                             env=pipeline_env(PATH=str(BIN)), cwd=REPO).stdout  # fmt: skip
+    assert "vqa_accuracy matrix" in summary and "after task 1:" in summary
+    from tokenforge.models.blip import BlipModel
+
+    assert BlipModel.load(run / "package").settings.task == "vqa"  # the bundled final model loads on its own
+    info = json.loads((run / "mlflow" / "parent.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    children = client.search_runs([info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    by_rule = {(c.data.tags["rule"], c.data.tags.get("task")): c for c in children}
+    assert {"loss", "memory_bytes"} <= set(by_rule[("train", "1")].data.metrics)
+    assert "vqa_accuracy_task_0" in by_rule[("evaluate", "1")].data.metrics
