@@ -152,3 +152,14 @@ def test_vqa_training_killed_mid_run_resumes_to_the_identical_model_and_memory(v
     for name in ("model.safetensors", "memory.arrows.zst"):
         assert (tmp_path / "ref" / "task-0" / name).read_bytes() == (tmp_path / "out" / "task-0" / name).read_bytes(), name
     assert not ckpt.exists()
+
+
+def test_vqa_on_pixel_patches_trains_and_evaluates(vqa, tmp_path):
+    """--input pixels: the same grid's pixel patches from the shards (their json carries the text)."""
+    pixels = ["--input", "pixels", "--shards", str(vqa / "shard")]
+    assert train(vqa, "vqa", tmp_path / "task-0", 0, *pixels) == 0
+    memory = read_memory(tmp_path / "task-0" / "memory.arrows.zst")
+    assert memory.ids.ndim == 3 and memory.ids.shape[2] == 4 * 4 * 3  # kept patches of 4x4 RGB pixels
+    assert main(["evaluate", "--family", "vqa", "--model", str(tmp_path / "task-0"), "--shards", str(vqa / "shard"),
+                 "--split", str(vqa / "split"), "--task", "0", "--out", str(tmp_path / "eval.json"), "-q"]) == 0  # fmt: skip
+    assert len(json.loads((tmp_path / "eval.json").read_text())["accuracy"]) == 2

@@ -29,7 +29,7 @@ PERCENT = tuple(h.name for h in HEADLINE_METRICS if h.unit == "fraction")
 BYTES = tuple(h.name for h in HEADLINE_METRICS if h.unit == "bytes")
 SECONDS = tuple(h.name for h in HEADLINE_METRICS if h.unit == "seconds")
 # Column -> the parent run's param (the flattened resolved config).
-PARAMS = {"method": "memory.method", "budget": "memory.budget", "seed": "seed"}
+PARAMS = {"family": "family", "method": "memory.method", "budget": "memory.budget", "seed": "seed"}
 COLUMNS = ("run", "status", *PARAMS, *METRICS, "start_time", "run_id")
 TEXT = ("run", "status", *PARAMS, "run_id")
 MISSING = "-"
@@ -204,10 +204,13 @@ def _local_time(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone()
 
 
-def format_cell(column: str, value: Any) -> str:
-    """A value as shown in the table: accuracies as percentages, bytes with thousands separators."""
+def format_cell(column: str, value: Any, family: str | None = None) -> str:
+    """A value as shown in the table: accuracies as percentages, bytes with thousands separators; a captioning run's
+    headline score is CIDEr-D, no fraction, shown as a number."""
     if value is None:
         return MISSING
+    if column in PERCENT and family == "captioning":
+        return f"{value:.3f}"
     if column in PERCENT:
         return f"{100 * value:.2f}%"
     if column in BYTES:
@@ -221,7 +224,7 @@ def format_cell(column: str, value: Any) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """An aligned text table: text columns left-aligned, numbers right-aligned."""
-    cells = [list(COLUMNS)] + [[format_cell(c, row.get(c)) for c in COLUMNS] for row in rows]
+    cells = [list(COLUMNS)] + [[format_cell(c, row.get(c), row.get("family")) for c in COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = []
     for line in cells:
