@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from tokenforge.continual import VIT_SCORERS
+
+SCORERS = VIT_SCORERS  # the ViT's scorers, the ones this module computes
 from tokenforge.errors import TokenforgeError
 from tokenforge.models.vit import device_of
 
@@ -160,8 +162,8 @@ def token_scores(
 
     `units`: code ids (M, h, w) or uint8 pixel patches (M, h, w, F); `labels`: (M,). `seed` only drives the
     random control. `suppression` and `conceptual` are AtMan's suppression factor and look-alike threshold."""
-    if scorer not in VIT_SCORERS:
-        raise TokenforgeError(f"memory.scorer: unknown scorer {scorer!r}; expected one of {', '.join(VIT_SCORERS)}")
+    if scorer not in SCORERS:
+        raise TokenforgeError(f"memory.scorer: unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
     units = np.asarray(units)
     labels = np.asarray(labels)
     if units.ndim not in (3, 4):
