@@ -100,7 +100,25 @@ class TrainLoop:
         return s
 
     def train_step(self, idx: torch.Tensor) -> None:
-        """One step of the method: current batch (+ augmentation, maybe as a subset) and a memory batch."""
+        """One step of the method: the step's loss (`step_loss`), one backward and one optimizer step."""
+        s = self.state
+        loss = self.step_loss(idx)
+        self.engine.backward(loss)
+        self.engine.step()
+        s.loss = loss.item()
+        s.loss_sum += s.loss * len(idx)
+        s.seen_samples += len(idx)
+        s.step += 1
+
+    def joined(self, loss: torch.Tensor, rows: int, memory_loss: torch.Tensor, memory_rows: int) -> torch.Tensor:
+        """The current batch's loss with the memory batch's: one mean over both rows (the epoch schedule, as one
+        loader over current and memory samples), else their sum."""
+        if self.replay.weighted:
+            return (loss * rows + memory_loss * memory_rows) / (rows + memory_rows)
+        return loss + memory_loss
+
+    def step_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """The loss of a step: current batch (+ augmentation, maybe as a subset) and a memory batch."""
         family, s = self.family, self.state
         units, targets = self.units[idx], family.targets(self.labels[idx])
         if self.augmenter is not None:  # augmented grids enter as embedding maps, channels last for subsets
@@ -113,16 +131,8 @@ class TrainLoop:
         if memory is not None:
             units, positions, labels = memory
             memory_loss = family.loss(family.restrict(self.forward(units, positions)), labels)
-            if self.replay.weighted:  # one mean over current and memory rows, as one loader over both
-                loss = (loss * len(idx) + memory_loss * len(labels)) / (len(idx) + len(labels))
-            else:
-                loss = loss + memory_loss
-        self.engine.backward(loss)
-        self.engine.step()
-        s.loss = loss.item()
-        s.loss_sum += s.loss * len(idx)
-        s.seen_samples += len(idx)
-        s.step += 1
+            loss = self.joined(loss, len(idx), memory_loss, len(labels))
+        return loss
 
     def forward(self, units: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         if positions is None:

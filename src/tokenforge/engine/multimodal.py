@@ -129,24 +129,15 @@ class TextLoop(TrainLoop):
         super().__init__(engine, None, replay, units, torch.arange(len(units)), **kwargs)
         self.texts, self.memory_texts = texts, memory_texts
 
-    def train_step(self, idx: torch.Tensor) -> None:
-        s = self.state
+    def step_loss(self, idx: torch.Tensor) -> torch.Tensor:
         units, positions = self.replay.current(self.units[idx])
         loss = self.objective(units if positions is not None else flat(units), positions, self.texts.rows(idx)).mean()
-        memory = self.replay.sample(s.epoch, s.batch)
+        memory = self.replay.sample(self.state.epoch, self.state.batch)
         if memory is not None:
             m_units, m_positions, rows = memory
             memory_loss = self.objective(m_units, m_positions, self.memory_texts.rows(rows)).mean()
-            if self.replay.weighted:
-                loss = (loss * len(idx) + memory_loss * len(rows)) / (len(idx) + len(rows))
-            else:
-                loss = loss + memory_loss
-        self.engine.backward(loss)
-        self.engine.step()
-        s.loss = loss.item()
-        s.loss_sum += s.loss * len(idx)
-        s.seen_samples += len(idx)
-        s.step += 1
+            loss = self.joined(loss, len(idx), memory_loss, len(rows))
+        return loss
 
     def objective(self, units, positions, text) -> torch.Tensor:
         d = self.device

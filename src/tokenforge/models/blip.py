@@ -611,11 +611,22 @@ class BlipModel(nn.Module):
     # ----------------------------------------------------------------------------------------------- storage
     def save(self, folder: str | Path) -> None:
         """model.safetensors + blip_settings.json + blip_config.json in `folder` (created)."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(folder / WEIGHTS_FILE))
+        # Tied tensors (the decoder's output layer is its word embeddings) are stored once, under the first of their
+        # names in sorted order, as safetensors' save_model does (load_model finds the ties on the model itself).
+        # Without save_model's metadata {dropped: kept}: safetensors writes metadata from a hash map, in an order
+        # that changes from save to save, so equal models gave different bytes about every second time.
+        state = self.state_dict()
+        groups: dict[tuple, list[str]] = {}
+        for name, tensor in state.items():
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+            groups.setdefault(key, []).append(name)
+        dropped = {name: sorted(names)[0] for names in groups.values() for name in sorted(names)[1:]}
+        tensors = {name: t.contiguous() for name, t in state.items() if name not in dropped}
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         (folder / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
         (folder / CONFIG_FILE).write_text(json.dumps(self.hf.config.to_dict(), indent=2, sort_keys=True) + "\n")
 
