@@ -168,7 +168,7 @@ def read_split(split_dir: Path, family_name: str, task: int) -> dict:
     return split
 
 
-def initial_model(args, tok: dict):
+def initial_model(args, tok: dict, tokenizer):
     """Task t-1's BLIP for t > 0; for task 0 a seeded small BLIP (or a local pretrained one) on the tokenizer's grid."""
     from tokenforge.models.blip import BlipModel, BlipSettings, build_blip
 
@@ -180,9 +180,8 @@ def initial_model(args, tok: dict):
             raise TokenforgeError(f"--previous {args.previous}: a {model.settings.task} model on {model.settings.input}, not "
                                   f"{args.family} on {args.input}")  # fmt: skip
         return model
-    from tokenforge.families.text import load_text_tokenizer, special_ids
+    from tokenforge.families.text import special_ids
 
-    tokenizer = load_text_tokenizer(args.split / "text")
     ids = special_ids(tokenizer)
     codebook = None
     if args.input == "tokens":
@@ -211,8 +210,8 @@ def train_task(args, tracker) -> None:
     split = read_split(args.split, args.family, args.task)
     family = families.get(args.family, by=split["by"], caption_prompt=split.get("caption_prompt", "a picture of"))
     tok = read_json(args.tokenizer / "config.json")
-    model = initial_model(args, tok)
-    tokenizer = load_text_tokenizer(args.split / "text")
+    tokenizer = load_text_tokenizer(args.split / "text")  # the split's: read once, for the model's ids and the text
+    model = initial_model(args, tok, tokenizer)
     data = load_text_data(args.input, args.tokens, args.shards, "train", tok["downsample"])
     if tuple(data.units.shape[1:3]) != tuple(model.settings.grid):
         raise TokenforgeError(f"{args.tokens or args.shards}: grids of {data.units.shape[1:3]} do not match the model's {model.settings.grid}")

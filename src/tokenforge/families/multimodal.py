@@ -50,14 +50,6 @@ class Items:
         self.references.append(references)
         self.group.append(group)
 
-    def where(self, groups) -> "Items":
-        keep = set(groups)
-        out = Items()
-        for i, g in enumerate(self.group):
-            if g in keep:
-                out.add(self.image[i], self.prompt[i], self.target[i], self.references[i], g)
-        return out
-
 
 def training_answer(answers: list[str]) -> str:
     """The answer a VQA item is trained on: the most frequent (VQA v2's multiple-choice answer), first on ties."""
