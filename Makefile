@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m tokenforge.engine.deepspeed  # DeepSpeed's CPU op, compiled once here rather than in the first job
 	touch $@
 
 run: install

@@ -30,6 +30,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/warm.smk"
 # MLflow: one parent run per invocation (not on dry runs); every job logs a child run under it. The hooks run in this
 # process, so through this Python's CLI (PYTHON, common.smk) even where a job's is a conda env's.
 onstart:
@@ -38,14 +39,17 @@ onstart:
     with open(f"{R}/config.resolved.yaml", "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
     shell(f"{PYTHON} -m tokenforge track start {R} --config {R}/config.resolved.yaml {tracking_flags()} -q || true")
+    warm_start()  # after track start, which would otherwise wait for the server to finish importing
 
 
 onsuccess:
     shell(f"{PYTHON} -m tokenforge track end {R} --status FINISHED -q || true")
+    warm_stop()
 
 
 onerror:
     shell(f"{PYTHON} -m tokenforge track end {R} --status FAILED -q || true")
+    warm_stop()
 
 
 include: "workflow/rules/10_shard.smk"

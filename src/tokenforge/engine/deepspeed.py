@@ -89,3 +89,19 @@ def build_engine(model, args, micro_steps: int):
         # and the step is bound by launches. Nothing here reads uninitialised memory; CPU runs keep the default.
         torch.utils.deterministic.fill_uninitialized_memory = False
     return engine
+
+
+def prebuild_ops() -> None:
+    """Compile the ops DeepSpeed JIT-builds for this machine's accelerator at a job's first start (on a CPU: its
+    shared-memory all-reduce, ~30-100 s once, then cached in torch's extensions folder), so `make install` pays
+    that instead of the first training job. An op the accelerator lacks or cannot build is left to DeepSpeed."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        builder.load(verbose=False)
+
+
+if __name__ == "__main__":  # `python -m tokenforge.engine.deepspeed`: what the Makefile's install runs
+    prebuild_ops()
