@@ -24,7 +24,6 @@ only its user can enter: whoever reaches it can run commands as that user.
 from __future__ import annotations
 
 import argparse
-import array
 import hashlib
 import json
 import os
