@@ -12,7 +12,8 @@
 #   train/task-<t>/  model + replay memory after task t         (60_train.smk)
 #   evaluate/    row t of the accuracy matrix                   (70_evaluate.smk)
 #   package/     metrics, plots, report.html, final model; tokenforge-results.tar.gz (80_package.smk)
-#   mlflow.db, mlartifacts/, mlflow/parent.json: the MLflow store; logs/, benchmarks/: per job
+#   mlflow.db, mlartifacts/, mlflow/parent.json: the MLflow store (mlflow/spool/: what jobs log in deferred mode,
+#                until `tokenforge track sync|end` replays it: mlflow.mode); logs/, benchmarks/: per job
 #
 # Named partial targets: shards, tokens, and task_<k> (everything up to task k).
 
@@ -43,6 +44,7 @@ onstart:
 
 
 onsuccess:
+    # Replays the jobs' spool into the store in deferred mode (mlflow.mode), then ends the parent run.
     shell(f"{PYTHON} -m tokenforge track end {R} --status FINISHED -q || true")
     warm_stop()
 

@@ -111,6 +111,7 @@ def _constant(dotted: str):
         ("train.precision", "tokenforge.engine.PRECISIONS"),
         ("train.launcher", "tokenforge.engine.launch.LAUNCHERS"),
         ("pretrain.mode", "tokenforge.engine.PRETRAIN_MODES"),
+        ("mlflow.mode", "tokenforge.tracking.MODES"),
     ],
 )
 def test_every_config_choice_list_is_the_python_constant(key, constant):

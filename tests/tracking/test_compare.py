@@ -51,9 +51,10 @@ def headline(accuracy: float, forgetting: float, memory: int, wall: float) -> di
 
 
 def pipeline_run(results: Path, name: str, method: str, budget: str, seed: int, metrics: dict | None, end: bool = True) -> str:
-    """A parent run as `tokenforge track start` makes it, plus a package job logging `metrics` (none: still running)."""
+    """A parent run as `tokenforge track start` makes it, plus a package job logging `metrics` (none: still running).
+    Live: the store holds each run as it goes (a deferred parent is there only once `track sync` ran)."""
     params = {"memory.method": method, "memory.budget": budget, "seed": seed, "run": name}
-    info = start_parent(results, run_name=name, params=params)
+    info = start_parent(results, run_name=name, params=params, mode="live")
     if metrics is not None:
         with child_run(results, "package", {}, argparse.Namespace(out="package")) as tracker:
             tracker.log_metrics(metrics)
@@ -71,7 +72,8 @@ def stores(tmp_path_factory) -> dict[str, Path]:
         a, b = root / "a", root / "b"
         pipeline_run(a, "coreset-s0", "coreset", "10%", 0, headline(0.61, 0.2, 1500, 100.25))
         # The package job of the second run failed once with other numbers, then a rerun finished.
-        start_parent(a, run_name="tokens-s10", params={"memory.method": "coretokenset", "memory.budget": "10%", "seed": 10})
+        start_parent(a, run_name="tokens-s10", params={"memory.method": "coretokenset", "memory.budget": "10%", "seed": 10},
+                     mode="live")
         with pytest.raises(RuntimeError):
             with child_run(a, "package", {}, argparse.Namespace()) as tracker:
                 tracker.log_metrics(headline(0.01, 0.9, 9, 1.0))
@@ -80,7 +82,8 @@ def stores(tmp_path_factory) -> dict[str, Path]:
             tracker.log_metrics(headline(0.55, 0.3, 1863, 232.3))
         end_parent(a)
         pipeline_run(a, "running", "coreset", "5%", 1, None, end=False)
-        info = start_parent(b, run_name="random-s0", params={"memory.method": "random", "memory.budget": "2000", "seed": 0})
+        info = start_parent(b, run_name="random-s0", params={"memory.method": "random", "memory.budget": "2000", "seed": 0},
+                            mode="live")
         MlflowTracker(_client(info["tracking_uri"]), info["parent_run_id"]).log_metrics(headline(0.7, 0.1, 2000, 50.0))
         end_parent(b)
     return {"a": a, "b": b}

@@ -181,7 +181,7 @@ def test_parallel_jobs_share_one_sqlite_store_without_lock_errors(tmp_path):
     from tokenforge.tracking.runs import start_parent
 
     results = tmp_path / "results"
-    info = start_parent(results, experiment="parallel")
+    info = start_parent(results, experiment="parallel", mode="live")  # live jobs: each writes the store itself
     script = (
         "import argparse, sys\n"
         "from tokenforge.tracking.runs import child_run\n"

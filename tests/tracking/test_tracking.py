@@ -12,11 +12,20 @@ from tokenforge.tracking.runs import (
     public_params,
     start_parent,
 )
+from tokenforge.tracking.sync import run_id_of, sync
 
 
 @pytest.fixture(autouse=True)
 def _no_ambient_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def synced_run_id(results, tracker) -> str:
+    """A job's run id: a live job's at once, a deferred job's once `sync` replayed its spool file."""
+    if tracker.run_id is None:
+        sync(results)
+        return run_id_of(tracker.path)
+    return tracker.run_id
 
 
 def test_no_results_dir_gives_null_tracker():
@@ -31,19 +40,21 @@ def test_flatten_and_secret_filter(monkeypatch):
     assert public_params(args) == {"lr": 0.1, "out": "o"}
 
 
-def test_parent_and_children_in_sqlite_store(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["live", "deferred"])
+def test_parent_and_children_in_sqlite_store(tmp_path, monkeypatch, mode):
     from mlflow import MlflowClient
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-log-me")
     results = tmp_path / "run1"
-    info = start_parent(results, experiment="exp-test", params={"train.epochs": 3, "memory.token_secret": "x"})
-    assert info["tracking_uri"] == f"sqlite:///{results.resolve() / 'mlflow.db'}"
+    info = start_parent(results, experiment="exp-test", params={"train.epochs": 3, "memory.token_secret": "x"}, mode=mode)
+    assert info["tracking_uri"] == f"sqlite:///{results.resolve() / 'mlflow.db'}" and info["mode"] == mode
     assert json.loads((results / "mlflow" / "parent.json").read_text()) == info
     args = argparse.Namespace(epochs=3, seed=0)
     with child_run(results, "train", {"task": "1"}, args) as tracker:
         tracker.log_metrics({"loss": 0.5, "flag": True}, step=2)
-        child_id = tracker.run_id
-    end_parent(results)
+    end_parent(results)  # deferred: replays the spool first
+    child_id = tracker.run_id or run_id_of(tracker.path)
+    info = json.loads((results / "mlflow" / "parent.json").read_text())  # deferred: the sync wrote the ids
 
     client = MlflowClient(info["tracking_uri"])
     child = client.get_run(child_id)
@@ -60,22 +71,27 @@ def test_parent_and_children_in_sqlite_store(tmp_path, monkeypatch):
     assert child.info.artifact_uri.startswith((results.resolve() / "mlartifacts").as_uri())
 
 
-def test_failed_job_marks_child_failed(tmp_path):
+@pytest.mark.parametrize("mode", ["live", "deferred"])
+def test_failed_job_marks_child_failed(tmp_path, monkeypatch, mode):
     from mlflow import MlflowClient
 
     results = tmp_path / "run2"
+    if mode == "live":  # any store named by the environment is tracked live (mlflow.mode auto)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{results.resolve() / 'mlflow.db'}")
     with pytest.raises(RuntimeError):
         with child_run(results, "evaluate", {}, argparse.Namespace()) as tracker:
-            run_id = tracker.run_id
             raise RuntimeError("boom")
     info = parent_info(results)  # created lazily by the first job
+    assert info["mode"] == mode
+    run_id = synced_run_id(results, tracker)
     assert MlflowClient(info["tracking_uri"]).get_run(run_id).info.status == "FAILED"
 
 
 def test_unreachable_store_warns_and_goes_on(tmp_path, caplog):
     results = tmp_path / "run3"
     (results / "mlflow").mkdir(parents=True)
-    bad = {"tracking_uri": "sqlite:////nonexistent-dir/x/mlflow.db", "experiment_id": "1", "parent_run_id": "abc"}
+    (tmp_path / "a-file").write_text("not a folder")  # a store nobody can create, not even root
+    bad = {"tracking_uri": f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "experiment_id": "1", "parent_run_id": "abc"}
     (results / "mlflow" / "parent.json").write_text(json.dumps(bad))
     with child_run(results, "shard", {}, argparse.Namespace(a=1)) as tracker:
         tracker.log_metrics({"x": 1.0})
@@ -83,13 +99,14 @@ def test_unreachable_store_warns_and_goes_on(tmp_path, caplog):
     assert "tracking unavailable" in caplog.text
 
 
-def test_datasets_are_logged_as_run_inputs_with_digest_and_context(tmp_path):
+@pytest.mark.parametrize("mode", ["live", "deferred"])
+def test_datasets_are_logged_as_run_inputs_with_digest_and_context(tmp_path, mode):
     from mlflow import MlflowClient
 
     from tokenforge.tracking.runs import dataset_digest
 
     results = tmp_path / "run"
-    info = start_parent(results, experiment="exp-data")
+    info = start_parent(results, experiment="exp-data", mode=mode)
     tokens = tmp_path / "tokens" / "train.parquet"
     tokens.parent.mkdir()
     tokens.write_bytes(b"x" * 100)
@@ -99,7 +116,7 @@ def test_datasets_are_logged_as_run_inputs_with_digest_and_context(tmp_path):
     with child_run(results, "train", {}, argparse.Namespace()) as tracker:
         tracker.log_dataset("tokens/train.parquet", tokens, "training", {"samples": 7})
         tracker.log_dataset("shard", shards, "source")
-        run_id = tracker.run_id
+    run_id = synced_run_id(results, tracker)
     inputs = MlflowClient(info["tracking_uri"]).get_run(run_id).inputs.dataset_inputs
     by_name = {i.dataset.name: i for i in inputs}
     train = by_name["tokens/train.parquet"]
@@ -130,7 +147,7 @@ def test_two_jobs_logging_the_same_dataset_at_once_both_keep_tracking(tmp_path, 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     results = tmp_path / "run"
-    info = start_parent(results, experiment="exp-race")
+    info = start_parent(results, experiment="exp-race", mode="live")  # the race is between live jobs
     tokens = tmp_path / "test.parquet"
     tokens.write_bytes(b"z" * 10)
     with child_run(results, "evaluate", {"task": "0"}, argparse.Namespace()) as first:

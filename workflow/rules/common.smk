@@ -130,7 +130,8 @@ def previous_flag(wildcards):
 
 def tracking_flags():
     uri = config["mlflow"].get("tracking_uri")
-    return f"--experiment {shlex.quote(config['mlflow']['experiment'])}" + (
+    mode = config["mlflow"].get("mode", "auto")  # tokenforge track --help: live, deferred, auto
+    return f"--experiment {shlex.quote(config['mlflow']['experiment'])} --mode {mode}" + (
         f" --tracking-uri {shlex.quote(uri)}" if uri else ""
     )
 

@@ -1,7 +1,24 @@
-"""Start or end the pipeline's parent MLflow run (Snakemake's onstart/onsuccess/onerror call this).
+"""Start, sync or end the pipeline's parent MLflow run (Snakemake's onstart/onsuccess/onerror call this).
 
-  tokenforge track start RESULTS_DIR --experiment NAME --config config.yaml
+  tokenforge track start RESULTS_DIR --experiment NAME --config config.yaml [--mode auto|live|deferred]
+  tokenforge track sync RESULTS_DIR      # write what the jobs spooled so far into the store
   tokenforge track end RESULTS_DIR --status FINISHED
+
+Every job run with `--track RESULTS_DIR` is a child run of the parent kept in RESULTS_DIR/mlflow/parent.json.
+How a job logs is the mode `start` chose (config key mlflow.mode):
+
+  live      each job opens the store and logs as it goes (importing MLflow costs a job about 2 s);
+  deferred  each job appends its params, metrics, tags, datasets and copies of its artifacts to its own spool file
+            under RESULTS_DIR/mlflow/spool/ without importing MLflow; `sync` replays them into the store (start and
+            end times, steps and statuses as they were) and `end` syncs before it ends the parent run, so the
+            store is complete when the pipeline is done. To follow a long local run in `mlflow ui`, call
+            `tokenforge track sync RESULTS_DIR` whenever you like: it is incremental and never logs anything twice.
+            Runs still going show as RUNNING; jobs killed before their end are marked KILLED by `end`;
+  auto      (default) deferred for the default SQLite store in RESULTS_DIR (no --tracking-uri, no
+            $MLFLOW_TRACKING_URI), live for any other store: a server is watched during the run.
+
+Tracking never stops the pipeline: `start` and `end` warn in one line and exit 0 when the store fails (`end`
+keeps the spool, so `sync` can retry); `sync`, called by hand, exits non-zero with a one-line error.
 """
 
 from __future__ import annotations
@@ -10,11 +27,15 @@ import argparse
 import logging
 from pathlib import Path
 
+from tokenforge.tracking import MODES
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["start", "end"], help="start a new parent run, or end the current one")
+    parser.add_argument(
+        "action", choices=["start", "sync", "end"], help="start a new parent run, replay the spool of a deferred one, or end it"
+    )
     parser.add_argument("results_dir", type=Path, help="the pipeline's results directory")
     parser.add_argument("--experiment", default="tokenforge", help="MLflow experiment name")
     parser.add_argument("--config", type=Path, default=None, help="resolved config YAML, logged as params and artifact")
@@ -23,33 +44,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-name", default=None, help="name of the parent run (default: the results folder name)")
     parser.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED"], help="final status for `end`")
+    parser.add_argument(
+        "--mode", default="auto", choices=MODES, help="for `start`: how jobs log (live, deferred, or auto: deferred for the default store)"
+    )
 
 
 def run(args, tracker) -> None:
-    import yaml
+    from tokenforge.tracking.runs import _one_line
 
-    from tokenforge.tracking.runs import (
-        MlflowTracker,
-        _client,
-        end_parent,
-        flatten,
-        start_parent,
-    )
-
+    if args.action == "sync":
+        _sync(args.results_dir)
+        return
     try:
         if args.action == "end":
-            end_parent(args.results_dir, args.status)
-            return
-        config = yaml.safe_load(args.config.read_text()) if args.config else {}
-        info = start_parent(
-            args.results_dir,
-            experiment=args.experiment,
-            tracking_uri=args.tracking_uri,
-            run_name=args.run_name,
-            params=flatten(config or {}),
-        )
-        if args.config:
-            MlflowTracker(_client(info["tracking_uri"]), info["parent_run_id"]).log_artifact(args.config)
-        print(f"MLflow parent run {info['parent_run_id']} in {info['tracking_uri']}")
+            _end(args.results_dir, args.status)
+        else:
+            _start(args)
     except Exception as exc:  # tracking never stops the pipeline
-        log.warning("MLflow tracking unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning("MLflow tracking unavailable: %s", _one_line(exc) if str(exc) else type(exc).__name__)
+
+
+def _start(args) -> None:
+    import yaml
+
+    from tokenforge.tracking.runs import flatten, start_parent
+
+    config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    info = start_parent(
+        args.results_dir,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+        run_name=args.run_name,
+        params=flatten(config or {}),
+        mode=args.mode,
+        config=args.config,
+    )
+    if info["mode"] == "deferred":
+        print(f"MLflow tracking deferred: `tokenforge track sync {args.results_dir}` writes the runs to {info['tracking_uri']}")
+    else:
+        print(f"MLflow parent run {info['parent_run_id']} in {info['tracking_uri']}")
+
+
+def _end(results_dir: Path, status: str) -> None:
+    """Sync (deferred) and end the parent; a failed sync is one warning naming the spool, which is kept."""
+    from tokenforge.tracking.runs import _one_line, end_parent
+    from tokenforge.tracking.spool import SPOOL
+
+    try:
+        end_parent(results_dir, status)
+    except Exception as exc:
+        if not (results_dir / SPOOL).is_dir():
+            raise
+        log.warning(
+            "MLflow sync failed, the spool in %s is kept (retry: tokenforge track sync %s): %s",
+            results_dir / SPOOL, results_dir, _one_line(exc),
+        )  # fmt: skip
+
+
+def _sync(results_dir: Path) -> None:
+    """Replay the spool; any failure is a one-line TokenforgeError (exit status 2)."""
+    from tokenforge.errors import TokenforgeError
+    from tokenforge.io import read_json
+    from tokenforge.tracking.runs import PARENT_FILE, _one_line
+    from tokenforge.tracking.sync import sync
+
+    if not (results_dir / PARENT_FILE).is_file():
+        raise TokenforgeError(f"{results_dir}: not tracked (no {PARENT_FILE}; `tokenforge track start` writes it)")
+    try:
+        replayed = sync(results_dir)
+    except TokenforgeError:
+        raise
+    except Exception as exc:
+        raise TokenforgeError(f"{results_dir}: sync failed, the spool is kept ({_one_line(exc)})") from None
+    info = read_json(results_dir / PARENT_FILE)
+    where = f"parent run {info['parent_run_id']} in " if info.get("parent_run_id") else ""
+    print(f"MLflow: {replayed} spooled calls replayed into {where}{info['tracking_uri']}")

@@ -96,6 +96,8 @@ def mlflow_lines(parent: dict | None) -> list[str]:
         f"  MLflow experiment id:   {parent.get('experiment_id')}",
         f"  MLflow parent run id:   {parent.get('parent_run_id')}",
     ]
+    if parent.get("mode") == "deferred" and not parent.get("parent_run_id"):  # spooled, not in the store yet
+        lines[1:] = ["  MLflow runs:            deferred, not synced yet: tokenforge track sync RESULTS_DIR writes them"]
     if uri.startswith(("http://", "https://")):
         lines.append(f"  open the UI:            {uri} in a browser")
     else:

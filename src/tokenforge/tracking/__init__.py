@@ -1,3 +1,9 @@
 """MLflow: one parent run per pipeline run, a child run per job, and the store calls of the tools below
-(`runs`); comparing runs (`compare`); logging a results bundle after an outage (`bundle`).
+(`runs`); deferred tracking, spooled by jobs (`spool`) and replayed into the store (`sync`); comparing runs
+(`compare`); logging a results bundle after an outage (`bundle`).
 """
+
+# mlflow.mode: `live` logs each call of a job to the store as it happens; `deferred` appends it to a spool file
+# under RESULTS_DIR/mlflow/spool/ (no MLflow import in the job) that `tokenforge track sync|end` replays; `auto` is
+# deferred for the default SQLite store inside the results folder and live for any other store (a server).
+MODES = ("auto", "live", "deferred")

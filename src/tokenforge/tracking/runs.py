@@ -4,6 +4,11 @@ The parent run's identity lives in `RESULTS_DIR/mlflow/parent.json`, so every jo
 machines) attaches its child run to it. The default store is a SQLite file inside the results
 directory (no server needed); `MLFLOW_TRACKING_URI` points elsewhere. Tracking must never cost a
 training run: any tracking failure prints one warning and turns the tracker into a no-op.
+
+Two modes (tokenforge.tracking.MODES; parent.json's "mode"): `live` logs every call to the store as it happens
+(MlflowTracker); `deferred` appends it to a spool file instead (tracking/spool.py: no MLflow import, which costs a
+job about 2 s) that `tokenforge track sync|end` replays into the store (tracking/sync.py). `auto` is deferred for
+the default SQLite store in the results folder and live for any other store: people watch a server during a run.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Iterator
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json, write_json
+from tokenforge.tracking import MODES
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +95,8 @@ class MlflowTracker:
         log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if not _SECRET.search(k)]
-        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            self._call("log_batch", self.run_id, params=items[start : start + 100])
+        for batch in param_batches(params):
+            self._call("log_batch", self.run_id, params=batch)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -120,21 +123,7 @@ class MlflowTracker:
         if not self.enabled:
             return
         try:
-            import mlflow
-            import mlflow.pytorch
-            import torch
-            from mlflow.models import infer_signature
-
-            with torch.no_grad():
-                signature = infer_signature(example.numpy(), model(example).numpy())
-            mlflow.set_tracking_uri(self.client.tracking_uri)
-            with mlflow.start_run(run_id=self.run_id):
-                info = mlflow.pytorch.log_model(
-                    model, name="model", signature=signature, registered_model_name=name, input_example=example.numpy(),
-                    serialization_format="pickle",  # MLflow's pt2 export fixed the batch size to the example's (1)
-                    pip_requirements=["tokenforge", "torch", "timm"],  # inferring them would import and time every module
-                )
-            _retry_locked(self.client.set_registered_model_alias, name, alias, info.registered_model_version)
+            register_torch_model(self.client, self.run_id, model, example, name, alias)
         except Exception as exc:  # tracking must never kill the job
             self._disable(exc)
 
@@ -142,20 +131,48 @@ class MlflowTracker:
         """`mlflow.log_input` for a local file or folder: name, content digest, path, size and `profile`."""
         import json
 
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
         if not self.enabled:
             return
         path = Path(path).resolve()
         size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        dataset = Dataset(
-            name=name,
-            digest=dataset_digest(path),
-            source_type="local",
-            source=json.dumps({"uri": path.as_uri()}),
-            profile=json.dumps({"bytes": size, **(profile or {})}),
+        source, profile = json.dumps({"uri": path.as_uri()}), json.dumps({"bytes": size, **(profile or {})})
+        self._call("log_inputs", self.run_id, datasets=[dataset_input(name, dataset_digest(path), source, profile, context)])
+
+
+def param_batches(params: dict) -> list:
+    """MLflow Params of `params` (secret-looking names dropped) in batches of 100, the most log_batch accepts."""
+    from mlflow.entities import Param
+
+    items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if not _SECRET.search(k)]
+    return [items[start : start + 100] for start in range(0, len(items), 100)]
+
+
+def dataset_input(name: str, digest: str, source: str, profile: str, context: str):
+    """The DatasetInput of a local file or folder (source: a JSON {"uri"}; profile: JSON) used as `context`."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=digest, source_type="local", source=source, profile=profile)
+    return DatasetInput(dataset, [InputTag("mlflow.data.context", context)])
+
+
+def register_torch_model(client, run_id: str, model, example, name: str, alias: str) -> None:
+    """Log a torch model with a signature inferred from `example` into run `run_id`, register it as a new version
+    of `name` and point `alias` at that version (MlflowTracker.register_model, and the sync of a deferred one)."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        signature = infer_signature(example.numpy(), model(example).numpy())
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name="model", signature=signature, registered_model_name=name, input_example=example.numpy(),
+            serialization_format="pickle",  # MLflow's pt2 export fixed the batch size to the example's (1)
+            pip_requirements=["tokenforge", "torch", "timm"],  # inferring them would import and time every module
         )
-        self._call("log_inputs", self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+    _retry_locked(client.set_registered_model_alias, name, alias, info.registered_model_version)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -259,6 +276,27 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def tracking_mode(mode: str = "auto", tracking_uri: str | None = None) -> str:
+    """`live` or `deferred`: `auto` defers for the default store (no `tracking_uri`, no $MLFLOW_TRACKING_URI), a
+    SQLite file in the results folder that nobody watches during the run, and is live for any other store."""
+    if mode not in MODES:
+        raise TokenforgeError(f"tracking mode {mode!r}: expected one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    return "live" if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") else "deferred"
+
+
+def experiment_id_for(client, experiment: str, uri: str, results_dir: Path) -> str:
+    """The id of `experiment` in the store, created if new (with a SQLite store: artifacts in RESULTS_DIR/mlartifacts)."""
+    exp = _retry_locked(client.get_experiment_by_name, experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):  # keep artifacts beside the SQLite store, not in ./mlruns
+        location = (Path(results_dir).resolve() / "mlartifacts").as_uri()
+    return _retry_locked(client.create_experiment, experiment, artifact_location=location)
+
+
 def start_parent(
     results_dir: str | os.PathLike,
     experiment: str = DEFAULT_EXPERIMENT,
@@ -266,32 +304,42 @@ def start_parent(
     run_name: str | None = None,
     params: dict | None = None,
     tags: dict | None = None,
+    mode: str = "auto",
+    config: str | os.PathLike | None = None,
 ) -> dict:
-    """Create the experiment (if new) and a parent run; record it in RESULTS_DIR/mlflow/parent.json."""
+    """A new parent run (with `params`, tags and the `config` file as artifact), recorded in
+    RESULTS_DIR/mlflow/parent.json. Live: created in the store now. Deferred: only described there (and in a new
+    spool folder), without importing MLflow; `tokenforge track sync` creates it (tracking/spool.py)."""
     results_dir = Path(results_dir)
     uri = tracking_uri_for(results_dir, tracking_uri)
+    run_name = run_name or results_dir.name
+    if tracking_mode(mode, tracking_uri) == "deferred":
+        from tokenforge.tracking.spool import start_deferred
+
+        spec = {"tracking_uri": uri, "experiment": experiment, "run_name": run_name, "tags": {**base_tags(), **(tags or {})}}
+        return start_deferred(results_dir, {**spec, "params": params or {}}, Path(config) if config else None)
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        location = None
-        if uri.startswith("sqlite:"):  # keep artifacts beside the SQLite store, not in ./mlruns
-            location = (results_dir.resolve() / "mlartifacts").as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        experiment_id = exp.experiment_id
-    run = client.create_run(
-        experiment_id, run_name=run_name or results_dir.name, tags={**base_tags(), **(tags or {})}
-    )
-    info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run.info.run_id}
+    experiment_id = experiment_id_for(client, experiment, uri, results_dir)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**base_tags(), **(tags or {})})
+    info = {"mode": "live", "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run.info.run_id}
+    tracker = MlflowTracker(client, run.info.run_id)
     if params:
-        MlflowTracker(client, run.info.run_id).log_params(params)
+        tracker.log_params(params)
+    if config:
+        tracker.log_artifact(config)
     write_json(results_dir / PARENT_FILE, info)
     return info
 
 
 def end_parent(results_dir: str | os.PathLike, status: str = "FINISHED") -> None:
-    """Log every job's log file to the parent run (under logs/), then close it with `status`."""
+    """Log every job's log file to the parent run (under logs/), then close it with `status`. Deferred: after
+    replaying the spool, its runs without an end marked KILLED (tracking/sync.py)."""
     info = read_json(Path(results_dir) / PARENT_FILE)
+    if info.get("mode") == "deferred":
+        from tokenforge.tracking.sync import end_deferred
+
+        end_deferred(results_dir, status)
+        return
     client = _client(info["tracking_uri"])
     logs = Path(results_dir) / "logs"
     if logs.is_dir():
@@ -313,9 +361,10 @@ def _locked(path: Path) -> Iterator[None]:
 def parent_info(results_dir: str | os.PathLike) -> dict:
     """The pipeline's parent run; created on first use when no `tokenforge track start` ran."""
     results_dir = Path(results_dir)
-    with _locked(results_dir / "mlflow" / ".lock"):
-        if not (results_dir / PARENT_FILE).exists():
-            return start_parent(results_dir)
+    if not (results_dir / PARENT_FILE).exists():
+        with _locked(results_dir / "mlflow" / ".lock"):
+            if not (results_dir / PARENT_FILE).exists():
+                return start_parent(results_dir)
     return read_json(results_dir / PARENT_FILE)
 
 
@@ -328,26 +377,36 @@ def public_params(args) -> dict:
     }
 
 
-@contextlib.contextmanager
-def child_run(results_dir, rule: str, tags: dict, args) -> Iterator[NullTracker | MlflowTracker]:
-    """A child run of the pipeline's parent for one job; a NullTracker when `results_dir` is None."""
-    if results_dir is None:
-        yield NullTracker()
-        return
+def _open_child(results_dir, rule: str, tags: dict):
+    """The tracker of a new child run: live (MlflowTracker) or deferred (SpoolTracker), as parent.json says."""
     try:
         info = parent_info(results_dir)
-        client = _client(info["tracking_uri"])
         name = "-".join([rule] + [f"{v}" for k, v in sorted(tags.items()) if k in ("task", "split")])
+        if info.get("mode") == "deferred":
+            from tokenforge.tracking.spool import SPOOL, SpoolTracker
+
+            return SpoolTracker(Path(results_dir) / SPOOL / info["spool"], name, rule, {**base_tags(), **tags})
+        client = _client(info["tracking_uri"])
         run = _retry_locked(
             client.create_run,
             info["experiment_id"],
             run_name=name,
             tags={"mlflow.parentRunId": info["parent_run_id"], "rule": rule, **base_tags(), **tags},
         )
-        tracker: NullTracker | MlflowTracker = MlflowTracker(client, run.info.run_id)
+        return MlflowTracker(client, run.info.run_id)
     except Exception as exc:
         log.warning("MLflow tracking unavailable, the job goes on without it: %s", _one_line(exc))
-        tracker = NullTracker()
+        return NullTracker()
+
+
+@contextlib.contextmanager
+def child_run(results_dir, rule: str, tags: dict, args) -> Iterator[Any]:
+    """A child run of the pipeline's parent for one job (MlflowTracker, or SpoolTracker in deferred mode); a
+    NullTracker when `results_dir` is None. Its status: FINISHED, or FAILED when the job raised."""
+    if results_dir is None:
+        yield NullTracker()
+        return
+    tracker = _open_child(results_dir, rule, tags)
     tracker.log_params(public_params(args))
     status = "FAILED"
     try:
@@ -356,3 +415,5 @@ def child_run(results_dir, rule: str, tags: dict, args) -> Iterator[NullTracker 
     finally:
         if isinstance(tracker, MlflowTracker):
             tracker._call("set_terminated", tracker.run_id, status=status)
+        elif hasattr(tracker, "end"):
+            tracker.end(status)
