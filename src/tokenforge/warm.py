@@ -39,9 +39,10 @@ ENV = "TOKENFORGE_WARM"
 # Libraries the jobs import (inside their functions), then every tokenforge module; a module missing here is simply
 # imported by the job. BLIP's (3.6 s) only for the text families: `serve --with` (warm.smk passes them).
 PRELOAD = (
-    "torch", "timm.models.vision_transformer", "deepspeed", "sklearn.linear_model", "sklearn.datasets",
-    "vector_quantize_pytorch", "webdataset", "pyarrow.parquet", "pyarrow.dataset", "safetensors.torch", "PIL.Image",
-    "matplotlib", "mlflow",
+    "torch", "sklearn.datasets", "webdataset", "pyarrow.parquet", "PIL.Image",  # shard
+    "vector_quantize_pytorch", "safetensors.torch",  # tokenizer, tokenize
+    "timm.models.vision_transformer", "deepspeed", "sklearn.linear_model", "pyarrow.dataset",  # train
+    "matplotlib", "mlflow",  # package, track
 )  # fmt: skip
 TEXT_PRELOAD = ("transformers", "transformers.models.blip", "tokenizers", "pycocoevalcap.bleu.bleu", "pycocoevalcap.cider.cider")
 # Settings read when a module is imported: a client whose values differ runs cold, as does another Python.
@@ -169,30 +170,36 @@ class Server:
         self.workers: dict[int, socket.socket] = {}  # worker pid -> its client's connection
         self.started: dict[int, tuple[float, str]] = {}  # worker pid -> (when, what), for the log
         self.selector = selectors.DefaultSelector()
-        self.last_active = time.monotonic()
+        self.last_active = self.began = time.monotonic()
 
-    def preload(self, extra: tuple[str, ...] = ()) -> None:
-        import importlib
+    def plan(self, extra: tuple[str, ...] = ()) -> None:
+        """What to import, in the order the default pipeline's jobs first need it; `serve` imports one module at a
+        time between requests, so the first jobs start before everything is in."""
         import pkgutil
 
         import tokenforge
 
-        modules = [*PRELOAD, *extra]
-        modules += [m.name for m in pkgutil.walk_packages(tokenforge.__path__, "tokenforge.") if not m.name.endswith("__main__")]
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception as exc:  # a missing optional library: the job imports (or misses) it itself
-                print(f"warm: not preloaded: {name} ({type(exc).__name__}: {exc})", file=sys.stderr)
+        self.pending = [*PRELOAD, *extra]
+        self.pending += [m.name for m in pkgutil.walk_packages(tokenforge.__path__, "tokenforge.") if not m.name.endswith("__main__")]
         self.identity = identity()
+
+    def _preload_next(self) -> None:
+        import importlib
         import threading
 
+        name = self.pending.pop(0)
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing optional library: the job imports (or misses) it itself
+            print(f"warm: not preloaded: {name} ({type(exc).__name__}: {exc})", file=sys.stderr)
         if threading.active_count() > 1:  # a thread holding a lock at fork time would deadlock a worker
             names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
-            raise RuntimeError(f"warm: preloading started threads ({names}); not serving")
+            raise RuntimeError(f"warm: importing {name} started threads ({names}); not serving")
+        if not self.pending:
+            print(f"warm: everything imported after {time.monotonic() - self.began:.1f} s", file=sys.stderr, flush=True)
 
     def serve(self) -> None:
-        """Listen (the socket appears only once everything is imported), fork a worker per request, report ends."""
+        """Listen, fork a worker per request, report how each ended; import the planned modules in between."""
         tmp = self.path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         self.listener = listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -209,7 +216,7 @@ class Server:
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
         try:
             while self._keep_going():
-                for key, _ in self.selector.select(timeout=1.0):
+                for key, _ in self.selector.select(timeout=0 if self.pending else 1.0):
                     if key.data == "listener":
                         self._accept(listener)
                     elif key.data == "wake":
@@ -217,6 +224,8 @@ class Server:
                     else:  # a client's connection: readable means it went away
                         self._client_gone(key.fileobj, key.data)
                 self._reap()
+                if self.pending:
+                    self._preload_next()
         finally:
             if os.getpid() == self.pid:
                 _unlink_if(self.path, lambda st: st.st_ino == self.inode)  # not a newer server's socket
@@ -399,7 +408,7 @@ def serve(path: Path, parent_pid: int | None = None, idle_timeout: float = 600.0
         if _gpu_visible():
             print("warm: a GPU is visible, and CUDA cannot start in forked workers; not serving", file=sys.stderr)
             return 0
-        server.preload(extra)
+        server.plan(extra)
         server.serve()
     finally:
         if os.getpid() == server.pid:
