@@ -109,6 +109,8 @@ def _constant(dotted: str):
         ("train.routing", "tokenforge.models.ROUTINGS"),
         ("train.zero_stage", "tokenforge.engine.ZERO_STAGES"),
         ("train.precision", "tokenforge.engine.PRECISIONS"),
+        ("train.compile", "tokenforge.engine.COMPILE_MODES"),
+        ("train.adamw", "tokenforge.engine.ADAMW_IMPLEMENTATIONS"),
         ("train.launcher", "tokenforge.engine.launch.LAUNCHERS"),
         ("pretrain.mode", "tokenforge.engine.PRETRAIN_MODES"),
         ("mlflow.mode", "tokenforge.tracking.MODES"),

@@ -12,6 +12,10 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 from tokenforge.errors import TokenforgeError
 
+# YAML reads a bare `off` as false: train.compile's "off" either way
+if (config.get("train") or {}).get("compile", "off") is False:
+    config["train"]["compile"] = "off"
+
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as exc:

@@ -19,14 +19,14 @@ from pathlib import Path
 
 from tokenforge.continual import DROPOUT_MODES, FILLS, METHODS, SCHEDULES, SCORERS, SELECTIONS, VIEWS
 from tokenforge.data.augment_config import FIELD_HELP, AugmentConfig
-from tokenforge.engine import PRECISIONS, ZERO_STAGES
+from tokenforge.engine import ADAMW_IMPLEMENTATIONS, COMPILE_MODES, PRECISIONS, ZERO_STAGES
 from tokenforge.models import ATTENTIONS, HEADS, INPUTS, ROUTINGS
 from tokenforge.models.expansion import ExpansionConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for add in (_data, _optimisation, _deepspeed, _model, _token_expansion, _prompt_tuning, _augmentations, _memory, _replay,
-                _multimodal):  # fmt: skip
+    for add in (_data, _optimisation, _deepspeed, _speed, _model, _token_expansion, _prompt_tuning, _augmentations, _memory,
+                _replay, _multimodal):  # fmt: skip
         add(parser)
 
 
@@ -149,6 +149,42 @@ def _deepspeed(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="recompute each ViT block's activations in the backward pass instead of keeping them (timm's checkpoint_seq): "
         "less memory, more compute (one more forward pass per block)",
+    )
+
+
+def _speed(parser: argparse.ArgumentParser) -> None:
+    speed = parser.add_argument_group(
+        "speed (see tokenforge.engine.speed; benchmarks/throughput.py measures each): how fast a step runs; lean engine "
+        "and CPU heap cache give the same bits, compile and other AdamW implementations round differently"
+    )
+    speed.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="torch.compile the model, one graph per input shape (full grid, each subset length, a short last batch), "
+        "each compiled when first met (tens of seconds on a CPU): default; reduce-overhead (also CUDA graphs on a "
+        "GPU); max-autotune (also tries GEMM kernels, compiles longest); off: eager",
+    )
+    speed.add_argument(
+        "--adamw",
+        choices=ADAMW_IMPLEMENTATIONS,
+        default="auto",
+        help="torch's AdamW implementation: auto (fused on a GPU, for-loop on a CPU), for-loop, foreach (the for-loop's bits, "
+        "slower on a CPU), fused (one kernel per tensor; deterministic on a CPU too, faster, rounds differently)",
+    )
+    speed.add_argument(
+        "--lean-engine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip DeepSpeed's per-step work that changes nothing here: one process's gradient all-reduce, per-parameter "
+        "clipping ops (foreach instead), bf16's per-parameter overflow check (the step's norm check repeats it)",
+    )
+    speed.add_argument(
+        "--cpu-heap-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU: keep freed memory in the process heap (glibc), so each step reuses the last one's pages instead of "
+        "faulting in fresh ones; memory a step needed stays with the process",
     )
 
 

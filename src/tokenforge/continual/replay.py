@@ -37,8 +37,8 @@ from tokenforge.continual.memory import Memory
 
 
 def subset(units: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """The units (B, h, w[, F]) at `positions` (B, k) -> (B, k[, F])."""
-    flat = units.flatten(1, 2)
+    """The units (B, h, w[, F]) at `positions` (B, k) -> (B, k[, F]), on the units' device."""
+    flat, positions = units.flatten(1, 2), positions.to(units.device)
     if flat.dim() == 2:
         return flat.gather(1, positions)
     return flat.gather(1, positions[:, :, None].expand(-1, -1, flat.shape[2]))
@@ -53,7 +53,7 @@ def fill_grid(
     """Whole grids (B, h, w[, F]) holding `ids` (B, k[, F]) at `positions` (B, k) and `fill` (a code id, or one
     patch (F,)) everywhere else."""
     b, n = len(ids), grid[0] * grid[1]
-    out = fill.to(ids.dtype).expand(b, n, *ids.shape[2:]).clone()
+    out, positions = fill.to(ids.device, ids.dtype).expand(b, n, *ids.shape[2:]).clone(), positions.to(ids.device)
     index = (
         positions
         if ids.dim() == 2

@@ -4,6 +4,7 @@
 - `loop`: the training loop as the method reads (current batch, replayed memory batch, one step);
 - `callbacks`: what runs around it without changing it: progress bar, MLflow metrics, checkpoints;
 - `deepspeed`: the DeepSpeed engine and its config (ZeRO, precision, accumulation);
+- `speed`: the speed options of a step (compile, AdamW implementation, lean DeepSpeed step, CPU heap cache);
 - `checkpoint`: resumable checkpoints outside the job's outputs;
 - `launch`: how a training job starts (one process, torchrun, the deepspeed launcher, srun);
 - `pretrain`: the optional pretrain stage (supervised on disjoint data, masked-token modelling, timm weights);
@@ -15,5 +16,9 @@
 ZERO_STAGES = (0, 1, 2)
 # train.precision
 PRECISIONS = ("fp32", "bf16")
+# train.compile: torch.compile of the model (engine/speed.py); reduce-overhead adds CUDA graphs on a GPU
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+# train.adamw: torch's AdamW implementation; auto = fused on a GPU, for-loop on a CPU (engine/speed.py)
+ADAMW_IMPLEMENTATIONS = ("auto", "for-loop", "foreach", "fused")
 # pretrain.mode: none, or how the start of task 0 is made (engine/pretrain.py)
 PRETRAIN_MODES = ("none", "supervised", "mtm", "timm")

@@ -22,8 +22,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Arguments that do not change what is computed: they may differ between the killed run and its resume.
-_IGNORED = {"out", "checkpoint_dir", "checkpoint_every", "threads", "track", "tag", "quiet", "func", "command", "log_every"}
+# Arguments that do not change what is computed: they may differ between the killed run and its resume (the speed
+# options lean_engine and cpu_heap_cache give the same bits; compile and adamw do not).
+_IGNORED = {"out", "checkpoint_dir", "checkpoint_every", "threads", "track", "tag", "quiet", "func", "command", "log_every",
+            "lean_engine", "cpu_heap_cache"}
 
 
 def fingerprint(args) -> str:

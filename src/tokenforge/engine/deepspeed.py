@@ -67,11 +67,17 @@ def warmup_cosine(warmup: int, steps: int):
 
 def build_engine(model, args, micro_steps: int):
     """The DeepSpeed engine: AdamW over the trainable parameters and a warm-up + cosine schedule over the run's
-    optimizer steps."""
+    optimizer steps, run with the job's speed options (engine/speed.py: compile, adamw, lean_engine, cpu_heap_cache)."""
     import deepspeed
     import torch
 
+    from tokenforge.engine import speed
+    from tokenforge.runtime import compute_device
+
     ensure_distributed_env()
+    device = compute_device()
+    if device.type == "cpu" and args.cpu_heap_cache:
+        speed.cpu_heap_cache(True)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     config = deepspeed_config(args.deepspeed_config, args)
     # DeepSpeed steps the optimizer and the scheduler once per gradient_accumulation_steps micro-batches.
@@ -79,15 +85,19 @@ def build_engine(model, args, micro_steps: int):
     # A torch optimizer: DeepSpeed's own Adam would JIT-compile a fused kernel first. Only the trainable parameters:
     # a prompted model (VPT) freezes its backbone, which then has no optimizer state and never changes.
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, **speed.adamw_options(args.adamw, device))
     warmup = max(1, int(args.warmup_epochs * steps / max(args.epochs, 1)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=True)
     if engine.device.type == "cuda":
         # Deterministic mode fills every new tensor with NaN to expose reads of uninitialised memory: on a GPU that
         # was about half of a bf16 ViT-S step's ~5,300 kernel launches (measured with torch.profiler on an H100),
-        # and the step is bound by launches. Nothing here reads uninitialised memory; CPU runs keep the default.
+        # and the step is bound by launches. Nothing here reads uninitialised memory. CPU runs keep the default: with
+        # cpu_heap_cache the fills cost nothing measurable there (their cost was the first touch of fresh pages).
         torch.utils.deterministic.fill_uninitialized_memory = False
+    if args.lean_engine:
+        speed.lean_engine(engine)
+    speed.compile_model(model, args.compile)
     return engine
 
 

@@ -60,12 +60,14 @@ def rank_slice(n: int, rank: int, world: int) -> torch.Tensor:
 class TrainLoop:
     def __init__(self, engine, family, replay, units, labels, *, local, epochs, batch_size, generator, augmenter=None, callbacks=()):
         self.engine, self.family, self.replay, self.augmenter = engine, family, replay, augmenter
-        self.units, self.labels, self.local = units, labels, local  # all of this task's samples; this rank's indices
+        self.device = engine.device
+        # all of this task's samples (small: code ids or patches), resident on the compute device, where batches are
+        # indexed (random draws stay on the CPU); labels on the CPU; this rank's indices
+        self.units, self.labels, self.local = units.to(self.device), labels, local
         self.epochs, self.batch_size, self.generator = epochs, batch_size, generator
         self.steps_per_epoch = max(1, math.ceil(len(local) / batch_size))
         self.callbacks = list(callbacks)
         self.state = LoopState()
-        self.device = engine.device  # batches are made on the CPU, then moved
 
     def _emit(self, hook: str) -> None:
         for callback in self.callbacks:
@@ -120,7 +122,7 @@ class TrainLoop:
     def step_loss(self, idx: torch.Tensor) -> torch.Tensor:
         """The loss of a step: current batch (+ augmentation, maybe as a subset) and a memory batch."""
         family, s = self.family, self.state
-        units, targets = self.units[idx], family.targets(self.labels[idx])
+        units, targets = self.units[idx.to(self.units.device)], family.targets(self.labels[idx])
         if self.augmenter is not None:  # augmented grids enter as embedding maps, channels last for subsets
             units, targets = self.augmenter.embed(self.augmenter.augment_ids(units), targets)
             units = units.permute(0, 2, 3, 1)
