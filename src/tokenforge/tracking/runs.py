@@ -74,7 +74,25 @@ def dataset_digest(path) -> str:
     return h.hexdigest()[:16]
 
 
-class MlflowTracker:
+class Guarded:
+    """A tracker whose first failure warns once and turns it into a no-op: tracking must never kill the job."""
+
+    enabled = True
+
+    def _guard(self, fn, *args, **kwargs) -> None:
+        if not self.enabled:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # tracking must never kill the job
+            self._disable(exc)
+
+    def _disable(self, exc: Exception) -> None:
+        self.enabled = False
+        log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
+
+
+class MlflowTracker(Guarded):
     """Logs to one MLflow run through a client; the first failure warns once and disables it."""
 
     def __init__(self, client, run_id: str):
@@ -83,16 +101,7 @@ class MlflowTracker:
         self.enabled = True
 
     def _call(self, method: str, *args, **kwargs) -> None:
-        if not self.enabled:
-            return
-        try:
-            _retry_locked(getattr(self.client, method), *args, **kwargs)
-        except Exception as exc:  # tracking must never kill the job
-            self._disable(exc)
-
-    def _disable(self, exc: Exception) -> None:
-        self.enabled = False
-        log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
+        self._guard(_retry_locked, getattr(self.client, method), *args, **kwargs)
 
     def log_params(self, params: dict) -> None:
         for batch in param_batches(params):

@@ -29,6 +29,7 @@ from tokenforge.io import write_json
 from tokenforge.tracking.runs import (
     _SECRET,
     PARENT_FILE,
+    Guarded,
     _locked,
     _one_line,
     _param_value,
@@ -80,7 +81,7 @@ def _end_earlier(results_dir: Path, key: str) -> None:
                 write_json(folder / STATE, state)
 
 
-class SpoolTracker:
+class SpoolTracker(Guarded):
     """MlflowTracker's interface; every call is one JSON line in this job's spool file (see the module docstring).
     The first failure (an unwritable folder, a missing artifact) warns once and disables it, as MlflowTracker."""
 
@@ -103,16 +104,7 @@ class SpoolTracker:
         self._handle.flush()
 
     def _call(self, op: str, **fields) -> None:
-        if not self.enabled:
-            return
-        try:
-            self._write(op, **fields)
-        except Exception as exc:  # tracking must never kill the job
-            self._disable(exc)
-
-    def _disable(self, exc: Exception) -> None:
-        self.enabled = False
-        log.warning("MLflow tracking disabled for this job after an error: %s", _one_line(exc))
+        self._guard(self._write, op, **fields)
 
     def _keep(self, path: Path) -> str:
         """A copy of `path` in this job's files folder, as it is now; its name relative to the spool folder."""
