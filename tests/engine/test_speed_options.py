@@ -117,6 +117,53 @@ def test_lean_clipping_is_deepspeeds_op_for_op(data):
     assert not torch.equal(ours[0].grad, grads[0])  # clipping was active
 
 
+def _bf16_optimizers(grads: list):
+    """Two DeepSpeed bf16 master-weight optimizers (clipping 0.5) over the same bf16 weights, given these gradients."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    out = []
+    for _ in range(2):
+        params = [torch.nn.Parameter(torch.linspace(-1, 1, g.numel() if g is not None else 6).reshape(-1).to(torch.bfloat16))
+                  for g in grads]
+        adamw = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.05, foreach=False)
+        out.append(FP16_UnfusedOptimizer(adamw, low_precision_dtype=torch.bfloat16, clip_grad=0.5, verbose=False))
+        for p, g in zip(params, grads):  # after: the wrapper's set-up steps once on zero gradients and drops them
+            p.grad = None if g is None else g.clone().reshape(p.shape)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["clipped", "unclipped", "non-finite"])
+def test_lean_bf16_step_is_deepspeeds_op_for_op(kind):
+    """The foreach bf16 master-weight step equals FP16_UnfusedOptimizer.step bit for bit: clipping active or not, a
+    parameter without a gradient, and a non-finite gradient (the step skipped)."""
+    import deepspeed
+
+    from tokenforge.engine.deepspeed import ensure_distributed_env
+    from tokenforge.engine.speed import _bf16_step
+
+    ensure_distributed_env()
+    deepspeed.init_distributed(dist_backend="gloo")
+    g = torch.Generator().manual_seed(1)
+    scale = {"clipped": 3.0, "unclipped": 1e-3, "non-finite": 1.0}[kind]
+    grads = [(torch.randn(n, generator=g) * scale).to(torch.bfloat16) for n in (48, 16, 256, 10)] + [None]
+    if kind == "non-finite":
+        grads[2][5] = float("inf")
+    ours, theirs = _bf16_optimizers(grads)
+    theirs.overflow_checker.check = ours.overflow_checker.check = lambda *a, **k: False  # as lean_engine sets it
+    skipped = _bf16_step(ours)
+    assert skipped == theirs.step() == (kind == "non-finite")
+    assert ours._global_grad_norm == theirs._global_grad_norm
+    for a, b in zip(ours.fp16_groups[0] + ours.fp32_groups[0], theirs.fp16_groups[0] + theirs.fp32_groups[0]):
+        assert torch.equal(a, b)
+    assert all(p.grad is None for p in ours.fp32_groups[0] + theirs.fp32_groups[0])  # the fp32 gradients freed
+    changed = not torch.equal(ours.fp16_groups[0][0], torch.linspace(-1, 1, 48).to(torch.bfloat16))
+    assert changed == (kind != "non-finite")
+    for low in ours.fp16_groups[0] + theirs.fp16_groups[0]:  # a next step with finite gradients: not skipped, as theirs
+        low.grad = torch.full_like(low, 0.25)
+    assert _bf16_step(ours) is theirs.step() is False
+    assert all(torch.equal(a, b) for a, b in zip(ours.fp32_groups[0], theirs.fp32_groups[0]))
+
+
 def test_adamw_options_choose_fused_on_a_gpu_and_the_for_loop_on_a_cpu():
     from tokenforge.engine.speed import adamw_options
 
@@ -141,3 +188,7 @@ def test_throughput_benchmark_quick_run_writes_every_field(tmp_path):
     variants = {r["variant"] for g in result["groups"] for r in g["rows"]}
     assert {"defaults", "before (no speed options)", "plain torch (no DeepSpeed)", "compile default"} <= variants
     assert (tmp_path / "throughput-cpu-quick.md").read_text().count("| fp32 | tiny |") == 4
+    # ops per step: counted for eager models, not for compiled ones; the lean engine's bf16 step dispatches fewer
+    assert all(((r["ops_per_step"] or 0) > 0) == (r["options"]["compile"] == "off") for r in rows) and all(r["launches_per_step"] is None for r in rows)
+    bf16 = {r["variant"]: r["ops_per_step"] for g in result["groups"] if g["precision"] == "bf16" for r in g["rows"]}
+    assert bf16["defaults"] < bf16["before (no speed options)"], bf16

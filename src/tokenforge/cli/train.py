@@ -177,7 +177,8 @@ def _speed(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="skip DeepSpeed's per-step work that changes nothing here: one process's gradient all-reduce, per-parameter "
-        "clipping ops (foreach instead), bf16's per-parameter overflow check (the step's norm check repeats it)",
+        "clipping ops (foreach instead), bf16's per-parameter overflow check (the step's norm check repeats it), bf16's "
+        "per-parameter master-weight step (foreach ops instead); the same bits",
     )
     speed.add_argument(
         "--cpu-heap-cache",

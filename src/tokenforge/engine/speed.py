@@ -13,8 +13,11 @@
 - `train.lean_engine` (default on): skip DeepSpeed's per-step work that changes nothing in one process or in
   ZeRO 0: the gradient all-reduce of a single process (a flat copy of every gradient and back), the fp32
   gradient clipping's one-process all-reduce and per-parameter norms and products (foreach ops instead, the
-  same bits on a CPU), and bf16's per-parameter overflow check (a host sync per parameter on a GPU) that the
-  gradient-norm check of the same step repeats. The same bits on a CPU, fewer launches and syncs on a GPU.
+  same bits on a CPU), bf16's per-parameter overflow check (a host sync per parameter on a GPU) that the
+  gradient-norm check of the same step repeats, and bf16's master-weight step done with foreach ops instead of
+  seven ops per parameter (cast, norm, square, sum, scale, copy back). The same bits on a CPU, fewer launches and
+  syncs on a GPU: a bf16 ViT-S step with a GPU's AdamW dispatched 3,918 ops before the speed options and 414 with
+  them, about 400 of those the forward and backward (counted on the CPU, benchmarks/results/throughput-cpu.md).
 - `train.cpu_heap_cache` (default on): on a CPU, glibc keeps freed memory in the process heap (no mmap for
   large blocks, no trimming), so every step reuses the pages of the last one instead of faulting in fresh
   zeroed pages for each activation over glibc's mmap threshold (at most 32 MB): a width-384 ViT step at batch 64
@@ -32,8 +35,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
 import types
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -121,7 +126,64 @@ def lean_engine(engine) -> list[str]:
         # the step exactly as the overflow check would (FP16_UnfusedOptimizer.step)
         checker.check = lambda *args, **kwargs: False
         changed.append("bf16 per-parameter overflow check")
+        if single and not engine.optimizer.fused_lamb_legacy and engine.optimizer.mpu is None and not checker.has_moe_params:
+            engine.optimizer.step = types.MethodType(_bf16_step, engine.optimizer)
+            changed.append("bf16 master-weight step: foreach ops")
     return changed
+
+
+@torch.no_grad()
+def _bf16_step(self, closure=None) -> bool:
+    """DeepSpeed's FP16_UnfusedOptimizer.step for bf16 in one process, op for op (the same bits on a CPU), with a
+    handful of foreach ops instead of seven per parameter: the fp32 gradients cast into one flat buffer, their
+    2-norms, their squares summed in order in fp32 on the host (DeepSpeed's `total += norm ** 2` loop; one
+    device-to-host copy, where DeepSpeed reads the sum back too), the clip scale, AdamW on the fp32 master weights,
+    the bf16 weights copied back. `self` is the optimizer; its overflow check is off (lean_engine)."""
+    self.overflow = False  # DeepSpeed's step starts from its overflow check (off: False), after a skipped step too
+    norms = []
+    for fp32_group, low_group in zip(self.fp32_groups, self.fp16_groups):
+        flat = torch.empty(sum(p.numel() for p in fp32_group), dtype=torch.float32, device=fp32_group[0].device) if fp32_group else None
+        views = list(flat.split([p.numel() for p in fp32_group])) if fp32_group else []
+        with_grad = [i for i, p in enumerate(low_group) if p.grad is not None]
+        for fp32_param, view in zip(fp32_group, views):
+            fp32_param.grad = view.view(fp32_param.shape)
+        grads = [fp32_group[i].grad for i in with_grad]
+        if grads:
+            torch._foreach_copy_(grads, [low_group[i].grad for i in with_grad])
+        for i in set(range(len(low_group))) - set(with_grad):
+            fp32_group[i].grad.zero_()  # DeepSpeed: a zero fp32 gradient, left out of the norm
+        norms.append(_group_norm(grads))
+    self._global_grad_norm = _global_norm(norms)
+    if not math.isfinite(self._global_grad_norm):
+        return self._skip_invalid_grad_norm()
+    self._update_scale(False)
+    scale = self.unscale_and_clip_grads(self._global_grad_norm, apply_scale=False)
+    grads = [p.grad for group in self.fp32_groups for p in group]
+    if scale != 1.0 and grads:  # x * 1.0 is x: DeepSpeed's multiply by one changes nothing
+        torch._foreach_mul_(grads, 1.0 / scale)
+    self.optimizer.step()
+    for fp32_group, low_group in zip(self.fp32_groups, self.fp16_groups):
+        if fp32_group:
+            torch._foreach_copy_([p.data for p in low_group], [p.data for p in fp32_group])
+        for p in fp32_group:
+            p.grad = None
+    return self.overflow
+
+
+def _group_norm(grads: list) -> float:
+    """DeepSpeed's get_weight_norm of fp32 gradients: -1 for a non-finite norm, 0.0 for none."""
+    if not grads:
+        return 0.0
+    norms = torch.stack(torch._foreach_norm(grads, 2.0)).cpu().numpy()
+    total = float(np.add.accumulate(norms * norms, dtype=np.float32)[-1]) ** 0.5  # in order, as DeepSpeed's loop adds
+    return total if math.isfinite(total) else -1
+
+
+def _global_norm(norms: list[float]) -> float:
+    """DeepSpeed's get_global_norm: inf when a group's norm is invalid (negative), else the root of the squares."""
+    if any(n < 0 for n in norms):
+        return float("inf")
+    return math.sqrt(sum((n**2.0 for n in norms), 0.0))
 
 
 @torch.no_grad()
