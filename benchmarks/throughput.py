@@ -23,7 +23,9 @@ the same dtype in the same run, measured before and after the rows); memory over
 ones: on a GPU torch.cuda.max_memory_allocated (peak) and its growth over what was allocated before the step; on a
 CPU the growth of the process's resident memory over the step (VmHWM, reset through /proc/self/clear_refs, minus
 VmRSS before, free heap returned to the OS first): activations and temporaries, not the weights and optimizer
-state held before it.
+state held before it; ops per step over one more step (eager models): the ATen ops it dispatches that compute,
+counted with a TorchDispatchMode (views and allocations left out), which on a GPU is about its kernel launches, the
+bound of a small model's step; on a GPU also its kernel launches, counted by torch.profiler over another step.
 
 Variants: a group of models, each built the same way (same seed) with other speed options, timed interleaved (one
 step of each in turn, on a GPU a block of steps; several rounds after an untimed one), so a background load hits
@@ -103,7 +105,9 @@ def presets(quick: bool) -> dict:
         (Case("fp32", "ViT-S", 14, False, 16, 1, 1, 3), [DEFAULTS, before(False), Variant("no CPU heap cache", cpu_heap_cache=False),
                                                        Variant("no lean engine", lean_engine=False), Variant("AdamW fused", adamw="fused"),
                                                        Variant("plain torch (no DeepSpeed)", plain=True), Variant("compile default", compile="default")]),
-        (Case("bf16", "ViT-S", 14, False, 16, 1, 1, 5), [DEFAULTS, before(False), Variant("compile default", compile="default")]),
+        (Case("bf16", "ViT-S", 14, False, 16, 1, 1, 5), [DEFAULTS, before(False), Variant("compile default", compile="default"),
+                                                       Variant("AdamW fused (a GPU's defaults)", adamw="fused"),
+                                                       replace(before(True), name="before, AdamW foreach (a GPU's before)")]),
     ]
     gpu_groups = [
         (Case("bf16", "ViT-S", 14, False, 256, 3, 5), [DEFAULTS, before(True), Variant("no lean engine", lean_engine=False),
@@ -193,6 +197,42 @@ def count_flops(loop, model, idx) -> int:
         for p in model.parameters():
             p.grad = None
     return counter.get_total_flops()
+
+
+# ops that launch no kernel (views, metadata, allocation; deterministic mode's fill of a new tensor is counted as fill_)
+NO_KERNEL = frozenset({"view", "_unsafe_view", "t", "transpose", "permute", "expand", "as_strided", "detach", "alias", "empty",
+                       "empty_strided", "slice", "select", "unsqueeze", "squeeze", "split", "split_with_sizes", "unbind",
+                       "reshape", "_reshape_alias", "lift_fresh", "set_", "resize_", "unflatten", "chunk", "narrow", "diagonal",
+                       "_record_function_enter_new", "_record_function_exit"})
+LAUNCHES = frozenset({"cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch",
+                      "cudaLaunchCooperativeKernel"})
+
+
+def count_ops(fn) -> int:
+    """ATen ops dispatched by `fn` that compute (a GPU launches a kernel for each; a foreach op launches one per
+    chunk of tensors), counted below autograd with a TorchDispatchMode: forward, backward and the optimizer step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.overloadpacket.__name__ not in NO_KERNEL
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:
+        fn()
+    return counter.n
+
+
+def count_launches(fn, device) -> int:
+    """GPU kernel launches by `fn` (CUDA runtime and driver launch calls, CUDA graph launches), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync(device)
+    return sum(1 for e in prof.events() if e.name in LAUNCHES)
 
 
 class Memory:
@@ -354,6 +394,8 @@ class Runner:
         self.times: list[float] = []
         self.cpu: list[float] = []
         self.mem: dict = {}
+        self.ops: int | None = None
+        self.launches: int | None = None
 
     def heap(self) -> None:
         if self.device.type == "cpu":
@@ -371,6 +413,18 @@ class Runner:
         """One more step, measured for memory (last: on a CPU it returns the free heap to the OS first)."""
         self.heap()
         self.mem = self.memory.measure(lambda: self.loop.train_step(self.next_idx()))
+
+    def count(self) -> None:
+        """Two more steps: one with its ops counted (eager models only: a compiled graph runs its own kernels), on a
+        GPU one with its kernel launches counted. A count that fails is left out; the row stays."""
+        step = lambda: self.loop.train_step(self.next_idx())  # noqa: E731
+        try:
+            if self.variant.compile == "off":
+                self.ops = count_ops(step)
+            if self.device.type == "cuda":
+                self.launches = count_launches(step, self.device)
+        except Exception as exc:  # noqa: BLE001 - a benchmark keeps its timings when a counter fails
+            print(f"op count failed ({self.case.name}, {self.variant.name}): {type(exc).__name__}: {exc}", flush=True)
 
     def timed(self, steps: int) -> None:
         """`steps` steps, timed together (one block), appended per step."""
@@ -393,7 +447,7 @@ class Runner:
                 "tokens_per_sequence": (self.case.side**2 // 4 if self.case.subset else self.case.side**2) + 1,
                 "samples_per_s": self.samples / step, "step_s": step, "step_times_s": self.times, "step_cpu_s": self.cpu,
                 "flops_per_step": self.flops, "flops_per_sample": self.flops / self.samples, "achieved_flops": achieved,
-                "mfu": achieved / peak if peak else None, **self.mem}
+                "mfu": achieved / peak if peak else None, "ops_per_step": self.ops, "launches_per_step": self.launches, **self.mem}
 
 
 def release() -> None:
@@ -437,6 +491,7 @@ class Bench:
             for _ in range(case.steps):
                 runner.timed(1)
             runner.measure_memory()
+            runner.count()
             row = runner.row(self.peak(case.precision))
         except Exception as exc:  # an unattended run keeps going; the row says what failed
             row = {"case": case.name, **asdict(case), "variant": DEFAULTS.name, "error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -466,6 +521,7 @@ class Bench:
                     rows.append(_failed(runner.variant, exc))
         for runner in runners:
             runner.measure_memory()
+            runner.count()
         rows = [r.row(self.peak(case.precision)) for r in runners] + rows
         runners = None
         release()
@@ -538,36 +594,45 @@ def markdown(result: dict) -> str:
     lines = [f"Training throughput on {result['device']}, torch {result['torch']}, DeepSpeed {result['deepspeed']} "
              f"({result['wall_s'] / 60:.1f} min{load}). MFU against the measured peak of a {result['peak_matmul_n']}^3 matmul "
              f"of the same dtype: {peaks}. Memory: {mem}. Subset: a task t > 0 step, B current + B replayed sequences of "
-             "a quarter of the tokens.", "",
-             "| precision | model | grid | input | batch | samples/s | FLOP/sample | achieved FLOP/s | MFU | memory |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "a quarter of the tokens. ops/step: the ATen ops a step dispatches that compute (eager models; a GPU launches "
+             "a kernel for each, a foreach op one per chunk of tensors)" + (", and the GPU kernel launches counted by "
+             "torch.profiler" if cuda else "") + ".", "",
+             "| precision | model | grid | input | batch | samples/s | FLOP/sample | achieved FLOP/s | MFU | memory | ops/step |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(_row(r, cuda))
     for g in result["groups"]:
         lines += ["", f"Variants, {g['case']}, batch {g['batch']} (interleaved):", "",
-                  "| variant | samples/s | vs defaults | achieved FLOP/s | MFU | memory |", "|---|---:|---:|---:|---:|---:|"]
+                  "| variant | samples/s | vs defaults | achieved FLOP/s | MFU | memory | ops/step |", "|---|---:|---:|---:|---:|---:|---:|"]
         base = next((r["samples_per_s"] for r in g["rows"] if r.get("variant") == DEFAULTS.name and "samples_per_s" in r), None)
         if not g["rows"]:
-            lines.append("| (every variant skipped: time budget) | | | | | |")
+            lines.append("| (every variant skipped: time budget) | | | | | | |")
         for r in g["rows"]:
             if "error" in r:
-                lines.append(f"| {r['variant']} | failed: {r['error'][:80]} | | | | |")
+                lines.append(f"| {r['variant']} | failed: {r['error'][:80]} | | | | | |")
                 continue
             vs = f"{r['samples_per_s'] / base:.2f}x" if base else "-"
             mfu = f"{100 * r['mfu']:.0f}%" if r.get("mfu") else "-"
-            lines.append(f"| {r['variant']} | {r['samples_per_s']:.3g} | {vs} | {_flops(r['achieved_flops'])} | {mfu} | {_mem(r, cuda)} |")
+            lines.append(f"| {r['variant']} | {r['samples_per_s']:.3g} | {vs} | {_flops(r['achieved_flops'])} | {mfu} | {_mem(r, cuda)} | {_ops(r)} |")
     if result["skipped"]:
         lines += ["", "Skipped (time budget): " + "; ".join(result["skipped"])]
     return "\n".join(lines) + "\n"
 
 
+def _ops(r: dict) -> str:
+    """Ops dispatched per step, and on a GPU the kernel launches: "416 (530 launches)"; "-" where not counted."""
+    ops, launches = r.get("ops_per_step"), r.get("launches_per_step")
+    text = "-" if ops is None else f"{ops:,}"
+    return text if launches is None else f"{text} ({launches:,} launches)"
+
+
 def _row(r: dict, cuda: bool) -> str:
     grid, inp = f"{r['side']}x{r['side']}", "subset 1/4" if r["subset"] else "full"
     if "error" in r:
-        return f"| {r['precision']} | {r['model']} | {grid} | {inp} | {r['batch']} | failed: {r['error'][:80]} | | | | |"
+        return f"| {r['precision']} | {r['model']} | {grid} | {inp} | {r['batch']} | failed: {r['error'][:80]} | | | | | |"
     mfu = f"{100 * r['mfu']:.0f}%" if r.get("mfu") else "-"
     return (f"| {r['precision']} | {r['model']} | {grid} | {inp} | {r['batch']} | {r['samples_per_s']:.3g} | "
-            f"{_flops(r['flops_per_sample'])} | {_flops(r['achieved_flops'])} | {mfu} | {_mem(r, cuda)} |")
+            f"{_flops(r['flops_per_sample'])} | {_flops(r['achieved_flops'])} | {mfu} | {_mem(r, cuda)} | {_ops(r)} |")
 
 
 # --- profile ----------------------------------------------------------------------------------------------------------
