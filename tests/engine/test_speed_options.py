@@ -192,3 +192,17 @@ def test_throughput_benchmark_quick_run_writes_every_field(tmp_path):
     assert all(((r["ops_per_step"] or 0) > 0) == (r["options"]["compile"] == "off") for r in rows) and all(r["launches_per_step"] is None for r in rows)
     bf16 = {r["variant"]: r["ops_per_step"] for g in result["groups"] if g["precision"] == "bf16" for r in g["rows"]}
     assert bf16["defaults"] < bf16["before (no speed options)"], bf16
+
+
+def test_throughput_benchmark_gpu_preset_runs_on_the_cpu(tmp_path):
+    """The GPU preset's rows and variant groups (CUDA graphs' and max-autotune's compile modes included), shrunk, on
+    the CPU: the command an H100/H200 session runs breaks nowhere that a CPU can see."""
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--preset", "gpu", "--out",
+                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "throughput-gpu-quick.json").read_text())
+    rows = result["rows"] + [r for g in result["groups"] for r in g["rows"]]
+    assert result["preset"] == "gpu" and not [r for r in rows if "error" in r], [r.get("error") for r in rows]
+    assert {"compile reduce-overhead", "compile max-autotune"} <= {r["variant"] for r in rows}
+    assert "| bf16 | tiny |" in (tmp_path / "throughput-gpu-quick.md").read_text()
