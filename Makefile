@@ -8,7 +8,7 @@ RUN ?= $(if $(CONFIG),$(basename $(notdir $(CONFIG))),default)
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint dag report clean install
+.PHONY: run test test-fast lint dag report clean install device-wheels
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ dag: install
 
 report: install
 	snakemake --report results/$(RUN)/snakemake-report.html --config run=$(RUN)
+
+# wheels for a lent GPU machine without a package registry (benchmarks/device_throughput.sh runs there)
+device-wheels: install
+	benchmarks/device_wheels.sh
 
 clean:
 	rm -rf results .snakemake
