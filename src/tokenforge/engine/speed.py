@@ -87,9 +87,13 @@ def compile_model(model: torch.nn.Module, mode: str) -> None:
     import torch._functorch.config
 
     # one graph per input shape: full grids, subset lengths and short last batches, of the current and memory batches
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    # (torch's config modules refuse unknown names: older torch, e.g. a GPU image's, names the limit cache_size_limit and
+    # may lack the eager backward lowering)
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 32))
     torch._dynamo.config.suppress_errors = True
-    torch._functorch.config.force_non_lazy_backward_lowering = True
+    if hasattr(torch._functorch.config, "force_non_lazy_backward_lowering"):
+        torch._functorch.config.force_non_lazy_backward_lowering = True
     fallback = logging.getLogger("torch._dynamo.convert_frame")
     if not any(isinstance(f, _OneLineFallback) for f in fallback.filters):
         fallback.addFilter(_OneLineFallback())
