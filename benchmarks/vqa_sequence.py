@@ -109,7 +109,7 @@ def one_run(memory: str, seed: int) -> dict:
 def aggregate(results: list[dict]) -> list[dict]:
     rows = []
     for memory in MEMORIES:
-        runs = [r for r in results if r["memory"] == memory]
+        runs = sorted((r for r in results if r["memory"] == memory), key=lambda r: r["seed"])
         if not runs:
             continue
 
