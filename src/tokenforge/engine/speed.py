@@ -143,21 +143,11 @@ def _bf16_step(self, closure=None) -> bool:
     2-norms, their squares summed in order in fp32 on the host (DeepSpeed's `total += norm ** 2` loop; one
     device-to-host copy, where DeepSpeed reads the sum back too), the clip scale, AdamW on the fp32 master weights,
     the bf16 weights copied back. `self` is the optimizer; its overflow check is off (lean_engine)."""
+    from deepspeed.runtime.utils import get_global_norm
+
     self.overflow = False  # DeepSpeed's step starts from its overflow check (off: False), after a skipped step too
-    norms = []
-    for fp32_group, low_group in zip(self.fp32_groups, self.fp16_groups):
-        flat = torch.empty(sum(p.numel() for p in fp32_group), dtype=torch.float32, device=fp32_group[0].device) if fp32_group else None
-        views = list(flat.split([p.numel() for p in fp32_group])) if fp32_group else []
-        with_grad = [i for i, p in enumerate(low_group) if p.grad is not None]
-        for fp32_param, view in zip(fp32_group, views):
-            fp32_param.grad = view.view(fp32_param.shape)
-        grads = [fp32_group[i].grad for i in with_grad]
-        if grads:
-            torch._foreach_copy_(grads, [low_group[i].grad for i in with_grad])
-        for i in set(range(len(low_group))) - set(with_grad):
-            fp32_group[i].grad.zero_()  # DeepSpeed: a zero fp32 gradient, left out of the norm
-        norms.append(_group_norm(grads))
-    self._global_grad_norm = _global_norm(norms)
+    norms = [_group_norm(_cast_grads(fp32, low)) if fp32 else 0.0 for fp32, low in zip(self.fp32_groups, self.fp16_groups)]
+    self._global_grad_norm = get_global_norm(norms)
     if not math.isfinite(self._global_grad_norm):
         return self._skip_invalid_grad_norm()
     self._update_scale(False)
@@ -174,6 +164,21 @@ def _bf16_step(self, closure=None) -> bool:
     return self.overflow
 
 
+def _cast_grads(fp32_group: list, low_group: list) -> list:
+    """Give each fp32 master weight a gradient, a view of one flat buffer: its bf16 weight's gradient cast, or zero
+    where that has none (as DeepSpeed does). The ones cast, which the group's norm counts."""
+    flat = torch.empty(sum(p.numel() for p in fp32_group), dtype=torch.float32, device=fp32_group[0].device)
+    for p, view in zip(fp32_group, flat.split([p.numel() for p in fp32_group])):
+        p.grad = view.view(p.shape)
+    pairs = [(p.grad, low.grad) for p, low in zip(fp32_group, low_group) if low.grad is not None]
+    for p, low in zip(fp32_group, low_group):
+        if low.grad is None:
+            p.grad.zero_()
+    if pairs:
+        torch._foreach_copy_([g for g, _ in pairs], [g for _, g in pairs])
+    return [g for g, _ in pairs]
+
+
 def _group_norm(grads: list) -> float:
     """DeepSpeed's get_weight_norm of fp32 gradients: -1 for a non-finite norm, 0.0 for none."""
     if not grads:
@@ -181,13 +186,6 @@ def _group_norm(grads: list) -> float:
     norms = torch.stack(torch._foreach_norm(grads, 2.0)).cpu().numpy()
     total = float(np.add.accumulate(norms * norms, dtype=np.float32)[-1]) ** 0.5  # in order, as DeepSpeed's loop adds
     return total if math.isfinite(total) else -1
-
-
-def _global_norm(norms: list[float]) -> float:
-    """DeepSpeed's get_global_norm: inf when a group's norm is invalid (negative), else the root of the squares."""
-    if any(n < 0 for n in norms):
-        return float("inf")
-    return math.sqrt(sum((n**2.0 for n in norms), 0.0))
 
 
 @torch.no_grad()

@@ -98,7 +98,6 @@ class MlflowTracker(Guarded):
     def __init__(self, client, run_id: str):
         self.client = client
         self.run_id = run_id
-        self.enabled = True
 
     def _call(self, method: str, *args, **kwargs) -> None:
         self._guard(_retry_locked, getattr(self.client, method), *args, **kwargs)

@@ -92,7 +92,6 @@ class SpoolTracker(Guarded):
         stem = f"{now_ms():013d}-{_safe(run_name)}-{host}-{os.getpid()}-{secrets.token_hex(3)}"
         self.path = Path(folder) / f"{stem}.jsonl"
         self.files = Path(folder) / f"{stem}.files"
-        self.enabled = True
         self._count = 0
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)  # a name nobody else has
         self._handle = os.fdopen(fd, "a", encoding="utf-8")
