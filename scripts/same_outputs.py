@@ -5,7 +5,8 @@
     python scripts/same_outputs.py compare BEFORE.json AFTER.json
 
 `run` executes the real Snakemake pipeline of this checkout (the Snakefile next to this script) for each named
-config: `default` is config/config.yaml as shipped, `tiny` is the end-to-end test's config (tests/helpers/pipeline.py).
+config: `default` is config/config.yaml as shipped, `tiny` is the end-to-end test's config (tests/helpers/pipeline.py), `vqa` and `captioning` are config/vqa.yaml and
+config/captioning.yaml as shipped.
 It writes the sha256 of every deterministic output (shards, tokenizer, token files, synonyms, split, each task's
 model and memory, each evaluation) and the accuracy matrix. `compare` prints what differs and exits 1 if anything
 does. Run `run` once on the old commit and once on the new one, on the same machine with the same thread count:
@@ -36,6 +37,7 @@ CONFIGS = {
         'memory: {method: coretokenset, selection: herding, scorer: chefer, token_fraction: 0.5, budget: "20%"}\n'
     ),
 }
+FILE_CONFIGS = {"vqa": "vqa.yaml", "captioning": "captioning.yaml"}  # example configs laid over config/config.yaml
 # Outputs that must not change; timings (stats.json, benchmarks/, logs/) and MLflow ids may.
 PATTERNS = (
     "shard/*.tar", "shard/index.parquet", "shard/classes.json",
@@ -78,7 +80,7 @@ def run_config(name: str, workdir: Path, cores: int) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(REPO / "config", work / "config")
     extra = work / "extra.yaml"
-    extra.write_text(CONFIGS[name])
+    extra.write_text((REPO / "config" / FILE_CONFIGS[name]).read_text() if name in FILE_CONFIGS else CONFIGS[name])
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(REPO / "src")  # this checkout's code, whatever the venv's editable install points at
@@ -117,7 +119,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the pipeline on each config and write the fingerprints")
     r.add_argument("out", type=Path)
-    r.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    r.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=[*CONFIGS, *FILE_CONFIGS])
     r.add_argument("--workdir", type=Path, default=None, help="where the runs go (default: a temporary folder, removed)")
     r.add_argument("--cores", type=int, default=2)
     c = sub.add_parser("compare", help="compare two fingerprint files")
