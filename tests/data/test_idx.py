@@ -17,7 +17,8 @@ from helpers.pipeline import REPO
 
 from tokenforge import cli
 from tokenforge.cli.shard import add_arguments
-from tokenforge.data.sources import first_per_class, open_source, read_idx
+from tokenforge.data.sources import first_per_class, open_source
+from tokenforge.data.sources.idx import read_idx
 from tokenforge.errors import TokenforgeError
 
 H, W = 4, 3  # not square, so a transposed read would show

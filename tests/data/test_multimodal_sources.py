@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tokenforge.data.multimodal import (
-    SCENE_COLORS,
-    SCENE_SHAPES,
-    SCENE_SIZES,
-    clevr_source,
-    coco_captions_source,
-    join_sources,
-    scenes_source,
-    vqa2_source,
-)
-from tokenforge.data.sources import first_per_class, open_source
+from tokenforge.data.sources import first_per_class, join_sources, open_source
+from tokenforge.data.sources.clevr import clevr_source
+from tokenforge.data.sources.coco_captions import coco_captions_source
+from tokenforge.data.sources.scenes import SCENE_COLORS, SCENE_SHAPES, SCENE_SIZES, scenes_source
+from tokenforge.data.sources.vqa2 import vqa2_source
 from tokenforge.errors import TokenforgeError
 
 RECORD_KEYS = {"dataset", "qa", "captions", "objects"}

@@ -1,9 +1,11 @@
-"""Tests of the image sources: digits, shapes, imagefolder and (fake, tiny) CIFAR pickles."""
+"""Tests of the image sources: specs and the source registry (built-in names, a user's reader by import path, an
+installed plugin), digits, shapes, imagefolder and (fake, tiny) CIFAR pickles."""
 
 from __future__ import annotations
 
 import os
 import pickle
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +13,121 @@ import pytest
 from helpers.images import fake_cifar10, fake_cifar100, make_imagefolder
 from PIL import Image
 
-from tokenforge.data.sources import (
-    RestrictedUnpickler,
-    load_pickle,
-    max_shape_classes,
-    open_source,
-    shape_classes,
-)
+from tokenforge import plugins
+from tokenforge.data import PATH_SOURCES, SOURCES, source_kinds
+from tokenforge.data.sources import open_source
+from tokenforge.data.sources.cifar import RestrictedUnpickler, load_pickle
+from tokenforge.data.sources.digits import open_digits
+from tokenforge.data.sources.shapes import max_shape_classes, shape_classes
 from tokenforge.errors import TokenforgeError
 
-# --- spec -------------------------------------------------------------------------------------
+# --- spec ---------------------------------------------------------------------------------------
+
+BUILTINS = ("digits", "shapes", "imagefolder", "cifar", "idx", "scenes", "vqa2", "clevr", "coco-captions")
+KINDS = "digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH, scenes, vqa2:PATH, clevr:PATH or coco-captions:PATH"
 
 
-@pytest.mark.parametrize("spec", ["xyz", "mnist", "imagefolder", "cifar", "folder:/tmp"])
+@pytest.mark.parametrize("spec", ["xyz", "mnist", "folder:/tmp", "data/images", "imagefolders:/data"])
 def test_unknown_source(spec):
     with pytest.raises(TokenforgeError) as err:
         open_source(spec)
-    expected = "digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH, scenes, vqa2:PATH, clevr:PATH or coco-captions:PATH"
-    assert str(err.value) == f"source '{spec}': unknown source; expected {expected}"
+    assert str(err.value) == f"source '{spec}': unknown source; expected {KINDS}"
 
 
-def test_missing_path_after_kind():
-    with pytest.raises(TokenforgeError, match="missing PATH"):
-        open_source("imagefolder:")
+def test_registry_lists_the_builtins():
+    assert SOURCES.builtin_names() == BUILTINS
+    assert SOURCES.names()[: len(BUILTINS)] == BUILTINS
+    assert PATH_SOURCES == {"imagefolder", "cifar", "idx", "vqa2", "clevr", "coco-captions"}
+    assert source_kinds() == KINDS
+    assert SOURCES.load("digits") is open_digits
+
+
+@pytest.mark.parametrize("name", sorted(PATH_SOURCES))
+@pytest.mark.parametrize("sep", ["", ":"])
+def test_missing_path_after_kind(name, sep):
+    """Every NAME:PATH reader refuses a spec without PATH the same way ('imagefolder' and 'imagefolder:')."""
+    with pytest.raises(TokenforgeError) as err:
+        open_source(name + sep)
+    assert str(err.value) == f"source '{name}': missing PATH after '{name}:'"
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTINS) - PATH_SOURCES))
+def test_no_path_sources_refuse_one(name):
+    with pytest.raises(TokenforgeError) as err:
+        open_source(f"{name}:/data/x")
+    assert str(err.value) == f"source '{name}': takes no PATH, got '{name}:/data/x'"
+
+
+def test_builtin_by_name_takes_the_options():
+    source = open_source("shapes", seed=2, shapes_count=5, shapes_classes=2, shapes_size=8)
+    assert len(source) == 5 and source.ids[4] == "shapes/2/4" and source.image(0).size == (8, 8)
+
+
+USER_READER = """
+import numpy as np
+from PIL import Image
+
+from tokenforge.data.sources import Source
+
+NOT_CALLABLE = 42
+
+
+def reader(path, options):
+    return Source(spec=f"mine:{path}", class_names=["a", "b"], mode="L", labels=np.array([0, 1, 1]),
+                  ids=[f"mine/{options.seed}/{i}" for i in range(3)], splits=None,
+                  load=lambda i: Image.new("L", (4, 4), 10 * i))
+
+
+def not_a_source(path, options):
+    return [path]
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch, request):
+    """A researcher's reader module on sys.path, named after the test (imports and loads are cached by name)."""
+    name = f"tf_user_{request.node.name.replace('[', '_').replace(']', '').replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(USER_READER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_user_reader_by_import_path(user_module):
+    source = open_source(f"{user_module}:reader:/data/scans", seed=7)
+    assert source.spec == "mine:/data/scans" and source.ids == ["mine/7/0", "mine/7/1", "mine/7/2"]
+    assert source.labels.tolist() == [0, 1, 1] and np.asarray(source.image(2)).max() == 20
+    assert open_source(f"{user_module}:reader").spec == "mine:None"  # no PATH: None
+    assert open_source(f"{user_module}:reader:C:/x").spec == "mine:C:/x"  # the PATH keeps its ':'
+    joined = open_source(f"digits+{user_module}:reader")
+    assert joined.class_names == ["digits", "mine"] and len(joined) == 1797 + 3
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("tf_no_such_module:reader", "shard.source: cannot import module 'tf_no_such_module' of "
+         "'tf_no_such_module:reader' (No module named 'tf_no_such_module')"),
+        ("{mod}:nope", "shard.source: module '{mod}' has no attribute 'nope' (from '{mod}:nope')"),
+        ("{mod}:NOT_CALLABLE", "shard.source: '{mod}:NOT_CALLABLE' is not a source: it is a int, not a callable"),
+        ("{mod}:not_a_source", "shard.source: '{mod}:not_a_source' returned a list, not a tokenforge Source"),
+    ],
+    ids=["missing-module", "missing-attribute", "not-callable", "not-a-source"],
+)
+def test_user_reader_errors(user_module, target, message):
+    target = target.format(mod=user_module)
+    with pytest.raises(TokenforgeError) as err:
+        open_source(f"{target}:/data/scans")
+    assert str(err.value) == message.format(mod=user_module) and "\n" not in str(err.value)
+
+
+def test_installed_plugin_by_name(user_module, monkeypatch):
+    """A source an installed package announces in the "tokenforge.sources" entry-point group."""
+    entry = metadata.EntryPoint(name="scans", value=f"{user_module}:reader", group="tokenforge.sources")
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [entry] if group == entry.group else [])
+    assert SOURCES.names() == (*BUILTINS, "scans") and source_kinds().endswith("coco-captions:PATH or scans")
+    assert open_source("scans:/data/scans").spec == "mine:/data/scans"
+    with pytest.raises(TokenforgeError, match="expected digits, .* or scans$"):
+        open_source("scan:/data/scans")
 
 
 # --- digits -----------------------------------------------------------------------------------

@@ -7,11 +7,13 @@
     tokenforge shard --source scenes --scenes-count 5000 --scenes-size 32 --out results/scenes/shard
     tokenforge shard --source vqa2:data/vqa2+clevr:data/CLEVR_v1.0 --image-size 64 --out results/vqa/shard
 
-Sources: digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH (see tokenforge/data/sources.py), and the
-text-bearing scenes, vqa2:PATH, clevr:PATH, coco-captions:PATH (see tokenforge/data/multimodal.py), whose
-images each carry a text record (questions and answers, captions, object names); specs joined with '+' are
-one source whose label k is the k-th spec's dataset. A source with its own train/test split keeps it;
-otherwise each class is split by --seed and --test-fraction.
+Sources: digits, shapes, imagefolder:PATH, cifar:PATH, idx:PATH, and the text-bearing scenes, vqa2:PATH,
+clevr:PATH, coco-captions:PATH, whose images each carry a text record (questions and answers, captions, object
+names): the registry `tokenforge.data.SOURCES`, one reader per module of tokenforge/data/sources/. An installed
+plugin's source name works the same, and so does a reader of one's own by import path
+(`--source mylab.data:open_scans:/data/scans`). Specs joined with '+' are one source whose label k is the k-th
+spec's dataset. A source with its own train/test split keeps it; otherwise each class is split by --seed and
+--test-fraction.
 --max-per-class N keeps the first N images of each class, in source order, before any of this: per
 original split (N train and N test) when the source has one, otherwise before the seeded split.
 
@@ -35,7 +37,7 @@ import logging
 import time
 from pathlib import Path
 
-from tokenforge.data import MODES
+from tokenforge.data import MODES, source_kinds
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, write_json
 
@@ -46,10 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
         required=True,
-        help="digits, shapes, imagefolder:PATH (PATH/<class>/<images>), cifar:PATH or idx:PATH (MNIST-format "
-        "*train-images-idx3-ubyte[.gz], *train-labels-idx1-ubyte[.gz] and t10k-/test- files); with text: scenes, "
-        "vqa2:PATH (VQA v2), clevr:PATH (CLEVR v1.0) or coco-captions:PATH (COCO captions); SPEC+SPEC joins "
-        "sources, one label per source",
+        help=f"{source_kinds()}; or a reader of your own by import path, package.module:function[:PATH]; "
+        "SPEC+SPEC joins sources, one label per source (see tokenforge/data/sources/)",
     )
     parser.add_argument("--out", required=True, help="output folder for the shards, index and stats")
     parser.add_argument(
