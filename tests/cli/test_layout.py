@@ -86,6 +86,28 @@ def _schema_enum(dotted: str) -> list:
     return schema["properties"][section]["properties"][key]["enum"]
 
 
+@pytest.mark.parametrize(
+    "key, registry",
+    [
+        ("family", "tokenforge.families.FAMILIES"),
+        ("memory.method", "tokenforge.continual.METHODS"),
+        ("memory.selection", "tokenforge.continual.SELECTIONS"),
+        ("memory.scorer", "tokenforge.continual.SCORERS"),
+    ],
+)
+def test_every_pluggable_config_key_takes_its_choices_from_its_registry(key, registry):
+    """The schema names the registry (x-registry), whose names (plus import paths) are what a config may say."""
+    from tokenforge.config_schema import expanded
+
+    node = yaml.safe_load(SCHEMA.read_text())
+    full = expanded(SCHEMA)
+    for part in key.split("."):
+        node, full = node["properties"][part], full["properties"][part]
+    module, _, name = registry.rpartition(".")
+    assert node["x-registry"] == f"{module}:{name}"
+    assert full["anyOf"][0]["enum"] == list(_constant(registry))
+
+
 def _constant(dotted: str):
     import importlib
 
@@ -96,9 +118,6 @@ def _constant(dotted: str):
 @pytest.mark.parametrize(
     "key, constant",
     [
-        ("memory.method", "tokenforge.continual.METHODS"),
-        ("memory.selection", "tokenforge.continual.SELECTIONS"),
-        ("memory.scorer", "tokenforge.continual.SCORERS"),
         ("memory.view", "tokenforge.continual.VIEWS"),
         ("memory.fill", "tokenforge.continual.FILLS"),
         ("memory.schedule", "tokenforge.continual.SCHEDULES"),

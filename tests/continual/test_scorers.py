@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenforge.continual.scorers import SCORERS, token_scores, top_positions
+from tokenforge.continual.scorers import family_scorers, token_scores, top_positions
+
+SCORERS = family_scorers("classification")
 from tokenforge.errors import TokenforgeError
 from tokenforge.models.vit import ModelConfig, TokenViT
 

@@ -1,6 +1,7 @@
 # Shared helpers used by every stage file: config validation, the results prefix, the command that runs the CLI,
 # CLI arguments, MLflow flags.
 import json
+from pathlib import Path
 import re
 import shlex
 import sys
@@ -16,8 +17,17 @@ from tokenforge.errors import TokenforgeError
 if (config.get("train") or {}).get("compile", "off") is False:
     config["train"]["compile"] = "off"
 
+# The schema's pluggable keys (x-registry) take their choices from tokenforge's registries, installed plugins included.
+from tokenforge.config_schema import check_choices, write_expanded
+
+_schema_source = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
-    validate(config, schema="../schemas/config.schema.yaml")
+    check_choices(config, _schema_source)
+except TokenforgeError as exc:
+    raise WorkflowError(str(exc)) from None
+_schema = write_expanded(_schema_source)
+try:
+    validate(config, schema=str(_schema))
 except WorkflowError as exc:
     # One line naming the bad key: "config key train.epochs: 'abc' is not of type 'integer'".
     text = str(exc)
@@ -27,6 +37,8 @@ except WorkflowError as exc:
     raise WorkflowError(
         f"config key {key or '(top level)'}: {found.group(1) if found else text.splitlines()[0]}"
     ) from None
+finally:
+    _schema.unlink(missing_ok=True)
 
 # The CLI is the one of the Python that runs Snakemake (`python -m tokenforge`), not whatever `tokenforge` is on
 # PATH: `.venv/bin/snakemake` works without an activated venv. Under SLURM each job runs `<this python> -m

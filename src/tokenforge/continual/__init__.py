@@ -1,24 +1,53 @@
 """Continual learning: what the replay memory keeps and how it is fed back.
 
 - `memory`: the memory record (key, label, task, kept positions and ids) and its storage on disk;
+- `methods`: the memory methods (`memory.method`): whether a memory is kept, and how many tokens per sample;
 - `policy`: the buffer policy, what to keep: the budget, per-class quotas, building the memory after a task;
 - `selection`: which samples of a task are kept, as a priority order;
-- `scorers`: which tokens of a kept sample are kept (attribution through the model's probe API);
+- `scorers`: which tokens of a kept sample are kept (attribution through the model's probe API); `blip_relevance`
+  the same for BLIP (vqa, captioning);
 - `replay`: the replay mechanism, how kept samples are fed back during training.
 
-The choice lists below are the one place each option's values are named: the CLI, the modules and a test
-of the config schema read them from here (this file imports nothing heavy, so `--help` stays fast).
+The registries below are the one place each pluggable option's values are named (tokenforge/plugins.py): the config
+schema, the CLI's choices, the docs and the modules read them from here. A registration names its implementation by
+import path, so this file imports nothing heavy and `--help` stays fast. A researcher's own method, selection or
+scorer plugs in by import path (`memory.scorer: "mylab.saliency:score"`) or as an installed package's entry point
+(group `tokenforge.methods`, `tokenforge.selections`, `tokenforge.scorers`); the interfaces are documented in
+`methods`, `selection` and `scorers`. The plain tuples after them are fixed choices of the replay mechanism.
 """
 
-# memory.method: none (fine-tuning) | coreset (whole samples) | coretokens (every sample, few tokens)
-# | coretokenset (chosen samples, their top tokens) | joint (all data so far: the upper bound)
-METHODS = ("none", "coreset", "coretokens", "coretokenset", "joint")
-# memory.selection: which samples a task keeps (continual/selection.py)
-SELECTIONS = ("random", "class_balanced", "herding", "gradient")
-# memory.scorer: which tokens of a kept sample are stored (continual/scorers.py; for BLIP, models/blip.py)
-SCORERS = ("rollout", "chefer", "gradcam", "atman", "random", "gradient")
-# the ViT's (classification); gradient (x input) is BLIP's (vqa, captioning), which has atman and random too
-VIT_SCORERS = ("rollout", "chefer", "gradcam", "atman", "random")
+from tokenforge.plugins import Registry
+
+
+def _method_check(obj: object) -> str | None:
+    needed = ("keeps_memory", "trains_on_seen", "tokens_per_sample")
+    missing = [name for name in needed if not hasattr(obj, name)]
+    if isinstance(obj, type) or missing:
+        return f"a {type(obj).__name__} without {', '.join(missing or needed)} (see tokenforge.continual.methods.MemoryMethod)"
+    return None
+
+
+# memory.method (continual/methods.py): none (fine-tuning) | coreset (whole samples) | coretokens (every sample, few
+# tokens) | coretokenset (chosen samples, their top tokens) | joint (all data so far: the upper bound)
+METHODS = Registry("method", key="memory.method", group="tokenforge.methods", check=_method_check)
+for _name in ("none", "coreset", "coretokens", "coretokenset", "joint"):
+    METHODS.register(_name, f"tokenforge.continual.methods:{_name.upper()}")
+
+# memory.selection (continual/selection.py): which samples a task keeps, as a priority order
+SELECTIONS = Registry("selection", key="memory.selection", group="tokenforge.selections")
+SELECTIONS.register("random", "tokenforge.continual.selection:random_order")
+SELECTIONS.register("class_balanced", "tokenforge.continual.selection:class_balanced_order")
+SELECTIONS.register("herding", "tokenforge.continual.selection:herding_order")
+SELECTIONS.register("gradient", "tokenforge.continual.selection:gradient_order")
+
+# memory.scorer (continual/scorers.py; BLIP's in continual/blip_relevance.py): which tokens of a kept sample are
+# stored. rollout, chefer, gradcam: the ViT's (classification); gradient (x input): BLIP's (vqa, captioning); atman
+# and random: both.
+SCORERS = Registry("scorer", key="memory.scorer", group="tokenforge.scorers")
+for _name in ("rollout", "chefer", "gradcam", "atman", "random", "gradient"):
+    SCORERS.register(_name, f"tokenforge.continual.scorers:{_name.upper()}")
+del _name
+
 # memory.view: how a kept sample is replayed, as its kept tokens only or as a whole grid filled (continual/replay.py)
 VIEWS = ("subset", "fill")
 # memory.fill: what the non-kept positions of a filled grid hold: the most frequent code, a learned mask

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tokenforge.continual import METHODS
 from tokenforge.continual.memory import Memory, kept_units, serialize
+from tokenforge.continual.methods import MemoryMethod, keep_count, memory_method
 from tokenforge.continual.selection import take
 from tokenforge.errors import TokenforgeError
 
@@ -49,12 +49,6 @@ def resolve_budget(value, token_bytes: int | None) -> int | None:
     return value
 
 
-def keep_count(num_tokens: int, token_fraction: float) -> int:
-    if not 0 < token_fraction <= 1:
-        raise TokenforgeError(f"memory.token_fraction: must be in (0, 1], got {token_fraction}")
-    return max(1, int(round(num_tokens * token_fraction)))
-
-
 @dataclass
 class Policy:
     """What the memory keeps; `tokens` is the per-sample token count (k) once resolved."""
@@ -71,22 +65,35 @@ class Policy:
     tokens: int = field(default=0)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise TokenforgeError(f"memory.method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        impl = self.implementation  # a one-line error for an unknown name or a wrong object
         if self.samples_per_class is not None and self.samples_per_class < 1:
             raise TokenforgeError(
                 f"memory.samples_per_class: must be >= 1, got {self.samples_per_class} (memory.method none keeps no memory)"
             )
-        if self.method in ("coreset", "coretokenset", "coretokens") and self.budget is None and self.samples_per_class is None:
+        if impl.keeps_memory and self.budget is None and self.samples_per_class is None:
             raise TokenforgeError(f"memory.budget: method {self.method!r} needs a budget or memory.samples_per_class")
-        if self.method == "coreset":
-            self.tokens = self.num_positions
-        elif self.method == "coretokenset":
-            self.tokens = keep_count(self.num_positions, self.token_fraction)
+        if impl.keeps_memory:
+            tokens = impl.tokens_per_sample(self.num_positions, self.token_fraction)
+            if tokens is not None:  # None: fitted to the budget later (`resolved`), so a given count is kept
+                if not 1 <= tokens <= self.num_positions:
+                    raise TokenforgeError(
+                        f"memory.method: {self.method!r} keeps {tokens} tokens per sample; a sample has 1..{self.num_positions}"
+                    )
+                self.tokens = tokens
+
+    @property
+    def implementation(self) -> MemoryMethod:
+        """The memory method object `method` names (continual/methods.py)."""
+        return memory_method(self.method)
 
     @property
     def keeps_memory(self) -> bool:
-        return self.method in ("coreset", "coretokens", "coretokenset")
+        return self.implementation.keeps_memory
+
+    @property
+    def trains_on_seen(self) -> bool:
+        """joint: each task trains on every task's data so far."""
+        return self.implementation.trains_on_seen
 
     def nbytes(self, memory: Memory) -> int:
         return len(serialize(memory, self.num_codes, self.num_positions, self.num_classes))
@@ -107,7 +114,7 @@ def first_per_class(labels: np.ndarray) -> np.ndarray:
 
 def resolve_tokens(policy: Policy, keys: list[str], labels: np.ndarray, units: np.ndarray) -> int:
     """Tokens per sample. `coretokens`: the most that lets every training sample (all tasks) fit the budget, at least 1."""
-    if policy.method != "coretokens":
+    if policy.implementation.tokens_per_sample(policy.num_positions, policy.token_fraction) is not None:
         return policy.tokens
     if policy.budget is None:
         return keep_count(policy.num_positions, policy.token_fraction)

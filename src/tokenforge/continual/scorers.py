@@ -8,6 +8,20 @@ tokens (the prefix column dropped), higher = more relevant:
 - gradcam: attention GradCAM on the last block (one of Chefer et al.'s baselines);
 - atman: attention-suppression perturbation (AtMan, Deiseroth et al. 2023): the loss increase when a token is hidden;
 - random: uniform noise, the control.
+For BLIP (vqa, captioning) atman, random and gradient (x input) score the image units for an item's text target
+(continual/blip_relevance.py).
+
+A scorer of your own (`memory.scorer: "mylab.saliency:score"`, or an entry point in `tokenforge.scorers`) is a
+function called once per batch of the samples a memory may keep, in eval mode, on the model's device:
+
+    def score(model, units, targets, *, generator) -> torch.Tensor:   # (B, h*w), higher = more relevant
+        ...
+    score.families = ("classification",)   # optional; the families it can score (classification by default)
+
+`units` are code ids (B, h, w) or pixel patches (B, h, w, F), `targets` the samples' labels (B,) for classification
+(for vqa and captioning the text tuple (prompt_ids, prompt_mask, target_ids, target_mask)), `generator` a CPU
+torch.Generator seeded once per memory build. The example plugin package in examples/ has one (gradient x input on
+the ViT). A scorer may set `whole_set = True` to be called once with every sample instead of per batch.
 
 Everything goes through the model's probe API (`TokenViT.probe`, documented in `models.vit`): attention
 probabilities are recorded in the autograd graph (computed as timm's unfused attention), and gradients are
@@ -18,16 +32,16 @@ the model's train/eval mode is restored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenforge.continual import VIT_SCORERS
-
-SCORERS = VIT_SCORERS  # the ViT's scorers, the ones this module computes
+from tokenforge.continual import SCORERS
+from tokenforge.continual.methods import ALL_FAMILIES
 from tokenforge.errors import TokenforgeError
 from tokenforge.models.vit import device_of
 
@@ -147,6 +161,89 @@ def _atman(model, units: torch.Tensor, labels: torch.Tensor, suppression: float,
     return torch.cat(losses).reshape(b, n) - base[:, None]
 
 
+class Scorer:
+    """A built-in scorer: one implementation per task family it can score (`families`)."""
+
+    def __init__(self, whole_set: bool = False, **by_family: Callable):
+        self.by_family = by_family
+        self.families = tuple(by_family)
+        self.whole_set = whole_set
+
+    def for_family(self, family: str) -> Callable:
+        return self.by_family[family]
+
+    def __call__(self, model, units, targets, *, generator, **options):
+        """Called like a scorer of one's own: the first family's implementation (the ViT's where it has one)."""
+        return self.by_family[self.families[0]](model, units, targets, generator=generator, **options)
+
+
+def scorer_for(name: str, family: str = "classification") -> Callable:
+    """The scorer `name` (built-in, an installed plugin's name or an import path) as a function for `family`:
+    `score(model, units, targets, *, generator) -> (B, n)`; a one-line error if it cannot score that family."""
+    scorer = SCORERS.load(name)
+    families = getattr(scorer, "families", ("classification",))
+    if family not in families:
+        offered = [n for n in SCORERS.builtin_names() if family in SCORERS.load(n).families]
+        raise TokenforgeError(f"memory.scorer: {name!r} is not offered for {family}; use one of {', '.join(offered)}")
+    return scorer.for_family(family) if isinstance(scorer, Scorer) else scorer
+
+
+def _vit_random(model, units: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(units.shape[0], units.shape[1] * units.shape[2], generator=generator)
+
+
+def _vit_rollout(model, units: torch.Tensor, labels: torch.Tensor, *, generator=None) -> torch.Tensor:
+    return _rollout(model, units)
+
+
+def _vit_chefer(model, units: torch.Tensor, labels: torch.Tensor, *, generator=None) -> torch.Tensor:
+    return _chefer(model, units, labels)
+
+
+def _vit_gradcam(model, units: torch.Tensor, labels: torch.Tensor, *, generator=None) -> torch.Tensor:
+    return _gradcam(model, units, labels)
+
+
+def _vit_atman(model, units: torch.Tensor, labels: torch.Tensor, *, generator=None, suppression: float = 0.9,
+               conceptual: float | None = None) -> torch.Tensor:  # fmt: skip
+    return _atman(model, units, labels, suppression, conceptual)
+
+
+def _blip(method: str) -> Callable:
+    """BLIP's relevance `method` for an item's text target (continual/blip_relevance.py, through the model)."""
+
+    def score(model, units: torch.Tensor, targets: tuple, *, generator: torch.Generator) -> torch.Tensor:
+        return model.relevance(units, None, *targets, method=method, generator=generator)
+
+    return score
+
+
+_TEXT_FAMILIES = tuple(f for f in ALL_FAMILIES if f != "classification")
+ROLLOUT = Scorer(classification=_vit_rollout)
+CHEFER = Scorer(classification=_vit_chefer)
+GRADCAM = Scorer(classification=_vit_gradcam)
+ATMAN = Scorer(classification=_vit_atman, **dict.fromkeys(_TEXT_FAMILIES, _blip("atman")))
+# whole set: one draw of (M, n) from the seeded generator for classification (per batch for BLIP, as it always was)
+RANDOM = Scorer(whole_set=True, classification=_vit_random, **dict.fromkeys(_TEXT_FAMILIES, _blip("random")))
+GRADIENT = Scorer(**dict.fromkeys(_TEXT_FAMILIES, _blip("gradient")))
+
+
+def _options_for(score: Callable, options: dict) -> dict:
+    """The keyword options `score` accepts (AtMan's suppression and look-alike threshold), the others dropped."""
+    try:
+        accepted = inspect.signature(score).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def _check_scores(scores: torch.Tensor, batch: int, n: int, name: str) -> torch.Tensor:
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (batch, n):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TokenforgeError(f"memory.scorer: {name!r} returned {shape}, expected a tensor of shape {(batch, n)}")
+    return scores.float().cpu()
+
+
 def token_scores(
     model,
     units: np.ndarray,
@@ -160,10 +257,10 @@ def token_scores(
 ) -> torch.Tensor:
     """A relevance score per grid token (M, h*w) float32, higher = more relevant, for each sample's own label.
 
-    `units`: code ids (M, h, w) or uint8 pixel patches (M, h, w, F); `labels`: (M,). `seed` only drives the
-    random control. `suppression` and `conceptual` are AtMan's suppression factor and look-alike threshold."""
-    if scorer not in SCORERS:
-        raise TokenforgeError(f"memory.scorer: unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
+    `units`: code ids (M, h, w) or uint8 pixel patches (M, h, w, F); `labels`: (M,). `seed` seeds the generator
+    the scorer gets (the random control draws from it). `suppression` and `conceptual` are AtMan's suppression factor
+    and look-alike threshold."""
+    score = scorer_for(scorer, "classification")
     units = np.asarray(units)
     labels = np.asarray(labels)
     if units.ndim not in (3, 4):
@@ -173,8 +270,10 @@ def token_scores(
     if scorer == "atman" and not 0 <= suppression <= 1:
         raise TokenforgeError(f"memory.suppression: must be in [0, 1], got {suppression}")
     m, n = len(units), units.shape[1] * units.shape[2]
-    if scorer == "random":
-        return torch.rand(m, n, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    whole = getattr(SCORERS.load(scorer), "whole_set", False)
+    if whole:
+        return _check_scores(score(model, torch.from_numpy(units), torch.from_numpy(labels), generator=generator), m, n, scorer)
     if m == 0:
         return torch.zeros(0, n)
     if batch_size < 1:
@@ -182,21 +281,14 @@ def token_scores(
     num_classes = model.vit.num_classes
     if labels.min() < 0 or labels.max() >= num_classes:
         raise TokenforgeError(f"memory: labels must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    options = _options_for(score, {"suppression": suppression, "conceptual": conceptual})
     out = []
     device = device_of(model)  # a GPU after GPU training; the scores come back to the CPU
     with _eval_mode(model):
         for i in range(0, m, batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device)
             target = torch.from_numpy(labels[i : i + batch_size].astype(np.int64)).to(device)
-            if scorer == "rollout":
-                scores = _rollout(model, batch)
-            elif scorer == "chefer":
-                scores = _chefer(model, batch, target)
-            elif scorer == "gradcam":
-                scores = _gradcam(model, batch, target)
-            else:
-                scores = _atman(model, batch, target, suppression, conceptual)
-            out.append(scores.float().cpu())
+            out.append(_check_scores(score(model, batch, target, generator=generator, **options), len(batch), n, scorer))
     return torch.cat(out)
 
 
@@ -208,3 +300,8 @@ def top_positions(scores: torch.Tensor, k: int) -> np.ndarray:
         raise TokenforgeError(f"memory: cannot keep {k} of {scores.shape[1]} tokens")
     order = torch.argsort(-scores.detach().float(), dim=1, stable=True)[:, :k]
     return order.numpy().astype(np.int64)
+
+
+def family_scorers(family: str) -> tuple[str, ...]:
+    """The built-in scorers that can score `family`, in registration order."""
+    return tuple(n for n in SCORERS.builtin_names() if family in SCORERS.load(n).families)

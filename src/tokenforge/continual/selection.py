@@ -21,48 +21,80 @@ import numpy as np
 import torch
 
 from tokenforge.continual import SELECTIONS
+from tokenforge.continual.features import pre_logit_features
 from tokenforge.errors import TokenforgeError
 from tokenforge.models.vit import device_of
-
-CLASS_BALANCED = {"class_balanced": True, "herding": True, "gradient": True, "random": False}
 
 _DENSE_LIMIT = 5000  # facility location: above this many samples in a class, similarity rows are computed on demand
 _CHUNK = 1024  # rows per block when building pairwise distances
 
 
-def _check_method(method: str) -> None:
-    if method not in SELECTIONS:
-        raise TokenforgeError(f"memory.selection: unknown selection {method!r}; expected one of {', '.join(SELECTIONS)}")
+def selection_order(method: str) -> Callable:
+    """The selection `method` names (a built-in, an installed plugin's name or an import path); see the module doc."""
+    return SELECTIONS.load(method)
+
+
+def is_class_balanced(method: str) -> bool:
+    """Whether `take` keeps per-class quotas of the method's order (True unless the order says otherwise)."""
+    return bool(getattr(selection_order(method), "class_balanced", True))
 
 
 def rank_samples(model, units: np.ndarray, labels: np.ndarray, method: str, seed: int, batch_size: int = 256) -> np.ndarray:
     """A priority order: a permutation of range(M) (int64). Keeping the first n of it (method random), or the first q of each
-    class in this order (every other method), gives that method's selection of that size."""
-    _check_method(method)
+    class in this order (every other method), gives that method's selection of that size.
+
+    A selection of your own (`memory.selection: "mylab.pick:order"`) is a function
+    `order(model, units, labels, *, seed, batch_size) -> np.ndarray` returning a permutation of range(M), with an
+    optional attribute `class_balanced = False` when its prefixes are taken as a whole rather than per class."""
+    order_of = selection_order(method)
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     if len(units) != len(labels):
         raise TokenforgeError(f"memory.selection: {len(units)} samples but {len(labels)} labels")
     m = len(labels)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
+    order = np.asarray(order_of(model, units, labels, seed=seed, batch_size=batch_size), dtype=np.int64)
+    if order.shape != (m,) or not np.array_equal(np.sort(order), np.arange(m)):
+        raise TokenforgeError(f"memory.selection: {method!r} did not return a permutation of the task's {m} samples")
+    return order
+
+
+def _members(labels: np.ndarray) -> list[np.ndarray]:
+    """Each class's sample indices (ascending), classes in ascending order."""
+    return [np.flatnonzero(labels == c) for c in np.unique(labels)]
+
+
+def random_order(model, units, labels: np.ndarray, *, seed: int, batch_size: int = 256) -> np.ndarray:
+    """One seeded permutation of all samples (the baseline; classes may end up unequal)."""
+    return np.random.default_rng(seed).permutation(len(labels)).astype(np.int64)
+
+
+random_order.class_balanced = False
+
+
+def class_balanced_order(model, units, labels: np.ndarray, *, seed: int, batch_size: int = 256) -> np.ndarray:
+    """A seeded permutation within each class, interleaved."""
     rng = np.random.default_rng(seed)
-    if method == "random":
-        return rng.permutation(m).astype(np.int64)
-    classes = np.unique(labels)
-    members = [np.flatnonzero(labels == c) for c in classes]  # ascending sample indices
-    if method == "class_balanced":
-        return _interleave([idx[rng.permutation(len(idx))] for idx in members])
-    features = _features(model, units, batch_size)  # float64 (M, E)
-    if method == "herding":
-        norms = np.linalg.norm(features, axis=1, keepdims=True)
-        unit_features = features / np.maximum(norms, 1e-12)
-        return _interleave([idx[_herding_order(unit_features[idx])] for idx in members])
+    return _interleave([idx[rng.permutation(len(idx))] for idx in _members(labels)])
+
+
+def herding_order(model, units, labels: np.ndarray, *, seed: int, batch_size: int = 256) -> np.ndarray:
+    """iCaRL herding per class on L2-normalised pre-logit features, interleaved."""
+    features = pre_logit_features(model, units, batch_size=batch_size).astype(np.float64)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit_features = features / np.maximum(norms, 1e-12)
+    return _interleave([idx[_herding_order(unit_features[idx])] for idx in _members(labels)])
+
+
+def gradient_order(model, units, labels: np.ndarray, *, seed: int, batch_size: int = 256) -> np.ndarray:
+    """CRAIG per class: facility location on the per-sample head gradients, interleaved."""
+    features = pre_logit_features(model, units, batch_size=batch_size).astype(np.float64)
     with torch.no_grad():
         logits = model.vit.head(torch.from_numpy(features).float().to(device_of(model))).double().cpu().numpy()
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
         raise TokenforgeError(f"memory.selection: labels must lie in [0, {logits.shape[1]}) for the model's head")
     orders = []
-    for idx in members:
+    for idx in _members(labels):
         a, b = _gradient_factors(features[idx], logits[idx], labels[idx])
         orders.append(idx[_gradient_order(a, b)])
     return _interleave(orders)
@@ -72,14 +104,14 @@ def take(order: np.ndarray, labels: np.ndarray, method: str, per_class: int | di
     """Indices kept when each class may hold `per_class` samples (one number, or a quota per class label; a class
     not in the dict keeps none): for class-balanced methods the first of each class in `order`; for random the
     first sum-of-quotas (over the classes present) of `order`. Returned in priority order."""
-    _check_method(method)
+    balanced = is_class_balanced(method)
     quota = per_class if isinstance(per_class, dict) else None
     if quota is None and per_class < 0:
         raise TokenforgeError(f"memory.samples_per_class: must be >= 0, got {per_class}")
     order = np.asarray(order, dtype=np.int64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     present = np.unique(labels)
-    if not CLASS_BALANCED[method]:
+    if not balanced:
         total = per_class * len(present) if quota is None else sum(quota.get(int(c), 0) for c in present)
         return order[:total].copy()
     ordered = labels[order]
@@ -109,22 +141,6 @@ def _interleave(orders: list[np.ndarray]) -> np.ndarray:
     rank = np.concatenate([np.arange(len(o)) for o in orders])
     cls = np.concatenate([np.full(len(o), i) for i, o in enumerate(orders)])
     return flat[np.lexsort((cls, rank))]
-
-
-def _features(model, units: np.ndarray, batch_size: int) -> np.ndarray:
-    """Pre-logit features (M, E) as float64, in eval mode without gradients; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    device = device_of(model)
-    try:
-        with torch.no_grad():
-            out = [
-                model.features(torch.from_numpy(np.ascontiguousarray(units[i : i + batch_size])).to(device)).double().cpu()
-                for i in range(0, len(units), batch_size)
-            ]
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy()
 
 
 def _herding_order(f: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tokenforge.continual.features import pre_logit_features
+
 MAX_ROWS = 512  # memory rows probed at most (a seeded sample of them): the probe stays a second or two
 FOLDS = 5
 
@@ -45,17 +47,6 @@ def probe_auc(views: np.ndarray, wholes: np.ndarray, seed: int = 0) -> float | N
     return float(roc_auc_score(y, scores))
 
 
-@torch.no_grad()
-def _features(
-    model, units: torch.Tensor, positions: torch.Tensor | None, device, batch: int = 256
-) -> np.ndarray:
-    out = []
-    for i in range(0, len(units), batch):
-        pos = None if positions is None else positions[i : i + batch].to(device)
-        out.append(model.features(units[i : i + batch].to(device), pos).float().cpu())
-    return torch.cat(out).numpy()
-
-
 def shortcut_auc(
     model, memory, replay, keys: list[str], units: np.ndarray, seed: int = 0
 ) -> float | None:
@@ -72,11 +63,10 @@ def shortcut_auc(
             np.random.default_rng(seed).choice(rows, MAX_ROWS, replace=False)
         )
     memory = memory.rows(rows)
-    device = next(model.parameters()).device
     view_units, view_positions = replay.views(memory)
     wholes = torch.from_numpy(units[[index[k] for k in memory.keys]])
     return probe_auc(
-        _features(model, view_units, view_positions, device),
-        _features(model, wholes, None, device),
+        pre_logit_features(model, view_units, view_positions),
+        pre_logit_features(model, wholes),
         seed,
     )

@@ -1,0 +1,90 @@
+"""The config schema with its pluggable keys' choices filled in from the registries (tokenforge/plugins.py).
+
+workflow/schemas/config.schema.yaml does not list the names a registry-backed key accepts; the key says which
+registry it takes them from:
+
+    scorer: {x-registry: "tokenforge.continual:SCORERS", default: random}
+
+`expanded(path)` returns the schema with each such node replaced by "one of the registry's names (built-ins and
+installed plugins) or an import path like 'package.module:name'", keeping its default and description; a source
+spec (`x-registry-spec`) is a name, `name:PATH`, an import path with an optional `:PATH`, or parts joined by '+'.
+`write_expanded(path)` writes it to a temporary file for Snakemake's `validate`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from tokenforge.plugins import IMPORT_PATH_PATTERN, import_object
+
+_KEEP = ("default", "description")
+
+
+def _registry(path: str):
+    return import_object(path, "x-registry")
+
+
+def _spec_pattern(registry) -> str:
+    """A source spec: NAME[:PATH] of the registry, seit:PATH (a token release), module:attr[:PATH], '+'-joined."""
+    names = "|".join(re.escape(n) for n in registry.names())
+    path_import = IMPORT_PATH_PATTERN.strip("^$")
+    part = f"(({names})(:[^+]+)?|seit:.+|{path_import}(:[^+]+)?)"
+    return f"^{part}(\\+{part})*$"
+
+
+def _expand(node):
+    if isinstance(node, list):
+        return [_expand(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "x-registry" in node:
+        out = _registry(node["x-registry"]).schema()
+    elif "x-registry-spec" in node:
+        out = {"type": "string", "pattern": _spec_pattern(_registry(node["x-registry-spec"]))}
+    else:
+        return {k: _expand(v) for k, v in node.items()}
+    out.update({k: node[k] for k in _KEEP if k in node})
+    return out
+
+
+def expanded(path: str | Path) -> dict:
+    """The schema at `path` with every `x-registry` / `x-registry-spec` node filled from its registry."""
+    return _expand(yaml.safe_load(Path(path).read_text()))
+
+
+def _registry_keys(node, prefix: str = ""):
+    """(dotted key, registry path) of every `x-registry` node under the schema `node`."""
+    if not isinstance(node, dict):
+        return
+    if "x-registry" in node:
+        yield prefix, node["x-registry"]
+    for name, child in (node.get("properties") or {}).items():
+        yield from _registry_keys(child, f"{prefix}.{name}" if prefix else name)
+
+
+def check_choices(config: dict, path: str | Path) -> None:
+    """A one-line TokenforgeError for a registry-backed key whose value is neither a name nor an import path
+    ("config key memory.scorer: unknown scorer 'x'; expected one of ..."): clearer than the schema's anyOf message."""
+    from tokenforge.errors import TokenforgeError
+
+    for key, registry_path in _registry_keys(yaml.safe_load(Path(path).read_text())):
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        registry = _registry(registry_path)
+        if isinstance(value, str) and value not in registry:
+            raise TokenforgeError(
+                f"config key {key}: unknown {registry.kind} {value!r}; expected one of {', '.join(registry.names())} "
+                "or an import path like 'package.module:name'"
+            )
+
+
+def write_expanded(path: str | Path) -> Path:
+    """`expanded(path)` written to a temporary YAML file (the caller removes it), for Snakemake's `validate`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".schema.yaml", prefix="tokenforge-", delete=False) as out:
+        yaml.safe_dump(expanded(path), out, sort_keys=False)
+    return Path(out.name)
