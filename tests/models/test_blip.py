@@ -219,7 +219,7 @@ def test_atman_scales_pre_softmax_scores(task):
         q, k, _ = attn.qkv(x).view(B, 17, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) * attn.scale
         scores[..., 1 + j] *= 0.1
-        with model._key_scale(scale):
+        with model.key_scale(scale):
             probs = model.hf.vision_model(pixel_values=packed, output_attentions=True).attentions[0]
         torch.testing.assert_close(probs, scores.softmax(-1), rtol=1e-5, atol=1e-6)
         image = model.hf.vision_model(pixel_values=packed).last_hidden_state
@@ -232,8 +232,8 @@ def test_atman_scales_pre_softmax_scores(task):
 
         handle = cross.register_forward_hook(record, with_kwargs=True)
         try:
-            with model._key_scale(scale):
-                model._losses(packed, model._text(prompt, pmask, target, tmask, B))
+            with model.key_scale(scale):
+                model.losses(packed, model.text_batch(prompt, pmask, target, tmask, B))
         finally:
             handle.remove()
         image_after = model.hf.vision_model(pixel_values=packed).last_hidden_state  # hooks removed: plain again
@@ -246,9 +246,9 @@ def test_atman_scales_pre_softmax_scores(task):
         torch.testing.assert_close(seen["probs"], scores.softmax(-1), rtol=1e-5, atol=1e-6)
     assert torch.equal(image, image_after)
     with torch.no_grad():
-        plain = model._losses(packed, model._text(prompt, pmask, target, tmask, B))
-        with model._key_scale(torch.ones(B, 17)):
-            same = model._losses(packed, model._text(prompt, pmask, target, tmask, B))
+        plain = model.losses(packed, model.text_batch(prompt, pmask, target, tmask, B))
+        with model.key_scale(torch.ones(B, 17)):
+            same = model.losses(packed, model.text_batch(prompt, pmask, target, tmask, B))
     torch.testing.assert_close(plain, same)
 
 

@@ -2,7 +2,10 @@
 
 - `metrics`: the continual-learning metrics of an accuracy matrix (pure NumPy) and a run's headline numbers;
 - `package`: the package stage's bundle: metrics.json, the accuracy matrix (CSV, heatmap, table), the learning
-  curve, report.html, the final model and config, and its deterministic .tar.gz;
+  curve, report.html, the final model and config, and its deterministic .tar.gz; the stage's entry points, from
+  - `inputs`: the evaluation and stats files, the --stats / --images arguments, the numbers of metrics.json;
+  - `plots`: the accuracy heatmap and the learning curve (matplotlib Figures);
+  - `html`: report.html;
 - `summary`: what `tokenforge summary` prints about a finished run.
 
 The names below are the one place each is listed: the CLI's --help, the modules and `tokenforge.tracking` read them
