@@ -93,6 +93,7 @@ def _schema_enum(dotted: str) -> list:
         ("memory.method", "tokenforge.continual.METHODS"),
         ("memory.selection", "tokenforge.continual.SELECTIONS"),
         ("memory.scorer", "tokenforge.continual.SCORERS"),
+        ("memory.fill", "tokenforge.continual.FILLS"),
     ],
 )
 def test_every_pluggable_config_key_takes_its_choices_from_its_registry(key, registry):
@@ -119,7 +120,6 @@ def _constant(dotted: str):
     "key, constant",
     [
         ("memory.view", "tokenforge.continual.VIEWS"),
-        ("memory.fill", "tokenforge.continual.FILLS"),
         ("memory.schedule", "tokenforge.continual.SCHEDULES"),
         ("train.input_dropout_mode", "tokenforge.continual.DROPOUT_MODES"),
         ("train.head", "tokenforge.models.HEADS"),

@@ -50,11 +50,19 @@ del _name
 
 # memory.view: how a kept sample is replayed, as its kept tokens only or as a whole grid filled (continual/replay.py)
 VIEWS = ("subset", "fill")
-# memory.fill: what the non-kept positions of a filled grid hold: the most frequent code, a learned mask
-# embedding (tokens), the mean patch (pixels), the codes a pretrained masked-token model predicts (tokens)
-# (each with the input it is for)
-FILL_INPUTS = {"frequent": "tokens", "mask": "tokens", "mean": "pixels", "mtm": "tokens"}
-FILLS = tuple(FILL_INPUTS)
+# memory.fill (continual/fills.py): what the non-kept positions of a filled grid hold: the most frequent code, a
+# learned mask embedding (tokens), the mean patch (pixels), the codes a pretrained masked-token model predicts (tokens)
+def _fill_check(obj: object) -> str | None:
+    if isinstance(obj, type) or not (hasattr(obj, "value") and hasattr(obj, "input")):
+        return f"a {type(obj).__name__} without value() and input (see tokenforge.continual.fills.Fill)"
+    return None
+
+
+FILLS = Registry("fill", key="memory.fill", group="tokenforge.fills", check=_fill_check)
+for _fill in ("frequent", "mask", "mean", "mtm"):
+    FILLS.register(_fill, f"tokenforge.continual.fills:{_fill.upper()}")
+del _fill
+FILL_INPUTS = {"frequent": "tokens", "mask": "tokens", "mean": "pixels", "mtm": "tokens"}  # TODO(registry): engine reads
 # memory.schedule: memory rows drawn every step, or every row once per epoch (the paper's loader)
 SCHEDULES = ("step", "epoch")
 # train.input_dropout_mode: whole batches as subsets (from task 1), or per-token dropout from task 0 (the paper's)

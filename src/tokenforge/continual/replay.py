@@ -6,8 +6,9 @@ Three choices, each a config key:
   tokens at their own grid positions, so replay costs less compute than whole grids. `fill`: the whole
   grid, the positions it did not keep filled by `memory.fill`: `frequent` (the most frequent code of the
   current task's tokens; on digits the background), `mask` (a learned mask embedding, the model's
-  `mask_token`), or `mean` (pixels: the mean patch of the current task, as the paper blanks patches to the
-  mean colour).
+  `mask_token`), `mean` (pixels: the mean patch of the current task, as the paper blanks patches to the
+  mean colour), or `mtm` (a pretrained masked-token model's predictions); continual/fills.py, where a fill of
+  one's own plugs in.
 - `memory.schedule`, which rows a step replays. `step` (default): `batch` rows drawn uniformly with
   replacement every step, their loss added to the current batch's. `epoch`: the paper's loader, every
   memory row once per epoch, the memory shuffled per epoch and spread evenly over the epoch's steps, its
@@ -63,15 +64,10 @@ def fill_grid(
 
 
 def fill_value(units: np.ndarray, fill: str, codebook_size: int) -> torch.Tensor:
-    """The value non-kept positions take: the most frequent code, the mask id (one past the codebook; also what an
-    MTM filler replaces), or the mean patch (pixels, rounded to uint8) of `units` (N, h, w[, F])."""
-    if fill in ("mask", "mtm"):
-        return torch.tensor(codebook_size)
-    if fill == "frequent":
-        return torch.tensor(int(np.bincount(units.reshape(-1)).argmax()))
-    return torch.from_numpy(
-        np.rint(units.reshape(-1, units.shape[-1]).mean(0)).astype(np.uint8)
-    )
+    """The value non-kept positions take under the fill `fill` (continual/fills.py), from `units` (N, h, w[, F])."""
+    from tokenforge.continual.fills import fill_spec
+
+    return fill_spec(fill).value(units, codebook_size)
 
 
 @dataclass
