@@ -11,9 +11,10 @@ $TOKENFORGE_WARM; `tokenforge STAGE ...` (cli.main) then hands its command line,
 and stdin/stdout/stderr (passed as file descriptors over the Unix socket) to the server, which forks a worker that
 runs exactly what the command would have run, in a fresh process image of the preloaded modules. The command
 waits for the worker, forwards the signals it gets to the worker's process group and exits with the worker's
-status (or dies by the worker's signal). Without a server, or when the server refuses (another Python, other
-import-time settings), the command runs as usual in its own process: warm start changes how fast a job starts,
-never what it computes (tests check that a warm and a cold job write the same bytes).
+status (or dies by the worker's signal). That is the command's side, tokenforge.warm_client; this module is the
+server's. Without a server, or when the server refuses (another Python, other import-time settings), the command
+runs as usual in its own process: warm start changes how fast a job starts, never what it computes (tests check
+that a warm and a cold job write the same bytes).
 
 The server never runs a torch operation itself (its forked workers would inherit busy thread pools) and never
 starts a GPU runtime (CUDA cannot be used after fork): it serves only CPU-only torch builds. It leaves when the
@@ -35,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ENV = "TOKENFORGE_WARM"
+from tokenforge.warm_client import ENV, FORWARDED, identity
+
 # Libraries the jobs import (inside their functions), then every tokenforge module; a module missing here is simply
 # imported by the job. BLIP's (3.6 s) only for the text families: `serve --with` (warm.smk passes them).
 PRELOAD = (
@@ -45,9 +47,6 @@ PRELOAD = (
     "matplotlib", "mlflow",  # package, track
 )  # fmt: skip
 TEXT_PRELOAD = ("transformers", "transformers.models.blip", "tokenizers", "pycocoevalcap.bleu.bleu", "pycocoevalcap.cider.cider")
-# Settings read when a module is imported: a client whose values differ runs cold, as does another Python.
-IMPORT_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "DS_ACCELERATOR", "CUDA_VISIBLE_DEVICES", "MPLBACKEND", "TORCH_EXTENSIONS_DIR")
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def socket_path(results_dir: str | os.PathLike) -> Path:
@@ -58,91 +57,6 @@ def socket_path(results_dir: str | os.PathLike) -> Path:
         raise PermissionError(f"{base}: not a private folder of this user; warm start is off")
     digest = hashlib.sha256(str(Path(results_dir).resolve()).encode()).hexdigest()[:16]
     return base / f"{digest}.sock"
-
-
-def identity() -> dict:
-    """What must match between a client and the server for a worker to run what the client would have."""
-    import tokenforge
-
-    return {"executable": sys.executable, "tokenforge": tokenforge.__file__, "import_env": {k: os.environ.get(k) for k in IMPORT_ENV}}
-
-
-# ---------------------------------------------------------------------------------------------------- client
-
-
-def run_client(argv: list[str]) -> int | None:
-    """Run `tokenforge argv` in a worker of the server in $TOKENFORGE_WARM; None when it cannot (run cold then)."""
-    path = os.environ.get(ENV)
-    if not path or "RANK" in os.environ:  # under a launcher every rank runs on its own
-        return None
-    conn = _connect(Path(path))
-    if conn is None:
-        return None
-    with conn:
-        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), **identity()}
-        message = (json.dumps(request) + "\n").encode()
-        try:
-            socket.send_fds(conn, [message], [0, 1, 2])
-            reader = conn.makefile("r")
-            reply = json.loads(reader.readline() or "{}")
-        except (OSError, ValueError):
-            return None
-        if "pid" not in reply:  # refused: another Python or other import-time settings
-            return None
-        return _wait(reader, reply["pid"])
-
-
-def _connect(path: Path, wait_s: float = 30.0) -> socket.socket | None:
-    """A connection to a ready server; waits while one is starting (its pid file without its socket yet)."""
-    pidfile = path.with_suffix(".pid")
-    deadline = time.monotonic() + wait_s
-    while not path.exists():
-        if not _alive(pidfile) or time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(str(path))
-    except OSError:
-        conn.close()
-        return None
-    return conn
-
-
-def _alive(pidfile: Path) -> bool:
-    try:
-        os.kill(int(pidfile.read_text()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _wait(reader, pid: int) -> int:
-    """Forward signals to the worker's process group until the server reports how it ended; end the same way."""
-
-    def forward(signum, _frame):
-        try:
-            os.killpg(pid, signum)
-        except OSError:
-            pass
-
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
-    while True:
-        try:
-            line = reader.readline()
-            break
-        except InterruptedError:  # pragma: no cover - Python retries reads after a handler since 3.5
-            continue
-    result = json.loads(line) if line else {"signal": int(signal.SIGKILL)}
-    if "signal" in result:  # die as the worker died, so a caller sees the same status as for a cold job
-        for signum in FORWARDED:
-            signal.signal(signum, signal.SIG_DFL)
-        sys.stdout.flush()
-        os.kill(os.getpid(), result["signal"])
-        time.sleep(1)
-        return 128 + result["signal"]
-    return int(result["exit"])
 
 
 # ---------------------------------------------------------------------------------------------------- server

@@ -16,9 +16,9 @@ from helpers.pipeline import REPO
 from tokenforge import cli
 from tokenforge.tracking import bundle as log_bundle
 from tokenforge.tracking import compare
+from tokenforge.tracking.base import mlflow_client as _client
 from tokenforge.tracking.runs import (
     MlflowTracker,
-    _client,
     child_run,
     end_parent,
     start_parent,

@@ -99,7 +99,7 @@ def _parse_tags(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and os.environ.get("TOKENFORGE_WARM"):  # a pipeline's warm-start server runs the job (tokenforge.warm)
-        from tokenforge.warm import run_client
+        from tokenforge.warm_client import run_client
 
         code = run_client(sys.argv[1:])
         if code is not None:

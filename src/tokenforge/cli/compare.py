@@ -46,13 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, tracker) -> None:
     from tokenforge.tracking.compare import (
-        _quick_http,
         collect_rows,
         format_table,
         sort_rows,
         store_uris,
         write_csv,
     )
+    from tokenforge.tracking.compare import quick_http as _quick_http
 
     uris = store_uris(args.results_dirs, args.tracking_uri)
     rows: list[dict[str, Any]] = []

@@ -35,14 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, tracker) -> None:
     from tokenforge.tracking.bundle import (
         DEFAULT_EXPERIMENT,
-        _config_experiment,
-        _open_store,
         ensure_experiment,
         log_run,
         logged_run,
         open_bundle,
         read_bundle,
     )
+    from tokenforge.tracking.bundle import config_experiment as _config_experiment
+    from tokenforge.tracking.bundle import open_store as _open_store
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:

@@ -36,14 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, tracker) -> None:
-    from tokenforge.data.seit import _need, export_tokens, import_release
+    from tokenforge.data.seit import need_options, export_tokens, import_release
 
     if args.action == "export":
-        _need(args, "tokens", "tokenizer")
+        need_options(args, "tokens", "tokenizer")
         result = export_tokens(args.tokens, args.tokenizer, args.synonyms, args.out, args.name or "tokenforge")
         tracker.log_metrics({"bytes_per_image_seit": result["seit_bytes_per_image"]})
     else:
-        _need(args, "src")
+        need_options(args, "src")
         stats = import_release(args.src, args.out, args.grid, args.name, args.synonyms_k)
         tracker.log_metrics({f"bytes_per_image_{k}": float(v) for k, v in stats["bytes_per_image"].items()})
         tracker.log_artifact(args.out / "stats.json")

@@ -98,14 +98,14 @@ def run(args: argparse.Namespace, tracker) -> None:
 
     from tokenforge.data.shards import (
         INDEX_SCHEMA,
-        _check_args,
-        _stats,
+        check_args,
+        shard_stats,
         split_of,
         write_shards,
     )
 
     start = time.perf_counter()
-    _check_args(args)
+    check_args(args)
     source = _open(args)
     mode = MODES[args.channels] if args.channels else source.mode
     tracker.log_params(
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace, tracker) -> None:
         rows, size = write_shards(tmp, source, splits, mode, args.image_size, args.shard_size)
         pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tmp / "index.parquet", compression="zstd")
         write_json(tmp / "classes.json", source.class_names)
-        stats = _stats(args.source, source, rows, size, len(mode), tmp)
+        stats = shard_stats(args.source, source, rows, size, len(mode), tmp)
         stats["max_per_class"] = args.max_per_class
         stats["wall_s"] = round(time.perf_counter() - start, 3)
         write_json(tmp / "stats.json", stats)

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, tracker) -> None:
-    from tokenforge.tracking.runs import _one_line
+    from tokenforge.tracking.base import failure_line as _one_line
 
     if args.action == "sync":
         _sync(args.results_dir)
@@ -87,7 +87,8 @@ def _start(args) -> None:
 
 def _end(results_dir: Path, status: str) -> None:
     """Sync (deferred) and end the parent; a failed sync is one warning naming the spool, which is kept."""
-    from tokenforge.tracking.runs import _one_line, end_parent
+    from tokenforge.tracking.base import failure_line as _one_line
+    from tokenforge.tracking.runs import end_parent
     from tokenforge.tracking.spool import SPOOL
 
     try:
@@ -105,7 +106,8 @@ def _sync(results_dir: Path) -> None:
     """Replay the spool; any failure is a one-line TokenforgeError (exit status 2)."""
     from tokenforge.errors import TokenforgeError
     from tokenforge.io import read_json
-    from tokenforge.tracking.runs import PARENT_FILE, _one_line
+    from tokenforge.tracking.base import PARENT_FILE
+    from tokenforge.tracking.base import failure_line as _one_line
     from tokenforge.tracking.sync import sync
 
     if not (results_dir / PARENT_FILE).is_file():

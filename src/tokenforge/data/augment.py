@@ -19,8 +19,8 @@ on the channels independently, so they commute), without building a (B, K, h, w)
 
 Every augmentation is switched on by its probability in `AugmentConfig` (all 0 by default, which is the
 identity: `embed` then returns exactly `codebook[ids].permute(0, 3, 1, 2)` and the targets unchanged).
-Each one is a small pure function here that takes a `torch.Generator` on the tensors' device; the class
-owns one generator, on the codebook's device (ids are moved there), seeded by its seed, so the same seed
+Each one is a small pure function here that takes a `torch.Generator` on the tensors' device (its random draws,
+shared with TokenAdapt's transforms, are data/draws.py); the class owns one generator, on the codebook's device (ids are moved there), seeded by its seed, so the same seed
 and the same inputs give the same outputs.
 """
 
@@ -29,26 +29,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from tokenforge.data.augment_config import AugmentConfig
+from tokenforge.data import draws
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 
-# A random resized crop keeps the crop's aspect ratio (relative to the grid's) within this range,
-# torchvision's default, narrowed where the scale leaves no room (scale 1 means the whole grid).
-CROP_RATIO = (3 / 4, 4 / 3)
 # Added to the variance before the square root so a constant channel does not divide by zero.
 COLOR_EPS = 1e-5
 # TokenAdapt's half of a batch: timm's Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5) of the official code.
 TOKENADAPT_MIXUP_ALPHA = 0.8
 TOKENADAPT_CUTMIX_ALPHA = 1.0
 TOKENADAPT_SWITCH_P = 0.5
-
-
-
 
 
 def load_synonyms(path: str | Path, k: int) -> Tensor:
@@ -75,26 +69,6 @@ def load_synonyms(path: str | Path, k: int) -> Tensor:
     return torch.tensor(rows, dtype=torch.int64)
 
 
-# ------------------------------------------------------------------------------- helpers
-
-
-def _chosen(batch: int, p: float, generator: torch.Generator) -> Tensor:
-    """(B,) bool: which samples an augmentation with per-sample probability p applies to."""
-    return torch.rand(batch, generator=generator, device=generator.device) < p
-
-
-def _partners(batch: int, generator: torch.Generator) -> Tensor:
-    """(B,) int64: a random partner for each sample, never itself when B > 1 (one random cycle)."""
-    order = torch.randperm(batch, generator=generator, device=generator.device)
-    partner = torch.empty_like(order)
-    partner[order] = order.roll(-1)
-    return partner
-
-
-def _uniform(low: float, high: float, size: int, generator: torch.Generator) -> Tensor:
-    return low + (high - low) * torch.rand(size, generator=generator, device=generator.device, dtype=torch.float64)
-
-
 # --------------------------------------------------------------------------- on code ids
 
 
@@ -103,7 +77,7 @@ def synonym_replace(ids: Tensor, synonyms: Tensor, p: float, token_p: float, gen
 
     `synonyms` (K, k): row i lists the codes to draw code i's replacement from.
     """
-    chosen = _chosen(len(ids), p, generator)
+    chosen = draws.chosen(len(ids), p, generator)
     replace = torch.rand(ids.shape, generator=generator, device=generator.device) < token_p
     pick = torch.randint(synonyms.shape[1], ids.shape, generator=generator, device=generator.device)
     replace &= chosen[:, None, None]
@@ -149,7 +123,7 @@ def swap_squares(ids: Tensor, p: float, fraction: float, generator: torch.Genera
     """
     batch, height, width = ids.shape
     side = square_side(height, width, fraction)
-    chosen = _chosen(batch, p, generator).nonzero().flatten()
+    chosen = draws.chosen(batch, p, generator).nonzero().flatten()
     if side == 0 or len(chosen) == 0:
         return ids
     y1, x1, y2, x2 = square_pairs(len(chosen), height, width, side, generator).T
@@ -167,23 +141,6 @@ def swap_squares(ids: Tensor, p: float, fraction: float, generator: torch.Genera
 
 
 # ------------------------------------------------------------------------- on float maps
-
-
-def crop_boxes(batch: int, scale: tuple[float, float], generator: torch.Generator) -> Tensor:
-    """(B, 4) float64 boxes (top, left, height, width) as fractions of the grid, for a random resized crop.
-
-    Area fraction s ~ U(scale), aspect ratio r log-uniform in CROP_RATIO narrowed to [s, 1/s] so that the box
-    (sqrt(s/r), sqrt(s*r)) always fits; the position is uniform. Scale (1, 1) gives the whole grid.
-    """
-    area = _uniform(scale[0], scale[1], batch, generator)
-    low = torch.log(torch.clamp(area, min=CROP_RATIO[0]))
-    high = torch.log(torch.clamp(1 / area, max=CROP_RATIO[1]))
-    ratio = torch.exp(low + (high - low) * _uniform(0.0, 1.0, batch, generator))
-    height = torch.clamp(torch.sqrt(area / ratio), max=1.0)
-    width = torch.clamp(torch.sqrt(area * ratio), max=1.0)
-    top = (1 - height) * _uniform(0.0, 1.0, batch, generator)
-    left = (1 - width) * _uniform(0.0, 1.0, batch, generator)
-    return torch.stack([top, left, height, width], dim=1)
 
 
 def _crop_resize(maps: Tensor, boxes: Tensor) -> Tensor:
@@ -223,8 +180,8 @@ def _resample(maps: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 def random_resized_crop(maps: Tensor, p: float, scale: tuple[float, float], generator: torch.Generator) -> Tensor:
     """Each sample with prob. p: a random resized crop of its (B, C, h, w) map, resized back to (h, w)."""
-    chosen = _chosen(len(maps), p, generator)
-    boxes = crop_boxes(len(maps), scale, generator)
+    chosen = draws.chosen(len(maps), p, generator)
+    boxes = draws.crop_boxes(len(maps), scale, generator)
     if not chosen.any():
         return maps
     out = maps.clone()
@@ -239,7 +196,7 @@ def _flip(maps: Tensor, mask: Tensor) -> Tensor:
 
 def horizontal_flip(maps: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Each sample with prob. p: flip its map left to right."""
-    return _flip(maps, _chosen(len(maps), p, generator))
+    return _flip(maps, draws.chosen(len(maps), p, generator))
 
 
 def embedding_noise(emb: Tensor, p: float, std: float, channel_std: Tensor, generator: torch.Generator) -> Tensor:
@@ -247,7 +204,7 @@ def embedding_noise(emb: Tensor, p: float, std: float, channel_std: Tensor, gene
 
     `channel_std` (D,) is the codebook's spread per channel, so the noise is on the embeddings' own scale.
     """
-    chosen = _chosen(len(emb), p, generator).nonzero().flatten()
+    chosen = draws.chosen(len(emb), p, generator).nonzero().flatten()
     shape = (len(chosen), *emb.shape[1:])
     offset = torch.randn(*shape[:2], 1, 1, generator=generator, device=generator.device)
     element = torch.randn(shape, generator=generator, device=generator.device)
@@ -255,12 +212,6 @@ def embedding_noise(emb: Tensor, p: float, std: float, channel_std: Tensor, gene
     out = emb.clone()
     out[chosen.to(emb.device)] += scale * (offset + element).to(emb)
     return out
-
-
-def _beta(alpha: float, generator: torch.Generator) -> float:
-    """One Beta(alpha, alpha) draw, seeded from `generator` (torch has no seeded Beta sampler)."""
-    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
 def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator) -> tuple[int, int, int, int]:
@@ -280,10 +231,10 @@ def cutmix(emb: Tensor, targets: Tensor, p: float, alpha: float, generator: torc
     lam ~ Beta(alpha, alpha) sets the box size; the targets use the area actually pasted after clipping.
     """
     batch, _, height, width = emb.shape
-    if batch < 2 or not bool(_chosen(1, p, generator)):
+    if batch < 2 or not bool(draws.chosen(1, p, generator)):
         return emb, targets
-    partner = _partners(batch, generator).to(emb.device)
-    y1, y2, x1, x2 = cutmix_box(height, width, _beta(alpha, generator), generator)
+    partner = draws.partners(batch, generator).to(emb.device)
+    y1, y2, x1, x2 = cutmix_box(height, width, draws.beta(alpha, generator), generator)
     out = emb.clone()
     out[:, :, y1:y2, x1:x2] = emb[partner, :, y1:y2, x1:x2]
     pasted = (y2 - y1) * (x2 - x1) / (height * width)
@@ -296,9 +247,9 @@ def mixup_or_cutmix(maps: Tensor, targets: Tensor, generator: torch.Generator) -
     batch, _, height, width = maps.shape
     if batch < 2:
         return maps, targets
-    partner = _partners(batch, generator).to(maps.device)
-    use_cutmix = bool(_chosen(1, TOKENADAPT_SWITCH_P, generator))
-    lam = _beta(TOKENADAPT_CUTMIX_ALPHA if use_cutmix else TOKENADAPT_MIXUP_ALPHA, generator)
+    partner = draws.partners(batch, generator).to(maps.device)
+    use_cutmix = bool(draws.chosen(1, TOKENADAPT_SWITCH_P, generator))
+    lam = draws.beta(TOKENADAPT_CUTMIX_ALPHA if use_cutmix else TOKENADAPT_MIXUP_ALPHA, generator)
     if use_cutmix:
         y1, y2, x1, x2 = cutmix_box(height, width, lam, generator)
         out = maps.clone()
@@ -320,8 +271,8 @@ def _channel_stats(emb: Tensor) -> tuple[Tensor, Tensor]:
 
 def color_adapt(emb: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Each sample with prob. p: normalise its map per channel and give it its partner's channel mean/std."""
-    chosen = _chosen(len(emb), p, generator)
-    partner = _partners(len(emb), generator)
+    chosen = draws.chosen(len(emb), p, generator)
+    partner = draws.partners(len(emb), generator)
     if len(emb) < 2 or not chosen.any():
         return emb
     chosen, partner = chosen.nonzero().flatten().to(emb.device), partner.to(emb.device)
@@ -372,7 +323,7 @@ class TokenAugmenter:
             shape = tuple(targets.shape)
             raise TokenforgeError(f"augment: targets must be (batch, classes) for {len(ids)} samples, got {shape}")
         targets = targets.float()
-        if self.config.tokenadapt_p > 0 and len(ids) > 1 and bool(_chosen(1, self.config.tokenadapt_p, self.generator)):
+        if self.config.tokenadapt_p > 0 and len(ids) > 1 and bool(draws.chosen(1, self.config.tokenadapt_p, self.generator)):
             base = len(ids) - len(ids) // 2  # the first half keeps the path below, the second goes through TokenAdapt
             emb, mixed = self._embed(ids[:base], targets[:base])
             adapted, adapted_targets = self._tokenadapt(ids[base:], targets[base:])

@@ -171,7 +171,7 @@ def _seit_bytes(directory: Path, prefix: str) -> int:
     return paths["data"].stat().st_size + paths["index"].stat().st_size
 
 
-def _need(args: argparse.Namespace, *options: str) -> None:
+def need_options(args: argparse.Namespace, *options: str) -> None:
     """The options `tokenforge seit ACTION` needs: argparse cannot make an option required for one action only."""
     for option in options:
         if getattr(args, option) is None:

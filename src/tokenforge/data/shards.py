@@ -49,7 +49,7 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.test_fraction < 1:  # also rejects NaN
         raise TokenforgeError(f"--test-fraction {args.test_fraction}: must be in [0, 1)")
     if args.shard_size < 1:
@@ -173,7 +173,7 @@ def _write_sample(tar, key: str, img: Image.Image, label: int, source: Source, i
     return {**row, "bytes": len(png)}
 
 
-def _stats(spec: str, source: Source, rows: list[dict], size: tuple[int, int], channels: int, out: Path) -> dict:
+def shard_stats(spec: str, source: Source, rows: list[dict], size: tuple[int, int], channels: int, out: Path) -> dict:
     n = len(rows)
     shard_bytes = sum(p.stat().st_size for p in sorted(out.glob("*.tar")))
     text = {}

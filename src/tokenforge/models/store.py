@@ -1,7 +1,8 @@
 """Saving and loading a TokenViT: `model.safetensors` (weights, codebook included) + `model.json` (its ModelConfig).
 
 Safetensors only: loading unpickles nothing. Non-persistent buffers (routed attention's full-grid span masks) are
-not saved: the model rebuilds them from its config. `tokenforge.models.vit` re-exports `save_model` and `load_model`.
+not saved: the model rebuilds them from its config. `tokenforge.models.vit` re-exports `save_model` and `load_model`
+(it imports this module, which imports the model itself from models.tokenvit).
 
 A prompted model (VPT, `prompt_tokens` > 0) is saved whole, frozen backbone included, so every stage loads it on
 its own; model.json adds `backbone_sha256`, the digest of the frozen tensors (`backbone_digest`: every state-dict
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokenforge.errors import TokenforgeError
+from tokenforge.models.config import ModelConfig, is_tuned
 
-if TYPE_CHECKING:  # models.vit imports this module: its names are imported where they are used
-    from tokenforge.models.vit import ModelConfig, TokenViT
+if TYPE_CHECKING:  # the model imports torch and timm: loading imports it where it builds one
+    from tokenforge.models.tokenvit import TokenViT
 
 
 # Model options added after the first release, left out of model.json while off: a plain model's config stays
@@ -33,11 +35,6 @@ OPTIONS_OFF = {"prompts": 0, "mask_token": False, "attention": "global", "orders
 # model.json says its orders and routing, defaults included).
 SETTINGS_OF = {"orders": "attention", "routing": "attention", "prompt_deep": "prompt_tokens", "prompt_dropout": "prompt_tokens",
                "backbone_sha256": "prompt_tokens"}
-
-
-def is_tuned(name: str) -> bool:
-    """Whether a prompted model trains the parameter (or state-dict entry) `name`: the prompts and the head."""
-    return "prompt" in name or name.startswith("vit.head.")
 
 
 def backbone_digest(model: TokenViT) -> str:
@@ -79,8 +76,6 @@ def save_model(model: TokenViT, directory: Path) -> None:
 
 def read_config(path: Path) -> ModelConfig:
     """The ModelConfig in a `model.json` (fields added since it was written take their defaults)."""
-    from tokenforge.models.vit import ModelConfig
-
     try:
         raw = json.loads(path.read_text())
         return ModelConfig(**{**raw, "grid": tuple(raw["grid"])})  # orders: ModelConfig makes the list a tuple
@@ -92,7 +87,7 @@ def load_model(directory: Path) -> TokenViT:
     """Load a TokenViT saved by `save_model` (safetensors only: nothing is unpickled), in eval mode."""
     from safetensors.torch import load_file
 
-    from tokenforge.models.vit import TokenViT
+    from tokenforge.models.tokenvit import TokenViT
 
     directory = Path(directory)
     cfg_path, weights = directory / "model.json", directory / "model.safetensors"

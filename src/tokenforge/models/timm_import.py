@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tokenforge.errors import TokenforgeError
+from tokenforge.errors import TokenforgeError, one_line
 from tokenforge.models.vit import ModelConfig, TokenViT
 
 __all__ = ["load_timm"]
@@ -119,7 +119,7 @@ def _timm_model(model_name: str, model_kwargs: dict | None) -> nn.Module:
     try:
         return timm.create_model(model_name, pretrained=False, num_classes=0, **(model_kwargs or {}))
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise TokenforgeError(f"timm model {model_name!r}: cannot build it: {_one_line(err)}") from None
+        raise TokenforgeError(f"timm model {model_name!r}: cannot build it: {one_line(err)}") from None
 
 
 def _check_supported(model_name: str, vit: nn.Module, patch: int) -> None:
@@ -236,7 +236,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's file to fix
-        raise TokenforgeError(f"{path}: cannot read the checkpoint: {_one_line(err)}") from None
+        raise TokenforgeError(f"{path}: cannot read the checkpoint: {one_line(err)}") from None
     if isinstance(state, Mapping) and not _is_state_dict(state):
         state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)), state)
     if not isinstance(state, Mapping) or not _is_state_dict(state):
@@ -273,7 +273,7 @@ def _mapped_weights(model_name: str, vit: nn.Module, ours: nn.Module, grid: tupl
             weight = adapt_input_conv(channels, weight)
         except (NotImplementedError, ValueError, AssertionError) as err:
             raise TokenforgeError(
-                f"timm model {model_name!r}: cannot adapt the projection to {channels} channels: {_one_line(err)}"
+                f"timm model {model_name!r}: cannot adapt the projection to {channels} channels: {one_line(err)}"
             ) from None
     embed = weight.shape[0]
     # (E, C, p, p) -> (E, p, p, C): the unit order of `patchify` (patch row, patch column, channel)
@@ -334,7 +334,3 @@ def _positions(vit: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
 
 def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__

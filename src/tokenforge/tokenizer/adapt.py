@@ -37,6 +37,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
+from tokenforge.data.draws import chosen, crop_boxes, uniform
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json, require_file, write_json
 
@@ -219,28 +220,18 @@ def lattice_of(grid: tuple[int, int], downsample: int) -> tuple[int, int]:
     return grid[0] * per_token, grid[1] * per_token
 
 
-def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
-
-
-def _on(n: int, p: float, generator: torch.Generator) -> Tensor:
-    return torch.rand(n, generator=generator, device=generator.device) < p
-
-
 def draw_spatial(n: int, lattice: tuple[int, int], generator: torch.Generator, identity_p: float = 0.0) -> SpatialParams:
     """n draws of the official spatial augmentations; with prob. identity_p a sample gets none (not even the crop).
 
     Always draws the same numbers in the same order, so the generator's state after it depends on n only."""
-    from tokenforge.data.augment import crop_boxes
-
-    flip = _on(n, FLIP_P, generator)
-    chain = _on(n, CHAIN_P, generator)
-    rotate, shift, shear_on = (_on(n, STEP_P, generator) & chain for _ in range(3))
-    angle = _uniform(-DEGREES, DEGREES, n, generator) * rotate
-    translate = torch.stack([_uniform(-TRANSLATE, TRANSLATE, n, generator) for _ in range(2)], dim=1) * shift[:, None]
-    shear = _uniform(-SHEAR, SHEAR, n, generator) * shear_on
+    flip = chosen(n, FLIP_P, generator)
+    chain = chosen(n, CHAIN_P, generator)
+    rotate, shift, shear_on = (chosen(n, STEP_P, generator) & chain for _ in range(3))
+    angle = uniform(-DEGREES, DEGREES, n, generator) * rotate
+    translate = torch.stack([uniform(-TRANSLATE, TRANSLATE, n, generator) for _ in range(2)], dim=1) * shift[:, None]
+    shear = uniform(-SHEAR, SHEAR, n, generator) * shear_on
     boxes = crop_boxes(n, CROP_SCALE, generator)  # fractions (top, left, height, width)
-    identity = _on(n, identity_p, generator)
+    identity = chosen(n, identity_p, generator)
     rows, cols = lattice
     size = torch.tensor([rows, cols, rows, cols], dtype=torch.float64, device=boxes.device)
     box = quantised_boxes(boxes * size, rows, cols)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
-from tokenforge.errors import TokenforgeError
+from tokenforge.errors import TokenforgeError, one_line
 from tokenforge.io import read_json, require_file, write_json
 
 CONFIG_KEYS = (
@@ -220,10 +220,6 @@ def _read_config(config_path: Path) -> dict[str, Any]:
     return config
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
-
-
 def load_tokenizer(path: str | Path) -> VQTokenizer:
     """The VQTokenizer saved in directory `path`, in eval mode. Reads only safetensors, never pickles."""
     path = Path(path)
@@ -240,7 +236,7 @@ def load_tokenizer(path: str | Path) -> VQTokenizer:
             state.setdefault("kept_codes", model.kept_codes)
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        raise TokenforgeError(f"{weights}: weights do not match {config_path.name} ({_one_line(exc)})") from None
+        raise TokenforgeError(f"{weights}: weights do not match {config_path.name} ({one_line(exc, lines=3)})") from None
     check_kept_codes(model.kept_codes.numpy(), trained_size(config), f"{weights}: kept_codes")
     return model.eval()
 
@@ -258,7 +254,7 @@ def load_codebook(path: str | Path) -> torch.Tensor:
     try:
         codebook = load_file(str(file)).get("codebook")
     except (SafetensorError, OSError) as exc:
-        raise TokenforgeError(f"{file}: not a readable safetensors file ({_one_line(exc)})") from None
+        raise TokenforgeError(f"{file}: not a readable safetensors file ({one_line(exc, lines=3)})") from None
     want = (config["codebook_size"], config["code_dim"])
     if codebook is None or tuple(codebook.shape) != tuple(want) or not codebook.is_floating_point():
         got = "no 'codebook' tensor" if codebook is None else f"codebook {codebook.dtype} {tuple(codebook.shape)}"

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.report.metrics import headline_metrics
-from tokenforge.tracking.runs import _client, store_call
+from tokenforge.tracking.base import mlflow_client, store_call
 
 REQUIRED = ("metrics.json", "config.yaml")
 SOURCE_TAG = "bundle"
@@ -145,7 +145,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _config_experiment(config: dict) -> str | None:
+def config_experiment(config: dict) -> str | None:
+    """The experiment a bundle's config names (`mlflow.experiment`), or None."""
     mlflow = config.get("mlflow")
     return str(mlflow["experiment"]) if isinstance(mlflow, dict) and mlflow.get("experiment") else None
 
@@ -153,13 +154,14 @@ def _config_experiment(config: dict) -> str | None:
 # --- the store --------------------------------------------------------------------------------
 
 
-def _open_store(uri: str):
+def open_store(uri: str):
+    """A client of the store at `uri`; a SQLite store's folder is created, so a backfill may start a new store."""
     from tokenforge.tracking.compare import sqlite_path
 
     path = sqlite_path(uri)
     if path is not None:  # a new SQLite store is fine (a backfill may start one), its folder must exist
         path.parent.mkdir(parents=True, exist_ok=True)
-    return store_call(uri, "open the MLflow store", _client, uri)
+    return store_call(uri, "open the MLflow store", mlflow_client, uri)
 
 
 def ensure_experiment(client, uri: str, name: str) -> str:

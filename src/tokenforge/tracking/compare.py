@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.report import HEADLINE_METRICS
-from tokenforge.tracking.runs import _client, store_call
+from tokenforge.tracking.base import mlflow_client, store_call
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def store_uris(results_dirs: list[str], tracking_uri: str | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quick_http() -> Iterator[None]:
+def quick_http() -> Iterator[None]:
+    """MLflow's HTTP settings of QUICK_HTTP while the block runs (where the user set none), restored after."""
     saved = {key: os.environ.get(key) for key in QUICK_HTTP}
     for key, value in QUICK_HTTP.items():
         os.environ.setdefault(key, value)
@@ -139,7 +140,7 @@ def _runs(client, uri: str, experiment_id: str) -> Iterator:
 
 def collect_rows(uri: str, experiment: str) -> list[dict[str, Any]]:
     """One row per parent run (a run without mlflow.parentRunId) of the experiment in the store at `uri`."""
-    client = store_call(uri, "open the MLflow store", _client, uri)
+    client = store_call(uri, "open the MLflow store", mlflow_client, uri)
     exp = find_experiment(client, uri, experiment)
     parents, packages = [], {}
     for run in _runs(client, uri, exp.experiment_id):

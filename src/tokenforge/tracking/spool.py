@@ -26,15 +26,7 @@ import time
 from pathlib import Path
 
 from tokenforge.io import write_json
-from tokenforge.tracking.runs import (
-    _SECRET,
-    PARENT_FILE,
-    Guarded,
-    _locked,
-    _one_line,
-    _param_value,
-    dataset_digest,
-)
+from tokenforge.tracking.base import PARENT_FILE, SECRET, Guarded, dataset_digest, failure_line, locked, param_value
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +65,7 @@ def _end_earlier(results_dir: Path, key: str) -> None:
     from tokenforge.io import read_json
 
     root = results_dir / SPOOL
-    with _locked(root / ".lock"):
+    with locked(root / ".lock"):
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != key):
             state = read_json(folder / STATE) if (folder / STATE).is_file() else {}
             if not state.get("end") and not state.get("ended"):
@@ -117,7 +109,7 @@ class SpoolTracker(Guarded):
         return str(target.relative_to(self.path.parent))
 
     def log_params(self, params: dict) -> None:
-        params = {k: _param_value(v) for k, v in sorted(params.items()) if not _SECRET.search(k)}
+        params = {k: param_value(v) for k, v in sorted(params.items()) if not SECRET.search(k)}
         if params:
             self._call("params", params=params)
 
@@ -173,4 +165,4 @@ class SpoolTracker(Guarded):
             self._write("end", status=status)
             self._handle.close()
         except Exception as exc:
-            log.warning("MLflow tracking could not record the end of this job: %s", _one_line(exc))
+            log.warning("MLflow tracking could not record the end of this job: %s", failure_line(exc))

@@ -15,15 +15,15 @@ import os
 from pathlib import Path
 
 from tokenforge.io import read_json, write_json
-from tokenforge.tracking.runs import (
+from tokenforge.tracking.base import (
     PARENT_FILE,
-    _client,
-    _locked,
-    _retry_locked,
     dataset_input,
     experiment_id_for,
+    locked,
+    mlflow_client,
     param_batches,
     register_torch_model,
+    retry_locked,
 )
 from tokenforge.tracking.spool import SPOOL, STATE, now_ms
 
@@ -43,7 +43,7 @@ def sync(results_dir: str | os.PathLike) -> int:
     root = Path(results_dir) / SPOOL
     if not root.is_dir():
         return 0
-    with _locked(root / ".lock"):
+    with locked(root / ".lock"):
         return sum(_sync_folder(Path(results_dir), folder) for folder in sorted(p for p in root.iterdir() if p.is_dir()))
 
 
@@ -52,7 +52,7 @@ def end_deferred(results_dir: str | os.PathLike, status: str = "FINISHED") -> in
     then sync, which replays what is left, marks runs without an end KILLED and ends the parent."""
     results_dir = Path(results_dir)
     folder = results_dir / SPOOL / read_json(results_dir / PARENT_FILE)["spool"]
-    with _locked(folder.parent / ".lock"):
+    with locked(folder.parent / ".lock"):
         state = _state(folder)
         if not state.get("ended"):
             state["end"] = {"status": status, "time": now_ms(), "logs": True}
@@ -77,13 +77,13 @@ class _Folder:
     def __init__(self, results_dir: Path, folder: Path, state: dict):
         self.results_dir, self.folder, self.state = results_dir, folder, state
         self.spec = read_json(folder / "parent.json")
-        self.client = _client(self.spec["tracking_uri"])
+        self.client = mlflow_client(self.spec["tracking_uri"])
 
     def save(self) -> None:
         write_json(self.folder / STATE, self.state)
 
     def call(self, method: str, *args, **kwargs):
-        return _retry_locked(getattr(self.client, method), *args, **kwargs)
+        return retry_locked(getattr(self.client, method), *args, **kwargs)
 
 
 def _sync_folder(results_dir: Path, folder: Path) -> int:
