@@ -1,4 +1,4 @@
-"""Small shared pieces of every stage: seeding, progress bars."""
+"""Small shared pieces of every stage: seeding (`seed_everything`, `task_seed`), progress bars, the compute device."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def seed_everything(seed: int) -> None:
     # Some CPU kernels (accumulating index_put in the backward of an indexed lookup) are not
     # deterministic with several threads unless asked to be.
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def task_seed(seed: int, task: int) -> int:
+    """The seed of task `task`'s own random draws (batch order, replay, augmentations, memory selection and scoring)
+    in a run seeded `seed`: distinct for every task of a sequence of fewer than 1000 tasks and for every run seed."""
+    return seed * 1000 + task
 
 
 def progress(iterable: Iterable[T] | None = None, **kwargs) -> "Iterable[T]":

@@ -129,25 +129,25 @@ def test_off_is_todays_model_byte_for_byte(data, tmp_path):
 
 
 def test_unfused_attention_reaches_only_the_model_under_training(data, backbone, tmp_path, monkeypatch):
-    from tokenforge.engine import train as engine
+    from tokenforge.families.classification_job import ClassificationJob as job
 
     seen = {}
-    build, make = engine.build_memory, engine.make_loop
+    build, make = job.build_memory, job.make_loop
 
-    def spy(model, *args, **kwargs):
+    def spy(self, model):
         seen["memory"] = [b.attn.fused_attn for b in model.vit.blocks]
-        return build(model, *args, **kwargs)
+        return build(self, model)
 
-    def loop_spy(*args, **kwargs):
-        loop = make(*args, **kwargs)
+    def loop_spy(self):
+        loop = make(self)
         module = loop.engine.module
         seen["training"] = [b.attn.fused_attn for b in module.vit.blocks]
         seen["trainable"] = sum(p.numel() for group in loop.engine.optimizer.param_groups for p in group["params"])
         seen["expected"] = sum(p.numel() for k, p in module.named_parameters() if is_tuned(k))
         return loop
 
-    monkeypatch.setattr(engine, "build_memory", spy)
-    monkeypatch.setattr(engine, "make_loop", loop_spy)
+    monkeypatch.setattr(job, "build_memory", spy)
+    monkeypatch.setattr(job, "make_loop", loop_spy)
     assert train(data, tmp_path / "m", 0, "--init", str(backbone), *DEEP, "--no-fused-attention") == 0
     assert seen["training"] == [False] * 3 and seen["memory"] == [True] * 3
     assert seen["trainable"] == seen["expected"] == 3 * 2 * 16 + 16 * 6 + 6  # depth 3: 3 sets of 2 x 16; head 16 -> 6 classes

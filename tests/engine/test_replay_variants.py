@@ -66,7 +66,7 @@ def test_the_view_changes_training_but_not_what_is_stored(data, tmp_path):
 
 
 def test_head_reset_starts_task_1_from_a_fresh_head(data, tmp_path):
-    from tokenforge.engine.train import reset_head
+    from tokenforge.families.vit_start import reset_head
 
     assert train(data, tmp_path / "t0", 0) == 0
     model = load_model(tmp_path / "t0")

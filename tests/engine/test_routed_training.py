@@ -54,7 +54,7 @@ def test_a_two_task_chain_with_replay_trains_the_same_twice(data, tmp_path):
 def test_hard_routing_with_expansion_and_checkpointing_gives_the_same_chain(data, tmp_path, monkeypatch):
     """Token expansion thins routed sequences (task 1: replayed subsets too); activation checkpointing recomputes
     the blocks with the same gumbel noise: the same bits."""
-    from tokenforge.models import vit
+    from tokenforge.models import tokenvit as vit
 
     thinned, expand = set(), vit.expand
 
@@ -130,7 +130,7 @@ def test_a_pretrained_global_start_becomes_routed_with_fresh_routers():
     """--init with --attention routed: the pretrained weights load into everything but the new routers."""
     from argparse import Namespace
 
-    from tokenforge.engine.train import with_attention
+    from tokenforge.families.vit_start import with_attention
     from tokenforge.models.vit import ModelConfig, TokenViT
 
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ def read(path):
 @pytest.fixture
 def thinned(monkeypatch):
     """Record (stage, tokens in, tokens out) of every expansion the model runs."""
-    from tokenforge.models import vit
+    from tokenforge.models import tokenvit as vit
 
     calls, expand = [], vit.expand
 
@@ -117,24 +117,24 @@ def test_bad_settings_fail_before_training(data, tmp_path, capsys):
 
 def test_the_flags_reach_the_model_only_for_training(data, tmp_path, monkeypatch):
     """The model under training has the schedule; the model that builds the memory does not."""
-    from tokenforge.engine import train as engine
+    from tokenforge.families.classification_job import ClassificationJob as job
 
     seen = {}
-    build = engine.build_memory
+    build = job.build_memory
 
-    def spy(model, *args, **kwargs):
+    def spy(self, model):
         seen["memory"] = model.expansion
-        return build(model, *args, **kwargs)
+        return build(self, model)
 
-    monkeypatch.setattr(engine, "build_memory", spy)
-    make = engine.make_loop
+    monkeypatch.setattr(job, "build_memory", spy)
+    make = job.make_loop
 
-    def loop_spy(*args, **kwargs):
-        loop = make(*args, **kwargs)
+    def loop_spy(self):
+        loop = make(self)
         seen["training"] = loop.engine.module.expansion
         return loop
 
-    monkeypatch.setattr(engine, "make_loop", loop_spy)
+    monkeypatch.setattr(job, "make_loop", loop_spy)
     assert train(data, tmp_path / "m", 0, *TOE, "--toe-r0", "0.5", "--toe-chunks", "3") == 0
     assert seen["memory"] is None
     assert (seen["training"].steps, seen["training"].keep, seen["training"].r0, seen["training"].chunks) == (

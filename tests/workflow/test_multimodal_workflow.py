@@ -26,6 +26,18 @@ def test_example_configs_run_every_stage_of_their_family(workdir, family, tasks)
     assert all(f"--family {family}" in line for line in train + evaluate)
 
 
+def test_vqa_runs_in_several_processes_from_the_pretrain_stage(workdir):
+    """Every family launches alike (train.processes: torchrun on the CPU) and takes the pretrain stage's model at
+    task 0 (for BLIP: its vision encoder)."""
+    cfg = write_config(workdir, "train: {processes: 2}\npretrain: {mode: mtm, data: tasks}\n")
+    lines = snakemake(workdir, "-n", "-p", "--configfile", str(workdir / "config" / "vqa.yaml"), cfg).stdout.splitlines()
+    pretrain = [line for line in lines if " pretrain --mode mtm" in line]
+    train = [line for line in lines if " train --tokens " in line]
+    assert len(pretrain) == 1 and "--data tasks" in pretrain[0]
+    assert len(train) == 5 and all("--nproc_per_node=2" in line and "--family vqa" in line for line in train)
+    assert [("--init results/vqa/pretrain" in line) for line in train] == [True] + [False] * 4
+
+
 def test_classification_commands_carry_no_family_flags(workdir):
     lines = commands(workdir, write_config(workdir, "{}"))
     assert any(" split --classes results/default/shard/classes.json" in line for line in lines)
@@ -35,8 +47,9 @@ def test_classification_commands_carry_no_family_flags(workdir):
 @pytest.mark.parametrize(
     "text, key",
     [
-        ("family: vqa\npretrain: {mode: supervised}", "family"),
-        ("family: captioning\ntrain: {processes: 2}", "train"),
+        ("family: vqa\npretrain: {mode: supervised}", "pretrain.data"),  # heldout: a vqa split leaves no classes out
+        ("family: captioning\ntokenadapt: {enabled: true}", "family"),
+        ("family: vqa\nmultimodal: {pretrained: /blip}\npretrain: {mode: mtm, data: tasks}", "multimodal.pretrained"),
         ("family: chat", "family"),
     ],
 )
@@ -79,3 +92,17 @@ def test_small_vqa_sequence_end_to_end(workdir):
     by_rule = {(c.data.tags["rule"], c.data.tags.get("task")): c for c in children}
     assert {"loss", "memory_bytes"} <= set(by_rule[("train", "1")].data.metrics)
     assert "vqa_accuracy_task_0" in by_rule[("evaluate", "1")].data.metrics
+
+
+@pytest.mark.slow
+def test_small_vqa_sequence_in_two_processes_from_an_mtm_pretrain(workdir):
+    """The pretrain stage (MTM on the sequence's own token grids) starts task 0's BLIP vision encoder, and every task
+    trains in two torchrun processes (gloo) whose memories agree; the run goes through to the package."""
+    extra = SMALL.replace("num_heads: 2}", "num_heads: 2, processes: 2}") + "pretrain: {mode: mtm, data: tasks, epochs: 1}\n"
+    snakemake(workdir, "--configfile", str(workdir / "config" / "vqa.yaml"), write_config(workdir, extra))
+    run = workdir / "results" / "small"
+    assert json.loads((run / "pretrain" / "stats.json").read_text())["mode"] == "mtm"
+    for t in (0, 1):
+        stats = json.loads((run / "train" / f"task-{t}" / "stats.json").read_text())
+        assert stats["world_size"] == 2 and stats["family"] == "vqa"
+    assert len(json.loads((run / "package" / "metrics.json").read_text())["accuracy_matrix"]) == 2

@@ -1,6 +1,7 @@
 # The optional pretrain stage (pretrain.mode != none): supervised on data disjoint from the task sequence, label-free
-# masked-token modelling, or (input pixels) a local timm checkpoint. Task 0 starts from it (pretrain.init), and
-# replay's memory.fill mtm predicts the non-kept tokens with it. Its own MLflow child run; outputs in pretrain/.
+# masked-token modelling, or (input pixels) a local timm checkpoint. Task 0 starts from it (pretrain.init: the ViT's
+# backbone; for vqa and captioning BLIP's vision encoder, with mtm on pretrain.data tasks), and replay's memory.fill
+# mtm predicts the non-kept tokens with it. Its own MLflow child run; outputs in pretrain/.
 
 
 rule pretrain:

@@ -201,17 +201,21 @@ def tokenadapt_flag(wildcards):
 
 
 # The task family (families/): classification trains the ViT on class labels; vqa and captioning train BLIP on the
-# text that a text source (scenes, vqa2:, clevr:, coco-captions:) carries beside its images. Same stages, same files.
+# text that a text source (scenes, vqa2:, clevr:, coco-captions:) carries beside its images. Same stages, same files,
+# the same launch (train.processes, gpus, nodes); the pretrain stage starts BLIP's vision encoder (families/text_start.py).
 FAMILY = config.get("family", "classification")
 MULTIMODAL = FAMILY != "classification"
 MM = config.get("multimodal", {}) or {}
 if MULTIMODAL:
     if SEIT:
         raise WorkflowError(f"config key family: {FAMILY} needs text beside the images; a seit: source has tokens only")
-    if PRETRAIN_MODE != "none" or TOKENADAPT_ON:
-        raise WorkflowError(f"config key family: {FAMILY} has no pretrain or tokenadapt stage yet; set pretrain.mode none, tokenadapt.enabled false")
-    if config["train"]["processes"] > 1 or config["train"]["gpus"] > 1 or config["train"]["nodes"] > 1:
-        raise WorkflowError(f"config key train: {FAMILY} trains in one process (one GPU or the CPU) for now")
+    if TOKENADAPT_ON:
+        raise WorkflowError(f"config key family: {FAMILY} has no tokenadapt stage (its augmentations are the ViT's); set tokenadapt.enabled false")
+    if PRETRAIN_MODE in ("supervised", "mtm") and PRETRAIN.get("data", "heldout") == "heldout":
+        raise WorkflowError(f"config key pretrain.data: heldout needs classes the split leaves out; a {FAMILY} split has none "
+                            "(use tasks, the sequence's own images, for mtm, or a source)")
+    if MM.get("pretrained") and PRETRAIN_MODE != "none" and PRETRAIN.get("init", True):
+        raise WorkflowError("config key multimodal.pretrained: task 0 starts from it or from the pretrain stage, not both (pretrain.init false)")
 
 
 def split_flags():

@@ -7,11 +7,12 @@ r"""Pretrain a start for task 0: supervised on disjoint data, masked-token model
       --timm-checkpoint ~/weights/vit_b16.safetensors --tokenizer tokenizer/ --out pretrain/
 
 Writes model.safetensors + model.json (a TokenViT on the tokenizer's grid), stats.json, and for mtm the
-predictor mtm_head.safetensors. `tokenforge train --task 0 --init pretrain/` starts from it with a fresh head;
+predictor mtm_head.safetensors. `tokenforge train --task 0 --init pretrain/` starts from it: classification with a
+fresh head, vqa and captioning with BLIP's unit stem and vision encoder taken from it (tokenforge.families.text_start);
 `--memory-fill mtm --fill-model pretrain/` replays whole grids whose missing tokens the MTM model predicts.
-The data (--data): heldout (the run's train samples of classes the split leaves out), a source spec (another
-dataset, encoded by the run's tokenizer), or tasks (mtm only: the sequence's own images, labels unused; not
-disjoint). See tokenforge.engine.pretrain.
+The data (--data): heldout (the run's train samples of classes the split leaves out; not for a vqa or captioning
+split, which leaves none out), a source spec (another dataset, encoded by the run's tokenizer), or tasks (mtm only:
+the sequence's own images, labels or text unused; not disjoint). See tokenforge.engine.pretrain.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 from tokenforge.continual import DROPOUT_MODES, FILLS, METHODS, SCHEDULES, SCORERS, SELECTIONS, VIEWS
 from tokenforge.data.augment_config import FIELD_HELP, AugmentConfig
 from tokenforge.engine import ADAMW_IMPLEMENTATIONS, COMPILE_MODES, PRECISIONS, ZERO_STAGES
+from tokenforge.families import FAMILIES
 from tokenforge.models import ATTENTIONS, HEADS, INPUTS, ROUTINGS
 from tokenforge.models.expansion import ExpansionConfig
 
@@ -32,25 +33,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _multimodal(parser: argparse.ArgumentParser) -> None:
     mm = parser.add_argument_group(
-        "vqa and captioning (--family): BLIP from transformers on the same tokens; the model flags --embed-dim, --depth "
-        "(vision and text layers each), --num-heads, --mlp-ratio size it; the memory flags method (none, coreset, "
-        "coretokenset, joint), scorer (atman, gradient, random), token fraction, budget and replay ratio apply; the "
-        "ViT-only options (attention, ToE, prompts, augmentations, fill views) do not"
+        "task family (--family; vqa and captioning: BLIP from transformers on the same tokens; the model flags "
+        "--embed-dim, --depth (vision and text layers each), --num-heads, --mlp-ratio size it, or --init's model; the "
+        "memory flags method (none, coreset, coretokenset, joint), selection (random, class_balanced), scorer (atman, "
+        "gradient, random), token fraction, budget and replay ratio apply, and several processes; the ViT-only "
+        "options (attention, ToE, prompts, augmentations, fill views) do not)"
     )
     mm.add_argument(
         "--family",
-        choices=("classification", "vqa", "captioning"),
+        choices=FAMILIES,
         default="classification",
-        help="classification: the ViT on class labels; vqa/captioning: BLIP answers questions or writes captions "
-        "(the split must be of the same family: `tokenforge split --family`)",
+        help="classification: the ViT on class labels; vqa/captioning: BLIP answers questions or writes captions; or "
+        "a family of your own by import path (the split must be of the same family: `tokenforge split --family`)",
     )
     mm.add_argument("--text-max-len", type=int, default=24, help="text ids per question, answer or caption (longer ones are cut)")
     mm.add_argument(
         "--pretrained",
         type=Path,
         default=None,
-        help="task 0: a local BLIP folder (save_pretrained layout) to start from instead of a small BLIP from scratch; "
-        "its vision embeddings give way to the token stem",
+        help="vqa/captioning, task 0: a local BLIP folder (save_pretrained layout) to start from instead of a small BLIP "
+        "from scratch; its vision embeddings give way to the token stem (not with --init)",
     )
 
 
@@ -362,10 +364,6 @@ def _replay(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, tracker) -> None:
-    if args.family != "classification":
-        from tokenforge.engine.multimodal import train_task as train_multimodal
-
-        return train_multimodal(args, tracker)
     from tokenforge.engine.train import train_task
 
-    train_task(args, tracker)
+    train_task(args, tracker)  # the family (--family) supplies its part: tokenforge.families

@@ -62,7 +62,6 @@ FILLS = Registry("fill", key="memory.fill", group="tokenforge.fills", check=_fil
 for _fill in ("frequent", "mask", "mean", "mtm"):
     FILLS.register(_fill, f"tokenforge.continual.fills:{_fill.upper()}")
 del _fill
-FILL_INPUTS = {"frequent": "tokens", "mask": "tokens", "mean": "pixels", "mtm": "tokens"}  # TODO(registry): engine reads
 # memory.schedule: memory rows drawn every step, or every row once per epoch (the paper's loader)
 SCHEDULES = ("step", "epoch")
 # train.input_dropout_mode: whole batches as subsets (from task 1), or per-token dropout from task 0 (the paper's)

@@ -1,6 +1,8 @@
 """Training machinery. Choice lists of the DeepSpeed options are named once, below (torch-free, for the CLI).
 
-- `train`: one task's training job: data, model, memory, the loop, outputs;
+- `train`: one task's training job for every family: the family's job (families/) through the loop, the memory,
+  the ranks' agreement, the outputs;
+- `job`: the interface of a family's training job and what the families' jobs share (task manifest, ranks, callbacks);
 - `loop`: the training loop as the method reads (current batch, replayed memory batch, one step);
 - `callbacks`: what runs around it without changing it: progress bar, MLflow metrics, checkpoints;
 - `deepspeed`: the DeepSpeed engine and its config (ZeRO, precision, accumulation);

@@ -14,12 +14,14 @@ The data of `supervised` and `mtm` (`--data`):
 - a source spec (`shapes`, `digits`, `idx:/path`, `imagefolder:/path`, `cifar:/path`): another dataset's train
   images, converted to the run's image size and channels and encoded by the run's tokenizer (or cut into the
   run's pixel patches): disjoint if the source's classes are;
-- `tasks` (mtm only): the sequence's own training samples, labels unused. Not disjoint: the model has seen the
-  images of later tasks (without labels), which a continual learner would not have; say so when reporting.
+- `tasks` (mtm only): the sequence's own training samples, labels unused (vqa, captioning: every train image,
+  text unused). Not disjoint: the model has seen the images of later tasks (without labels), which a continual
+  learner would not have; say so when reporting.
 
 Training is a plain loop (AdamW, linear warm-up then cosine, as the task jobs), fp32, one process on the
-compute device; it is short, so a killed job starts over (no checkpoints). A task-0 model loads the backbone
-(`init_from`) and gets a fresh head for its own classes.
+compute device; it is short, so a killed job starts over (no checkpoints). A task-0 classifier loads the backbone
+(`init_from`) and gets a fresh head for its own classes; a task-0 BLIP (vqa, captioning) takes it as its unit stem and
+vision encoder (families/text_start.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from tokenforge.errors import TokenforgeError
+from tokenforge.families import FAMILIES
 from tokenforge.io import atomic_dir, read_json, write_json
 from tokenforge.models.vit import ModelConfig, TokenViT, load_model, save_model, standardised
 from tokenforge.runtime import compute_device, progress, seed_everything
@@ -137,13 +140,18 @@ def _run_data(args) -> tuple[np.ndarray, np.ndarray, int, str]:
     if args.split is None:
         raise TokenforgeError(f"--split: required with --data {args.data}")
     manifest = read_json(args.split / "tasks.json")
-    sequence = sorted({c for t in manifest["tasks"] for c in t["classes"]})
+    family = manifest.get("family", "classification")
     patch = read_json(args.tokenizer / "config.json")["downsample"]
     _, labels, units = load_units(args.input, args.tokens, args.shards, "train", patch)
-    keep = np.isin(labels, sequence)
+    keep = FAMILIES.load(family).sequence_mask(manifest, labels)
+    if keep is None:  # a split by the images' text (vqa, captioning): every image may serve the sequence
+        if args.data == "heldout":
+            raise TokenforgeError(f"pretrain.data: heldout needs classes the split leaves out; a {family} split has none "
+                                  "(use tasks, the sequence's own images, or a source)")  # fmt: skip
+        return units, np.zeros(len(units), np.int64), 0, f"the {family} sequence's train images, text unused"
     if args.data == "heldout":
         keep = ~keep
-        held = sorted(set(range(manifest["num_classes"])) - set(sequence))
+        held = sorted(set(range(manifest["num_classes"])) - {c for t in manifest["tasks"] for c in t["classes"]})
         if not held or not keep.any():
             raise TokenforgeError(f"{args.split / 'tasks.json'}: every class is in a task; pretrain.data heldout needs a split "
                                   "that leaves classes out (fewer tasks x classes_per_task than classes)")

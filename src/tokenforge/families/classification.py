@@ -1,14 +1,21 @@
 """Class-incremental classification: targets are class labels, the loss is cross-entropy over the classes
 seen so far, the prediction is the best of those classes (no task id at test time).
 
+The stage hooks (families/__init__.py): `split` cuts the shard's class names (--classes) into tasks, `training_job`
+is the TokenViT's job (families/classification_job.py), `evaluate` one row of the accuracy matrix (engine/evaluate.py).
+
 Restricting to seen classes fills the other logits with a large finite value, not -inf: soft (CutMix)
 targets times -inf would give NaN, and an argmax is the same either way.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tokenforge.errors import TokenforgeError
+from tokenforge.io import read_json
 
 UNSEEN = -1e9  # the logit of a class not seen yet
 
@@ -41,3 +48,45 @@ class Classification:
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """The best seen class of each row of raw logits."""
         return self.restrict(logits).argmax(1)
+
+    # --- stage hooks (families/__init__.py) ------------------------------------------------------------------
+    @classmethod
+    def split(cls, args):
+        """The shard's class names (classes.json, --classes), cut into tasks by class."""
+        from tokenforge.families import SplitPlan
+
+        if args.classes is None:
+            raise TokenforgeError("--classes: required for classification")
+        class_names = read_json(args.classes)
+        if not isinstance(class_names, list) or not class_names:
+            raise TokenforgeError(f"{args.classes}: expected a non-empty list of class names")
+        return SplitPlan(class_names)
+
+    @classmethod
+    def training_job(cls, args, tracker):
+        from tokenforge.families.classification_job import ClassificationJob
+
+        return ClassificationJob(cls, args, tracker)
+
+    @classmethod
+    def evaluate(cls, args, tracker) -> tuple[dict, dict]:
+        """Accuracy on every task's test samples, predictions among the classes seen up to task `args.task`."""
+        from tokenforge.data.units import load_units
+        from tokenforge.engine.evaluate import accuracy_row
+        from tokenforge.models.vit import load_model
+        from tokenforge.runtime import compute_device
+
+        tasks = read_json(args.split / "tasks.json")["tasks"]
+        if not 0 <= args.task < len(tasks):
+            raise TokenforgeError(f"--task {args.task}: the split has tasks 0..{len(tasks) - 1}")
+        model = load_model(args.model).to(compute_device())  # a GPU where the job has one
+        _, labels, units = load_units(model.config.input, args.tokens, args.shards, "test", model.config.patch)
+        source = args.tokens if model.config.input == "tokens" else args.shards
+        tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "evaluation", {"samples": int(len(labels))})
+        row = accuracy_row(model, units, labels, tasks, args.task, args.batch_size, source=source)
+        return row, {"accuracy": (row["accuracy"], row["average_accuracy"])}
+
+    @classmethod
+    def sequence_mask(cls, manifest: dict, labels: np.ndarray) -> np.ndarray:
+        """The samples of the classes of the split's tasks."""
+        return np.isin(labels, sorted({c for t in manifest["tasks"] for c in t["classes"]}))

@@ -17,53 +17,30 @@ evaluation and memory:
 The score of a task: VQA accuracy (the official score with ten answers, exact match otherwise); captioning CIDEr-D,
 with BLEU-4 beside it (tokenforge.report.text_metrics). A memory row carries its item's prompt and target as the
 extra columns `prompt` and `target`, counted in the memory's bytes on disk.
+
+The stage hooks (families/__init__.py): `split` cuts the groups of the train token file's text into tasks and
+writes the text tokenizer (`text/`); `training_job` is BLIP's job (families/text_job.py); `evaluate` greedy-decodes
+every task's test items (families/text_eval.py).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 from tokenforge.errors import TokenforgeError
+from tokenforge.families.items import Items, task_items, training_answer
+
+__all__ = ["CAPTION_PROMPT", "SPLIT_BY", "VQA", "Captioning", "Items", "task_items", "training_answer"]
 
 SPLIT_BY = {"vqa": ("family", "dataset"), "captioning": ("object",)}
 CAPTION_PROMPT = "a picture of"
-
-
-@dataclass
-class Items:
-    """Columns of a set of items: image = row of the token set; group = the value that picks its task."""
-
-    image: list[int] = field(default_factory=list)
-    prompt: list[str] = field(default_factory=list)
-    target: list[str] = field(default_factory=list)
-    references: list[list[str]] = field(default_factory=list)
-    group: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.image)
-
-    def add(self, image: int, prompt: str, target: str, references: list[str], group: str) -> None:
-        self.image.append(image)
-        self.prompt.append(prompt)
-        self.target.append(target)
-        self.references.append(references)
-        self.group.append(group)
-
-
-def training_answer(answers: list[str]) -> str:
-    """The answer a VQA item is trained on: the most frequent (VQA v2's multiple-choice answer), first on ties."""
-    if not answers:
-        raise TokenforgeError("a question has no answers")
-    counts = Counter(answers)
-    best = max(counts.values())
-    return next(a for a in answers if counts[a] == best)
 
 
 class _Multimodal:
     name = ""
     memory_columns: tuple[str, ...] = ("prompt", "target")
     metric = ""  # the headline score of a task: the matrix the package reports
+    prompt_is_prefix = False  # the prompt starts the decoder's text (a caption prompt), or is a question apart from it
 
     def __init__(self, by: str, caption_prompt: str = CAPTION_PROMPT):
         if by not in SPLIT_BY[self.name]:
@@ -84,6 +61,48 @@ class _Multimodal:
     def _record_groups(self, records):
         raise NotImplementedError
 
+    # --- stage hooks (families/__init__.py) ------------------------------------------------------------------
+    @classmethod
+    def split(cls, args):
+        """The groups of the train token file's text (--tokens, split by --by), and the text tokenizer to write."""
+        from tokenforge.data.tokens import load_tokens
+        from tokenforge.families import SplitPlan
+        from tokenforge.families.text import load_text_tokenizer, train_word_tokenizer
+
+        if args.tokens is None:
+            raise TokenforgeError(f"--tokens: required for {cls.name} (the train token file with its text)")
+        by = args.by or SPLIT_BY[cls.name][0]
+        family = cls(by=by, caption_prompt=args.caption_prompt)
+        records = load_tokens(args.tokens).texts
+        if records is None:
+            raise TokenforgeError(f"{args.tokens}: no text column; shard a text source (scenes, vqa2:, clevr:, coco-captions:)")
+
+        def write(folder) -> None:  # every later job's text tokenizer: trained on all tasks' text, or the given one
+            if args.text_tokenizer is not None:
+                load_text_tokenizer(args.text_tokenizer).save_pretrained(folder / "text")
+            else:
+                train_word_tokenizer(family.texts(records), folder / "text")
+
+        fields = {"family": cls.name, "by": by, "caption_prompt": args.caption_prompt}
+        return SplitPlan(family.groups(records), fields, {"by": by}, write, logged_by_name=True, per_task_metric="groups_per_task")
+
+    @classmethod
+    def training_job(cls, args, tracker):
+        from tokenforge.families.text_job import TextJob
+
+        return TextJob(cls, args, tracker)
+
+    @classmethod
+    def evaluate(cls, args, tracker):
+        from tokenforge.families.text_eval import evaluate_row
+
+        return evaluate_row(cls, args, tracker)
+
+    @classmethod
+    def sequence_mask(cls, manifest, labels):
+        """None: a split by text groups is not by the units' labels, and every image may serve the sequence."""
+        return None
+
 
 class VQA(_Multimodal):
     name = "vqa"
@@ -100,8 +119,9 @@ class VQA(_Multimodal):
                 yield qa["question"]
                 yield from qa["answers"]
 
-    def items(self, records: list[dict], groups, *, evaluation: bool = False) -> Items:
-        """The questions of `records` whose group is in `groups` (all when None)."""
+    def items(self, records: list[dict], groups, *, evaluation: bool = False, tasks: list[list[str]] | None = None) -> Items:
+        """The questions of `records` whose group is in `groups` (all when None); a question's own group picks its task,
+        so `tasks` (every task's groups) is not needed."""
         keep = None if groups is None else set(groups)
         out = Items()
         for i, r in enumerate(records):
@@ -120,6 +140,7 @@ class VQA(_Multimodal):
 class Captioning(_Multimodal):
     name = "captioning"
     metric = "cider"
+    prompt_is_prefix = True
 
     def _record_groups(self, records):
         for r in records:
@@ -170,12 +191,3 @@ class Captioning(_Multimodal):
         from tokenforge.report.text_metrics import caption_scores
 
         return caption_scores(predictions, items.references)
-
-
-def task_items(family, records: list[dict], split: dict, tasks: list[int], *, evaluation: bool = False) -> Items:
-    """The items of the listed tasks of a split manifest (tasks.json)."""
-    groups = [g for t in tasks for g in split["tasks"][t]["class_names"]]
-    if family.name == "captioning":
-        every = [t["class_names"] for t in split["tasks"]]
-        return family.items(records, groups, evaluation=evaluation, tasks=every)
-    return family.items(records, groups, evaluation=evaluation)

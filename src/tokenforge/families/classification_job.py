@@ -1,0 +1,214 @@
+"""The classification family's side of one task's training job (the `TaskJob` of engine/job.py, run by the shared
+trainer engine/train.py): the split's training units of the task's classes, the TokenViT it trains (families/
+vit_start.py), the loop with the family's cross-entropy over the classes seen so far, token augmentations and the
+replay views, and after training the memory of the buffer policy (continual/policy.py `build_memory`: selection,
+token attribution, the budget fit) and the shortcut probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from tokenforge.continual.fills import fill_spec
+from tokenforge.continual.memory import MEMORY_FILE, Memory, read_memory
+from tokenforge.continual.methods import memory_method
+from tokenforge.continual.policy import Policy, build_memory, check_minimum, resolve_budget, resolved
+from tokenforge.continual.replay import Replay, ReplayConfig, fill_value
+from tokenforge.continual.scorers import scorer_for
+from tokenforge.data.units import load_units
+from tokenforge.engine.deepspeed import build_engine
+from tokenforge.engine.job import Task, TaskJob, callbacks, check_common, rank_and_world
+from tokenforge.engine.loop import TrainLoop, rank_slice
+from tokenforge.errors import TokenforgeError
+from tokenforge.families.vit_start import expansion_config, frozen_backbone, initial_model, plain_model
+from tokenforge.models.store import backbone_digest
+from tokenforge.models.vit import TokenViT, save_model
+from tokenforge.runtime import compute_device, task_seed
+
+
+def check_args(args) -> None:
+    memory_method(args.memory_method, "classification")  # one-line errors for what this family is not offered
+    scorer_for(args.memory_scorer, "classification")  # gradient (x input) is BLIP's; the ViT's are chefer and gradcam
+    check_common(args)
+    if args.input_dropout_mode == "token" and args.input_dropout >= 1:
+        raise TokenforgeError(f"train.input_dropout: token mode drops each token with this probability; must be < 1, got {args.input_dropout}")
+    if args.memory_view == "fill":
+        fill = fill_spec(args.memory_fill)
+        if args.input != fill.input:
+            raise TokenforgeError(f"memory.fill: {args.memory_fill} is for input {fill.input}, not {args.input}")
+        if fill.needs_fill_model and args.fill_model is None:
+            raise TokenforgeError(f"--fill-model: required with memory.fill {args.memory_fill} (a `tokenforge pretrain --mode mtm` output)")
+    expansion_config(args)  # its settings fail now, the depth check once the model is there
+    if args.prompt_tokens < 0 or not 0 <= args.prompt_dropout < 1:
+        raise TokenforgeError(f"train.prompts: tokens >= 0 and dropout in [0, 1), got {args.prompt_tokens} and {args.prompt_dropout}")
+    if args.prompt_tokens and args.task == 0 and args.init is None:
+        raise TokenforgeError("train.prompts: prompt tuning trains prompts on a frozen backbone; task 0 needs one from --init (pretrain)")
+    if args.attention == "routed" and (not args.orders or min(args.orders) < 0 or len(set(args.orders)) < len(args.orders)):
+        raise TokenforgeError(f"train.orders: distinct whole numbers >= 0 (0 = global), at least one, got {args.orders}")
+
+
+@dataclass
+class Units:
+    """Every training sample of the split: keys, labels (N,), units (N, h, w[, F])."""
+
+    keys: list[str]
+    labels: np.ndarray
+    units: np.ndarray
+
+    def where(self, classes: list[int]) -> "Units":
+        mask = np.isin(self.labels, classes)
+        return Units([k for k, m in zip(self.keys, mask) if m], self.labels[mask], self.units[mask])
+
+
+def training_units(args, model: TokenViT, tracker) -> Units:
+    """The split's training units, checked against the model (grid, codebook), logged as the run's dataset."""
+    source = args.tokens if args.input == "tokens" else args.shards
+    data = Units(*load_units(args.input, args.tokens, args.shards, "train", model.config.patch))
+    if tuple(data.units.shape[1:3]) != tuple(model.config.grid):
+        raise TokenforgeError(
+            f"{source}: grids of {data.units.shape[1]}x{data.units.shape[2]} do not match the "
+            f"model's {model.config.grid[0]}x{model.config.grid[1]} (tokens made with another tokenizer?)"
+        )
+    if args.input == "tokens" and data.units.size and data.units.max() >= model.config.codebook_size:
+        raise TokenforgeError(f"{source}: code id {int(data.units.max())} is outside the codebook of {model.config.codebook_size} codes")
+    tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "training", {"samples": int(len(data.keys)), "grid": list(model.config.grid)})
+    return data
+
+
+def memory_policy(args, model: TokenViT, task: Task, data: Units) -> Policy:
+    """The buffer policy of the `--memory-*` flags, its token count fixed for the task sequence's samples."""
+    policy = Policy(
+        method=args.memory_method,
+        selection=args.memory_selection,
+        scorer=args.memory_scorer,
+        token_fraction=args.memory_token_fraction,
+        budget=resolve_budget(args.memory_budget, args.tokens.stat().st_size if args.tokens else None),
+        samples_per_class=args.memory_samples_per_class,
+        num_codes=model.config.codebook_size or 256,
+        num_positions=model.num_tokens,
+        num_classes=task.num_classes,
+    )
+    sequence = data.where(task.every)  # the samples of the task sequence's classes
+    policy = resolved(policy, sequence.keys, sequence.labels, sequence.units)
+    if policy.keeps_memory and task.index == 0:  # fail now, not after the last task's training
+        check_minimum(policy, sequence.keys, sequence.labels, sequence.units)
+    return policy
+
+
+def augmenter_for(args, codebook):
+    """The TokenAugmenter of the `--augment-*` flags, or None when every augmentation is off."""
+    from tokenforge.data.augment import TokenAugmenter, load_synonyms
+    from tokenforge.data.augment_config import AugmentConfig
+
+    config = AugmentConfig.from_dict({f.name: getattr(args, f"augment_{f.name}") for f in fields(AugmentConfig)})
+    if not config.active:
+        return None
+    if args.input != "tokens":
+        raise TokenforgeError("augment: token augmentations need --input tokens")
+    synonyms = None
+    if config.synonym_p > 0:
+        if args.synonyms is None:
+            raise TokenforgeError("--synonyms: required when augment.synonym_p > 0")
+        synonyms = load_synonyms(args.synonyms, config.synonym_k)
+    adapter = None
+    if config.tokenadapt_p > 0:  # the frozen TokenAdapt pair (`tokenforge tokenadapt`), checked against the codebook
+        if getattr(args, "adapter", None) is None:
+            raise TokenforgeError("--adapter: required when augment.tokenadapt_p > 0 (a `tokenforge tokenadapt` output)")
+        from tokenforge.tokenizer.adapt import load_adapter
+
+        adapter = load_adapter(args.adapter)
+    return TokenAugmenter(config, codebook, synonyms, seed=task_seed(args.seed, args.task), adapter=adapter)
+
+
+def replay_config(args, model: TokenViT, train: Units, policy: Policy, batch: int, steps_per_epoch: int) -> ReplayConfig:
+    """The replay settings of the flags; a filled view's value comes from this task's own training units."""
+    fill = fill_value(train.units, args.memory_fill, model.config.codebook_size) if args.memory_view == "fill" else None
+    predict = None
+    if args.memory_view == "fill" and fill_spec(args.memory_fill).needs_fill_model:
+        from tokenforge.models.mtm import MTMFiller
+
+        predict = MTMFiller(args.fill_model, device=compute_device())
+        predict.check_codebook(model.codebook, f"--fill-model {args.fill_model}")
+    return ReplayConfig(
+        batch=batch, keep=policy.tokens, grid=tuple(model.config.grid), input_dropout=args.input_dropout,
+        dropout_mode=args.input_dropout_mode, view=args.memory_view, fill=fill, schedule=args.memory_schedule,
+        steps_per_epoch=steps_per_epoch, seed=task_seed(args.seed, args.task), predict=predict,
+    )  # fmt: skip
+
+
+class ClassificationJob(TaskJob):
+    """One task of class-incremental classification on the TokenViT (module doc; engine/job.py the interface)."""
+
+    def __init__(self, family_class, args, tracker):
+        check_args(args)
+        self.family_class, self.args, self.tracker = family_class, args, tracker
+
+    def prepare(self) -> None:
+        args = self.args
+        self.task = task = Task.read(args.split, args.task)
+        self.model = initial_model(args, task.num_classes)
+        self.data = training_units(args, self.model, self.tracker)
+        self.policy = memory_policy(args, self.model, task, self.data)
+        # joint (the upper bound) trains on every task so far; the others on this task's classes only.
+        self.train = self.data.where(task.seen if self.policy.method == "joint" else task.classes)
+        if not len(self.train.keys):
+            raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {task.classes}")
+        keeps = args.task > 0 and self.policy.keeps_memory
+        self.memory = read_memory(args.previous / MEMORY_FILE) if keeps else Memory.empty()
+        self.frozen = frozen_backbone(self.model)
+        self.backbone = self.model.config.backbone_sha256 if args.task > 0 else None  # prompted: task t-1's
+
+    def make_loop(self) -> TrainLoop:
+        """The training loop of this task: replay, family, augmentations, DeepSpeed engine and callbacks."""
+        args, model, train, policy = self.args, self.model, self.train, self.policy
+        rank, world = rank_and_world()
+        ids, labels = torch.from_numpy(train.units), torch.from_numpy(train.labels)
+        local = rank_slice(len(ids), rank, world)
+        generator = torch.Generator().manual_seed(task_seed(args.seed, args.task))
+        replay_batch = max(1, int(round(args.memory_replay_ratio * args.batch_size)))
+        augmenter = augmenter_for(args, getattr(model, "codebook", None))
+        if augmenter is not None and args.memory_view == "fill":
+            raise TokenforgeError("memory.view: fill does not combine with token augmentations yet (they work on embeddings)")
+        steps = max(1, -(-len(local) // args.batch_size))
+        replay = Replay(self.memory, replay_config(args, model, train, policy, replay_batch, steps), generator)
+        family = self.family_class(num_classes=self.task.num_classes, seen=self.task.seen)
+        model.vit.set_grad_checkpointing(bool(args.activation_checkpointing))
+        model.set_fused_attention(args.fused_attention)  # training only, as checkpointing: plain_model's copy is timm's
+        model.set_expansion(expansion_config(args))  # training only: plain_model's copy for the memory has it off
+        engine = build_engine(model, args, steps * args.epochs)
+        found, ckpt = callbacks(args, self.tracker, rank, augmenter)
+        loop = TrainLoop(engine, family, replay, ids, labels, local=local, epochs=args.epochs, batch_size=args.batch_size,
+                         generator=generator, augmenter=augmenter, callbacks=found)
+        loop.checkpointer = ckpt  # removed once the outputs are written
+        return loop
+
+    def trained(self, loop: TrainLoop) -> TokenViT:
+        model = plain_model(loop.engine.module, loop.device, self.frozen)
+        if self.backbone is not None and backbone_digest(model) != self.backbone:
+            raise TokenforgeError(f"task {self.args.task}: the frozen backbone no longer matches task {self.args.task - 1}'s backbone_sha256")
+        return model
+
+    def build_memory(self, model: TokenViT) -> tuple[Memory, dict]:
+        """The memory of all tasks so far: the previous one plus this task's samples (also for joint, which keeps none)."""
+        current, task = self.data.where(self.task.classes), self.task
+        return build_memory(model, self.memory, current.keys, current.labels, current.units, task.index, task.seen,
+                            self.policy, seed=task_seed(self.args.seed, self.args.task))  # fmt: skip
+
+    def probe(self, model: TokenViT, memory: Memory, loop: TrainLoop) -> dict:
+        """The shortcut probe: replayed views against the same samples whole (continual/shortcut.py)."""
+        from tokenforge.continual.shortcut import shortcut_auc
+
+        seen = self.data.where(self.task.seen)
+        return {"shortcut_auc": shortcut_auc(model, memory, loop.replay, seen.keys, seen.units, seed=self.args.seed)}
+
+    def save(self, model: TokenViT, folder) -> None:
+        save_model(model, folder)
+
+    def stats(self, state) -> dict:
+        return {"classes": self.task.classes, "train_samples": len(self.train.keys), "final_train_accuracy": state.epoch_acc}
+
+    def summary(self, state) -> str:
+        return f", train accuracy {state.epoch_acc:.3f}"
