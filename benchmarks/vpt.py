@@ -11,7 +11,7 @@ imported), split in two: a supervised backbone is trained on classes 0-4 (once, 
 saved under --work and reused), then each method learns classes 5-9 (a 5-way task, a fresh head) from it:
 - full: full fine-tuning, every parameter (lr 1e-3, weight decay 0.05: toe.py's);
 - vpt-shallow / vpt-deep: `tokenforge train --prompt-tokens 5 [--prompt-deep]`'s model (built by the package's
-  `init_from` and `with_prompts`, as a task-0 job with --init does): the prompts and the head train, the backbone
+  `init_from` and the prompts option's `start`, as a task-0 job with --init does): the prompts and the head train, the backbone
   is frozen and in eval mode (lr 1e-2, weight decay 1e-4: prompts need a larger step; VPT's weight decay).
 Accuracy: every method, 3 seeds (the seed draws the head, the prompts and the data order; the backbone is one),
 fused attention on, no checkpointing (neither changes what is learnt: checkpointing is exact, unfused attention
@@ -132,13 +132,13 @@ def backbone(d: Path, train, test, preset: dict, work: Path, name: str) -> tuple
 def task_model(d: Path, base: Path, method: str):
     """The model a task-0 job would train from --init `base`: a fresh 5-class head, prompts as the method says."""
     from tokenforge.engine.pretrain import init_from
-    from tokenforge.engine.train import with_prompts
+    from tokenforge.models.options.prompts import PROMPTS
     from tokenforge.tokenizer.vq import load_codebook
 
     spec = METHODS[method]
     model = init_from(base, len(TASK_CLASSES), False, load_codebook(d / "tokenizer"), "tokens")
     flags = Namespace(prompt_tokens=spec["prompts"], prompt_deep=spec["deep"], prompt_dropout=0.0, init=base)
-    return with_prompts(model, flags)
+    return PROMPTS.start(model, flags)
 
 
 def trainable(model) -> int:

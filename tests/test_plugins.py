@@ -173,3 +173,16 @@ def test_an_unknown_plugin_name_in_the_config_is_rejected_before_any_job(workdir
     out = proc.stdout + proc.stderr
     assert "config key memory.scorer: unknown scorer 'saliency_not_installed'; expected one of rollout" in out
     assert not (workdir / "results").exists()
+
+
+def test_model_options_are_one_module_each_behind_one_interface():
+    from tokenforge.cli import build_parser
+    from tokenforge.models import MODEL_OPTIONS
+    from tokenforge.models.options.base import ModelOption, model_options
+
+    assert MODEL_OPTIONS.builtin_names() == ("routed_attention", "prompts", "token_expansion")
+    assert all(isinstance(option, ModelOption) for option in model_options())
+    args, _ = build_parser().parse_known_args(["train", "--tokenizer", "t", "--split", "s", "--task", "0", "--out", "o"])
+    assert args.attention == "global" and args.prompt_tokens == 0 and args.toe_enabled is False  # each option's flags
+    with pytest.raises(TokenforgeError, match=r"^train: 'json:dumps' is not a model option"):
+        MODEL_OPTIONS.load("json:dumps")

@@ -130,17 +130,17 @@ def test_a_pretrained_global_start_becomes_routed_with_fresh_routers():
     """--init with --attention routed: the pretrained weights load into everything but the new routers."""
     from argparse import Namespace
 
-    from tokenforge.families.vit_start import with_attention
+    from tokenforge.models.options.routed import ROUTED_ATTENTION
     from tokenforge.models.vit import ModelConfig, TokenViT
 
     torch.manual_seed(0)
     pretrained = TokenViT(ModelConfig(grid=(4, 4), codebook_size=16, code_dim=8, num_classes=4, embed_dim=16, depth=2),
                           torch.randn(16, 8))
-    args = Namespace(attention="routed", orders=[0, 1], routing="hard", init="pretrain/")
-    model = with_attention(pretrained, args)
+    args = Namespace(attention="routed", orders=[0, 1], routing="hard", init="pretrain/", prompt_tokens=0)
+    model = ROUTED_ATTENTION.start(pretrained, args)
     assert (model.config.attention, model.config.orders, model.config.routing) == ("routed", (0, 1), "hard")
     state, before = model.state_dict(), pretrained.state_dict()
     assert {k for k in state if k not in before} == {f"vit.blocks.{i}.attn.router.{p}" for i in range(2)
                                                      for p in ("fc1.weight", "fc2.weight", "fc2.bias")}
     assert all(torch.equal(state[k], v) for k, v in before.items())
-    assert with_attention(pretrained, Namespace(attention="global", orders=[0], routing="soft", init="x")) is pretrained
+    assert ROUTED_ATTENTION.start(pretrained, Namespace(attention="global", orders=[0], routing="soft", init="x")) is pretrained

@@ -256,7 +256,7 @@ def test_expansion_is_not_part_of_the_saved_model(tmp_path):
 
 
 def test_the_memory_is_scored_by_a_model_without_expansion():
-    from tokenforge.engine.train import plain_model
+    from tokenforge.families.vit_start import plain_model
 
     net = model()
     net.set_expansion(DEFAULT)

@@ -21,12 +21,11 @@ from tokenforge.continual import DROPOUT_MODES, FILLS, METHODS, SCHEDULES, SCORE
 from tokenforge.data.augment_config import FIELD_HELP, AugmentConfig
 from tokenforge.engine import ADAMW_IMPLEMENTATIONS, COMPILE_MODES, PRECISIONS, ZERO_STAGES
 from tokenforge.families import FAMILIES
-from tokenforge.models import ATTENTIONS, HEADS, INPUTS, ROUTINGS
-from tokenforge.models.expansion import ExpansionConfig
+from tokenforge.models import HEADS, INPUTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for add in (_data, _optimisation, _deepspeed, _speed, _model, _token_expansion, _prompt_tuning, _augmentations, _memory,
+    for add in (_data, _optimisation, _deepspeed, _speed, _model, _model_options, _attention_kernel, _augmentations, _memory,
                 _replay, _multimodal):  # fmt: skip
         add(parser)
 
@@ -197,76 +196,17 @@ def _model(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--depth", type=int, default=4, help="ViT blocks")
     arch.add_argument("--num-heads", type=int, default=4, help="attention heads")
     arch.add_argument("--mlp-ratio", type=float, default=2.0, help="MLP hidden size / width")
-    arch.add_argument(
-        "--attention",
-        choices=ATTENTIONS,
-        default="global",
-        help="global: every token attends to all; routed: TRAR's routed attention spans, a router per block mixing "
-        "attention within each token's grid window of every --orders (see tokenforge.models.attention)",
-    )
-    arch.add_argument(
-        "--orders",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2, 3],
-        metavar="ORDER",
-        help="routed: span orders, each a (2o+1)x(2o+1) window around the token; 0 = global (TRAR's 0 1 2 3)",
-    )
-    arch.add_argument(
-        "--routing",
-        choices=ROUTINGS,
-        default="soft",
-        help="routed: soft (softmax weights over the orders) | hard (one order per sample: gumbel-softmax, "
-        "temperature 10 -> 0.1 over each task; argmax at evaluation)",
-    )
 
 
-def _token_expansion(parser: argparse.ArgumentParser) -> None:
-    toe = parser.add_argument_group(
-        "token expansion (ToE, train.token_expansion; see tokenforge.models.expansion): while training, the blocks "
-        "after --toe-after see a growing share of the tokens, the others merged into them; evaluation sees all"
-    )
-    default = ExpansionConfig()
-    toe.add_argument("--toe-enabled", action=argparse.BooleanOptionalAction, default=False, help="turn token expansion on")
-    toe.add_argument(
-        "--toe-steps",
-        type=int,
-        nargs="+",
-        default=list(default.steps),
-        metavar="EPOCH",
-        help="epochs of each task (from 0, increasing) at which the stages start; before the first, all tokens",
-    )
-    toe.add_argument(
-        "--toe-keep",
-        type=float,
-        nargs="+",
-        default=list(default.keep),
-        metavar="RATE",
-        help="share of the tokens each stage keeps, one per step, non-decreasing in (0, 1]; a stage at 1.0 keeps all",
-    )
-    toe.add_argument(
-        "--toe-r0", type=float, default=default.r0, metavar="SHARE", help="share of seed tokens (fixed raster indices), in (0, keep[0]]"
-    )
-    toe.add_argument("--toe-chunks", type=int, default=default.chunks, metavar="K", help="chunks in which each stage's most novel tokens join")
-    toe.add_argument(
-        "--toe-after", type=int, default=default.after, metavar="BLOCK", help="thin the output of this block (0-based; below the last)"
-    )
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """Each model option's flags (routed attention, prompts, token expansion: tokenforge.models.options)."""
+    from tokenforge.models.options.base import model_options
+
+    for option in model_options():
+        option.add_arguments(parser)
 
 
-def _prompt_tuning(parser: argparse.ArgumentParser) -> None:
-    vpt = parser.add_argument_group(
-        "visual prompt tuning (VPT, train.prompts; see tokenforge.models.vit): learned prompt tokens after the class "
-        "token train with the head, everything else frozen (and in eval mode); task 0 needs --init, later tasks "
-        "keep task 0's prompt settings"
-    )
-    vpt.add_argument("--prompt-tokens", type=int, default=0, metavar="N", help="prompt tokens per set (0: off)")
-    vpt.add_argument(
-        "--prompt-deep",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="deep: a new set of N prompts replaces them before every block (depth sets in all); shallow: one set at the input",
-    )
-    vpt.add_argument("--prompt-dropout", type=float, default=0.0, metavar="P", help="dropout on the prompt tokens while training, in [0, 1)")
+def _attention_kernel(parser: argparse.ArgumentParser) -> None:
     kernel = parser.add_argument_group("attention kernel (train.fused_attention)")
     kernel.add_argument(
         "--fused-attention",

@@ -15,6 +15,7 @@ class-balanced and within budget. How the memory is fed back is not decided here
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -99,16 +100,21 @@ class Policy:
         return len(serialize(memory, self.num_codes, self.num_positions, self.num_classes))
 
 
+def scattered(rows: int, num_positions: int, k: int) -> np.ndarray:
+    """`rows` rows of k random ascending positions (seeded): sizing stand-ins that compress like chosen ones, as
+    attribution scatters them (contiguous ones would compress far better than real memories)."""
+    rng = np.random.default_rng(0)
+    return np.sort(np.argsort(rng.random((rows, num_positions)), axis=1)[:, :k], axis=1).astype(np.int64)
+
+
 def _proxy(keys: list[str], labels: np.ndarray, units: np.ndarray, k: int, task: int = 0) -> Memory:
     """Samples with k random units each as kept tokens: about the right size, for sizing before any scoring."""
-    n = units.shape[1] * units.shape[2]
-    # Scattered positions, as attribution picks them: contiguous ones would compress far better than real memories.
-    rng = np.random.default_rng(0)
-    positions = np.sort(np.argsort(rng.random((len(units), n)), axis=1)[:, :k], axis=1).astype(np.int64)
+    positions = scattered(len(units), units.shape[1] * units.shape[2], k)
     return Memory(list(keys), labels.astype(np.int64), np.full(len(units), task, np.int64), positions, kept_units(units, positions))
 
 
-def first_per_class(labels: np.ndarray) -> np.ndarray:
+def first_of_each_class(labels: np.ndarray) -> np.ndarray:
+    """The index of each class's first sample, classes ascending."""
     return np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)], dtype=np.int64)
 
 
@@ -136,7 +142,7 @@ def resolved(policy: Policy, keys: list[str], labels: np.ndarray, units: np.ndar
 
 def check_minimum(policy: Policy, keys: list[str], labels: np.ndarray, units: np.ndarray) -> int:
     """Bytes of one sample per class (of every class given) at the policy's token count; raise if over budget."""
-    pick = first_per_class(labels)
+    pick = first_of_each_class(labels)
     memory = _proxy([keys[i] for i in pick], labels[pick], units[pick], policy.tokens)
     need = policy.nbytes(memory)
     if policy.budget is not None and need > policy.budget:
@@ -191,6 +197,34 @@ def fit_budget(candidates: Memory, policy: Policy, classes: list[int]) -> tuple[
 # --- building the memory after a task ---------------------------------------------------------------
 
 
+def refit(policy: Policy, previous: Memory, order: np.ndarray, labels: np.ndarray,
+          rows: Callable[[np.ndarray, np.ndarray], Memory], positions_of: Callable[[np.ndarray], np.ndarray],
+          task: int, seen: list[int], unit: tuple[str, str, str] = ("sample", "class", "classes")) -> tuple[Memory, dict]:  # fmt: skip
+    """The memory after `task`, for every family: the previous rows and this task's, refitted to the budget.
+
+    `order` is this task's priority order (`rank_samples`) and `labels` its rows' classes (groups); the family says
+    how rows are made (`rows(indices, positions) -> Memory`) and which positions a chosen row keeps
+    (`positions_of(indices) -> (n, k)`, ascending: attribution is the costly part, so it runs only on what could be
+    kept). `unit` names a row, a class and classes in the error message ("item", "group", "groups" for text)."""
+    cap, k, n = policy.samples_per_class, policy.tokens, policy.num_positions
+    if policy.budget is not None and k < n:
+        # Per class, twice what the budget would hold of rows of this size (sized with stand-in tokens), plus one.
+        _, quota = fit_budget(previous.concat(rows(order, scattered(len(order), n, k))), policy, seen)
+        bound = 2 * max(quota[c] for c in np.unique(labels).tolist()) + 1
+        cap = bound if cap is None else min(cap, bound)
+    if cap is not None:
+        order = take(order, labels, policy.selection, cap)
+    candidates = previous.concat(rows(order, positions_of(order)))
+    memory, quota = fit_budget(candidates, policy, seen)
+    if policy.budget is not None and any(quota[c] == 0 for c in seen):
+        need = policy.nbytes(_assemble(candidates, policy.selection, dict.fromkeys(seen, 1)))
+        raise TokenforgeError(
+            f"memory.budget: {policy.budget:,} bytes cannot hold one {unit[0]} per {unit[1]} ({len(seen)} {unit[2]} x "
+            f"{k} tokens) after task {task}; the minimum is about {need:,} bytes"
+        )
+    return memory, {"samples_per_class": {int(c): int((memory.labels == c).sum()) for c in seen}}
+
+
 def build_memory(
     model,
     previous: Memory,
@@ -202,7 +236,7 @@ def build_memory(
     policy: Policy,
     seed: int,
 ) -> tuple[Memory, dict]:
-    """The memory after `task`: the previous one plus this task's samples, refitted to the budget.
+    """The classification memory after `task`: the previous one plus this task's samples, refitted to the budget.
 
     `keys/labels/units` are this task's training samples; `seen` the classes of tasks 0..task."""
     from tokenforge.continual.scorers import token_scores, top_positions
@@ -213,31 +247,16 @@ def build_memory(
     model.eval()
     # coretokens keeps every sample; its order only says which go first if even one token each is too much.
     order = rank_samples(model, units, labels, policy.selection, seed)
-    # Score only what could be kept: per class, twice what the budget would hold of samples of this size
-    # (sized with stand-in tokens), plus one; attribution (AtMan above all) is the costly part.
-    cap = policy.samples_per_class
-    if policy.budget is not None and policy.tokens < policy.num_positions:
-        _, quota = fit_budget(previous.concat(_proxy([keys[i] for i in order], labels[order], units[order], policy.tokens, task)), policy, seen)
-        bound = 2 * max(quota[c] for c in np.unique(labels).tolist()) + 1
-        cap = bound if cap is None else min(cap, bound)
-    if cap is not None:
-        order = take(order, labels, policy.selection, cap)
-    sel_units, sel_labels = units[order], labels[order]
-    k = policy.tokens
-    if k >= policy.num_positions:
-        positions = np.broadcast_to(np.arange(policy.num_positions, dtype=np.int64), (len(order), k)).copy()
-    else:
-        scores = token_scores(model, sel_units, sel_labels, policy.scorer, seed)
-        positions = np.sort(top_positions(scores, k), axis=1)  # ascending positions compress better
-    kept = kept_units(sel_units, positions)
-    new = Memory([keys[i] for i in order], sel_labels.astype(np.int64), np.full(len(order), task, np.int64), positions, kept)
-    candidates = previous.concat(new)
-    memory, quota = fit_budget(candidates, policy, seen)
-    if policy.budget is not None and any(quota[c] == 0 for c in seen):
-        need = policy.nbytes(_assemble(candidates, policy.selection, dict.fromkeys(seen, 1)))
-        raise TokenforgeError(
-            f"memory.budget: {policy.budget:,} bytes cannot hold one sample per class ({len(seen)} classes x "
-            f"{policy.tokens} tokens) after task {task}; the minimum is about {need:,} bytes"
-        )
-    return memory, {"samples_per_class": {int(c): int((memory.labels == c).sum()) for c in seen}}
+    k, n = policy.tokens, policy.num_positions
 
+    def rows(idx: np.ndarray, positions: np.ndarray) -> Memory:
+        tasks = np.full(len(idx), task, np.int64)
+        return Memory([keys[i] for i in idx], labels[idx].astype(np.int64), tasks, positions, kept_units(units[idx], positions))
+
+    def positions_of(idx: np.ndarray) -> np.ndarray:
+        if k >= n:
+            return np.broadcast_to(np.arange(n, dtype=np.int64), (len(idx), k)).copy()
+        scores = token_scores(model, units[idx], labels[idx], policy.scorer, seed)
+        return np.sort(top_positions(scores, k), axis=1)  # ascending positions compress better
+
+    return refit(policy, previous, order, labels, rows, positions_of, task, seen)

@@ -164,10 +164,11 @@ def _atman(model, units: torch.Tensor, labels: torch.Tensor, suppression: float,
 class Scorer:
     """A built-in scorer: one implementation per task family it can score (`families`)."""
 
-    def __init__(self, whole_set: bool = False, **by_family: Callable):
+    def __init__(self, whole_set: bool = False, batch_size: int | None = None, **by_family: Callable):
         self.by_family = by_family
         self.families = tuple(by_family)
         self.whole_set = whole_set
+        self.batch_size = batch_size  # items per call for the text families (None: the caller's default)
 
     def for_family(self, family: str) -> Callable:
         return self.by_family[family]
@@ -222,7 +223,8 @@ _TEXT_FAMILIES = tuple(f for f in ALL_FAMILIES if f != "classification")
 ROLLOUT = Scorer(classification=_vit_rollout)
 CHEFER = Scorer(classification=_vit_chefer)
 GRADCAM = Scorer(classification=_vit_gradcam)
-ATMAN = Scorer(classification=_vit_atman, **dict.fromkeys(_TEXT_FAMILIES, _blip("atman")))
+# text families: 16 items per call, as AtMan runs h*w perturbed copies of each
+ATMAN = Scorer(batch_size=16, classification=_vit_atman, **dict.fromkeys(_TEXT_FAMILIES, _blip("atman")))
 # whole set: one draw of (M, n) from the seeded generator for classification (per batch for BLIP, as it always was)
 RANDOM = Scorer(whole_set=True, classification=_vit_random, **dict.fromkeys(_TEXT_FAMILIES, _blip("random")))
 GRADIENT = Scorer(**dict.fromkeys(_TEXT_FAMILIES, _blip("gradient")))
@@ -267,7 +269,7 @@ def token_scores(
         raise TokenforgeError(f"memory: units must be (M, h, w) ids or (M, h, w, F) patches, got shape {units.shape}")
     if labels.shape != (len(units),):
         raise TokenforgeError(f"memory: {len(units)} samples but labels of shape {labels.shape}")
-    if scorer == "atman" and not 0 <= suppression <= 1:
+    if not 0 <= suppression <= 1:  # AtMan's; checked for every scorer, so a bad value fails before any scoring
         raise TokenforgeError(f"memory.suppression: must be in [0, 1], got {suppression}")
     m, n = len(units), units.shape[1] * units.shape[2]
     generator = torch.Generator().manual_seed(seed)

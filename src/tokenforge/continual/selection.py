@@ -34,6 +34,18 @@ def selection_order(method: str) -> Callable:
     return SELECTIONS.load(method)
 
 
+def selection_for(method: str, family: str = "classification") -> Callable:
+    """The selection `method` for `family`; a one-line error when it cannot order that family's samples (herding and
+    gradient read the ViT's features: `order.families`, all families when unset)."""
+    from tokenforge.continual.methods import ALL_FAMILIES
+
+    order = selection_order(method)
+    if family not in getattr(order, "families", ALL_FAMILIES):
+        offered = [n for n in SELECTIONS.builtin_names() if family in getattr(selection_order(n), "families", ALL_FAMILIES)]
+        raise TokenforgeError(f"memory.selection: {method} orders by the ViT's features; {family} offers {' and '.join(offered)}")
+    return order
+
+
 def is_class_balanced(method: str) -> bool:
     """Whether `take` keeps per-class quotas of the method's order (True unless the order says otherwise)."""
     return bool(getattr(selection_order(method), "class_balanced", True))
@@ -98,6 +110,9 @@ def gradient_order(model, units, labels: np.ndarray, *, seed: int, batch_size: i
         a, b = _gradient_factors(features[idx], logits[idx], labels[idx])
         orders.append(idx[_gradient_order(a, b)])
     return _interleave(orders)
+
+
+herding_order.families = gradient_order.families = ("classification",)  # they read the ViT's features and head
 
 
 def take(order: np.ndarray, labels: np.ndarray, method: str, per_class: int | dict[int, int]) -> np.ndarray:

@@ -89,6 +89,13 @@ class TaskJob:
 
     policy = None  # continual.policy.Policy, set by prepare()
 
+    def __init__(self, family_class, args, tracker):
+        self.check(args)  # one-line errors before any data is read
+        self.family_class, self.args, self.tracker = family_class, args, tracker
+
+    def check(self, args) -> None:
+        """The family's checks of the flags (what it is not offered, settings that cannot work)."""
+
     def prepare(self) -> None:
         raise NotImplementedError
 

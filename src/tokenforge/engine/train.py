@@ -27,11 +27,7 @@ from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, write_json
 from tokenforge.runtime import seed_everything
 
-# The ViT's start-of-task helpers live with the classification family (families/vit_start.py); re-exported for the
-# callers that still import them from here (benchmarks/vpt.py, tests/models/test_expansion.py).
-from tokenforge.families.vit_start import plain_model, with_prompts  # noqa: E402,F401
-
-__all__ = ["Outputs", "agreed", "leave_process_group", "plain_model", "timed_memory", "train_task", "with_prompts"]
+__all__ = ["Outputs", "agreed", "leave_process_group", "timed_memory", "train_task"]
 
 
 def train_task(args, tracker) -> None:

@@ -23,7 +23,8 @@ from tokenforge.engine.deepspeed import build_engine
 from tokenforge.engine.job import Task, TaskJob, callbacks, check_common, rank_and_world
 from tokenforge.engine.loop import TrainLoop, rank_slice
 from tokenforge.errors import TokenforgeError
-from tokenforge.families.vit_start import expansion_config, frozen_backbone, initial_model, plain_model
+from tokenforge.families.vit_start import frozen_backbone, initial_model, plain_model
+from tokenforge.models.options.base import model_options
 from tokenforge.models.store import backbone_digest
 from tokenforge.models.vit import TokenViT, save_model
 from tokenforge.runtime import compute_device, task_seed
@@ -41,13 +42,8 @@ def check_args(args) -> None:
             raise TokenforgeError(f"memory.fill: {args.memory_fill} is for input {fill.input}, not {args.input}")
         if fill.needs_fill_model and args.fill_model is None:
             raise TokenforgeError(f"--fill-model: required with memory.fill {args.memory_fill} (a `tokenforge pretrain --mode mtm` output)")
-    expansion_config(args)  # its settings fail now, the depth check once the model is there
-    if args.prompt_tokens < 0 or not 0 <= args.prompt_dropout < 1:
-        raise TokenforgeError(f"train.prompts: tokens >= 0 and dropout in [0, 1), got {args.prompt_tokens} and {args.prompt_dropout}")
-    if args.prompt_tokens and args.task == 0 and args.init is None:
-        raise TokenforgeError("train.prompts: prompt tuning trains prompts on a frozen backbone; task 0 needs one from --init (pretrain)")
-    if args.attention == "routed" and (not args.orders or min(args.orders) < 0 or len(set(args.orders)) < len(args.orders)):
-        raise TokenforgeError(f"train.orders: distinct whole numbers >= 0 (0 = global), at least one, got {args.orders}")
+    for option in model_options():
+        option.check(args)
 
 
 @dataclass
@@ -142,9 +138,8 @@ def replay_config(args, model: TokenViT, train: Units, policy: Policy, batch: in
 class ClassificationJob(TaskJob):
     """One task of class-incremental classification on the TokenViT (module doc; engine/job.py the interface)."""
 
-    def __init__(self, family_class, args, tracker):
+    def check(self, args) -> None:
         check_args(args)
-        self.family_class, self.args, self.tracker = family_class, args, tracker
 
     def prepare(self) -> None:
         args = self.args
@@ -153,7 +148,7 @@ class ClassificationJob(TaskJob):
         self.data = training_units(args, self.model, self.tracker)
         self.policy = memory_policy(args, self.model, task, self.data)
         # joint (the upper bound) trains on every task so far; the others on this task's classes only.
-        self.train = self.data.where(task.seen if self.policy.method == "joint" else task.classes)
+        self.train = self.data.where(task.seen if self.policy.trains_on_seen else task.classes)
         if not len(self.train.keys):
             raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {task.classes}")
         keeps = args.task > 0 and self.policy.keeps_memory
@@ -177,7 +172,8 @@ class ClassificationJob(TaskJob):
         family = self.family_class(num_classes=self.task.num_classes, seen=self.task.seen)
         model.vit.set_grad_checkpointing(bool(args.activation_checkpointing))
         model.set_fused_attention(args.fused_attention)  # training only, as checkpointing: plain_model's copy is timm's
-        model.set_expansion(expansion_config(args))  # training only: plain_model's copy for the memory has it off
+        for option in model_options():  # training-only settings (token expansion): plain_model's copy has them off
+            option.training(model, args)
         engine = build_engine(model, args, steps * args.epochs)
         found, ckpt = callbacks(args, self.tracker, rank, augmenter)
         loop = TrainLoop(engine, family, replay, ids, labels, local=local, epochs=args.epochs, batch_size=args.batch_size,

@@ -19,6 +19,7 @@ from tokenforge.continual.methods import memory_method
 from tokenforge.continual.policy import Policy, resolve_budget
 from tokenforge.continual.replay import Replay, ReplayConfig
 from tokenforge.continual.scorers import scorer_for
+from tokenforge.continual.selection import selection_for
 from tokenforge.engine.deepspeed import build_engine
 from tokenforge.engine.job import Task, TaskJob, callbacks, check_common, rank_and_world
 from tokenforge.engine.loop import rank_slice
@@ -29,15 +30,11 @@ from tokenforge.families.text_memory import TextMemory
 from tokenforge.io import read_json, write_json
 from tokenforge.runtime import task_seed
 
-# memory.selection orders that read the ViT's pre-logit features or its head: not BLIP's
-VIT_SELECTIONS = ("herding", "gradient")
-
 
 def check_args(args) -> None:
     memory_method(args.memory_method, args.family)  # one-line errors for what this family is not offered
     scorer_for(args.memory_scorer, args.family)
-    if args.memory_selection in VIT_SELECTIONS:
-        raise TokenforgeError(f"memory.selection: {args.memory_selection} orders by the ViT's features; {args.family} offers random and class_balanced")
+    selection_for(args.memory_selection, args.family)  # herding and gradient read the ViT's features
     check_common(args)
     if args.memory_view != "subset" or args.input_dropout_mode != "batch":
         raise TokenforgeError(f"memory.view/train.input_dropout_mode: {args.family} replays token subsets with batch input dropout only")
@@ -46,9 +43,8 @@ def check_args(args) -> None:
 class TextJob(TaskJob):
     """One task of a VQA or captioning sequence on BLIP (module doc; engine/job.py the interface)."""
 
-    def __init__(self, family_class, args, tracker):
+    def check(self, args) -> None:
         check_args(args)
-        self.family_class, self.args, self.tracker = family_class, args, tracker
 
     def prepare(self) -> None:
         from tokenforge.families.text import load_text_tokenizer

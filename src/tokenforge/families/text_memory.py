@@ -3,10 +3,11 @@ tokens of their image and their text as the extra columns `prompt` and `target`;
 question family, a dataset, an object), so the buffer policy balances groups as it balances classes.
 
 What is shared with classification (continual/): the method and its token count (`Policy`), the selection order
-(`rank_samples`, `take`: random or class_balanced; herding and gradient need the ViT's features), the scorer
-(`scorer_for(name, family)`: BLIP's atman, gradient, random) and the budget fit (`fit_budget`: every group the same
-number of top-priority rows, one more for the first groups while the leftover bytes allow, older tasks giving up
-their last-ranked rows). What is the family's: building rows from items, and scoring them against their own text.
+(`rank_samples`: random or class_balanced; herding and gradient need the ViT's features), the scorer
+(`scorer_for(name, family)`: BLIP's atman, gradient, random) and the whole refit (`policy.refit`: the candidate
+bound, then the budget fit, every group the same number of top-priority rows, one more for the first groups while
+the leftover bytes allow, older tasks giving up their last-ranked rows). What is the family's: building rows from
+items, and scoring them against their own text.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import numpy as np
 import torch
 
 from tokenforge.continual.memory import Memory, kept_units
-from tokenforge.continual.policy import Policy, fit_budget
-from tokenforge.errors import TokenforgeError
+from tokenforge.continual.policy import Policy, refit
 from tokenforge.families.items import Items
 from tokenforge.families.text_data import TextData, Texts, flat
 from tokenforge.runtime import progress
 
-SCORE_BATCH = {"atman": 16}  # items per scoring call: AtMan runs h*w perturbed copies of each; the others 64
+SCORE_BATCH = 64  # items per scoring call, unless the scorer says (`batch_size`: AtMan's 16)
 
 
 def item_rows(items: Items, order: np.ndarray, data: TextData, positions: np.ndarray, task: int, labels: np.ndarray) -> Memory:
@@ -38,13 +38,6 @@ def item_rows(items: Items, order: np.ndarray, data: TextData, positions: np.nda
     )
 
 
-def scattered(n: int, num_positions: int, k: int) -> np.ndarray:
-    """n rows of k random ascending positions: sizing stand-ins that compress like chosen ones (contiguous ones
-    would compress far better than real memories)."""
-    rng = np.random.default_rng(0)
-    return np.sort(np.argsort(rng.random((n, num_positions)), axis=1)[:, :k], axis=1).astype(np.int64)
-
-
 class TextMemory:
     """The memory of tasks 0..t for a text family: the previous rows and this task's items, fitted to the budget."""
 
@@ -54,29 +47,14 @@ class TextMemory:
     def build(self, model, previous: Memory, items: Items, labels: np.ndarray, data: TextData, task: int,
               seen: list[int]) -> tuple[Memory, dict]:  # fmt: skip
         """`items` are this task's training items, `labels` their group indices; `seen` the groups of tasks 0..t."""
-        from tokenforge.continual.selection import rank_samples, take
+        from tokenforge.continual.selection import rank_samples
 
         policy = self.policy
         if not policy.keeps_memory or not len(items):
             return Memory.empty(), {}
         order = rank_samples(model, data.units[np.asarray(items.image, dtype=np.int64)], labels, policy.selection, self.seed)
-        # Score only what could be kept: per group, twice what the budget holds of rows of this size (sized with
-        # stand-in tokens), plus one; AtMan's scores are the costly part.
-        cap, k, n = policy.samples_per_class, policy.tokens, policy.num_positions
-        if policy.budget is not None and k < n:
-            proxy = item_rows(items, order, data, scattered(len(order), n, k), task, labels)
-            _, quota = fit_budget(previous.concat(proxy), policy, seen)
-            bound = 2 * max(quota[c] for c in np.unique(labels).tolist()) + 1
-            cap = bound if cap is None else min(cap, bound)
-        if cap is not None:
-            order = take(order, labels, policy.selection, cap)
-        positions = self.positions(model, items, order, data)
-        candidates = previous.concat(item_rows(items, order, data, positions, task, labels))
-        memory, quota = fit_budget(candidates, policy, seen)
-        if policy.budget is not None and any(quota[c] == 0 for c in seen):
-            raise TokenforgeError(f"memory.budget: {policy.budget:,} bytes cannot hold one item per group ({len(seen)} groups "
-                                  f"x {k} tokens and their text) after task {task}")  # fmt: skip
-        return memory, {"samples_per_class": {int(c): int((memory.labels == c).sum()) for c in seen}}
+        return refit(policy, previous, order, labels, lambda idx, pos: item_rows(items, idx, data, pos, task, labels),
+                     lambda idx: self.positions(model, items, idx, data), task, seen, unit=("item", "group", "groups"))
 
     def positions(self, model, items: Items, chosen: np.ndarray, data: TextData) -> np.ndarray:
         """The kept positions (n, k) of each chosen item, ascending: all of them, or its top k by relevance for its
@@ -91,7 +69,9 @@ class TextMemory:
         texts = Texts(self.tokenizer, prompts, targets, self.max_len, self.family.prompt_is_prefix)
         units = torch.from_numpy(data.units[np.asarray(items.image, dtype=np.int64)[chosen]])
         generator = torch.Generator().manual_seed(self.seed + 7)  # apart from the selection's draws
-        batch = SCORE_BATCH.get(self.policy.scorer, 64)
+        from tokenforge.continual import SCORERS
+
+        batch = getattr(SCORERS.load(self.policy.scorer), "batch_size", None) or SCORE_BATCH
         out = []
         for i in progress(range(0, len(chosen), batch), desc=f"score tokens ({self.policy.scorer})", unit="batch"):
             index = torch.arange(i, min(i + batch, len(chosen)))
