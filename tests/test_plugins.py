@@ -140,6 +140,8 @@ def test_an_installed_plugins_entry_points_are_names_in_the_registries(installed
         "assert 'saliency' in SCORERS.plugin_names() and 'saliency' in list(SCORERS), list(SCORERS)\n"
         "assert 'sqrt_tokens' in METHODS.names()\n"
         "assert memory_method('sqrt_tokens').tokens_per_sample(196, 0.5) == 14\n"
+        "from tokenforge.models import MODEL_OPTIONS\n"
+        "assert 'adapters' in MODEL_OPTIONS.plugin_names()\n"
     )
     env = {**pipeline_env(), "PYTHONPATH": str(installed_plugin)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -153,6 +155,7 @@ def test_an_installed_plugins_entry_points_are_names_in_the_registries(installed
 def test_the_tiny_pipeline_runs_with_the_installed_plugin(installed_plugin, workdir):
     config = yaml.safe_load(TINY)
     config["memory"].update(method="sqrt_tokens", scorer="saliency")
+    config["train"]["model_options"] = {"adapters": {"width": 4}}
     cfg = write_config(workdir, yaml.safe_dump(config))
     env = pipeline_env(PYTHONPATH=str(installed_plugin))
     proc = subprocess.run(snakemake_command(workdir, "--configfile", cfg), capture_output=True, text=True, env=env)
@@ -162,6 +165,8 @@ def test_the_tiny_pipeline_runs_with_the_installed_plugin(installed_plugin, work
         stats = json.loads((run / "train" / f"task-{t}" / "stats.json").read_text())
         assert stats["memory_method"] == "sqrt_tokens" and stats["memory_tokens_per_sample"] == 4  # sqrt(16)
         assert 0 < stats["memory_bytes"] <= stats["memory_budget_bytes"]
+        saved = json.loads((run / "train" / f"task-{t}" / "model.json").read_text())
+        assert saved["extra_options"] == {"adapters": {"width": 4}}  # task 0 set it, task 1 kept it
     assert (run / "package" / "metrics.json").is_file()
 
 
@@ -180,9 +185,34 @@ def test_model_options_are_one_module_each_behind_one_interface():
     from tokenforge.models import MODEL_OPTIONS
     from tokenforge.models.options.base import ModelOption, model_options
 
-    assert MODEL_OPTIONS.builtin_names() == ("routed_attention", "prompts", "token_expansion")
+    assert MODEL_OPTIONS.builtin_names() == ("routed_attention", "prompts", "token_expansion", "extra_options")
     assert all(isinstance(option, ModelOption) for option in model_options())
     args, _ = build_parser().parse_known_args(["train", "--tokenizer", "t", "--split", "s", "--task", "0", "--out", "o"])
     assert args.attention == "global" and args.prompt_tokens == 0 and args.toe_enabled is False  # each option's flags
     with pytest.raises(TokenforgeError, match=r"^train: 'json:dumps' is not a model option"):
         MODEL_OPTIONS.load("json:dumps")
+
+
+def test_a_model_option_of_ones_own_is_built_saved_and_rebuilt_on_load(monkeypatch, tmp_path):
+    import torch
+
+    from tokenforge.models.store import load_model, save_model
+    from tokenforge.models.vit import ModelConfig, TokenViT
+
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    torch.manual_seed(0)
+    options = {"mylab_plugin.adapters:ADAPTERS": {"width": 4}}
+    cfg = ModelConfig(grid=(4, 4), codebook_size=16, code_dim=8, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+                      extra_options=options)  # fmt: skip
+    model = TokenViT(cfg, torch.randn(16, 8)).eval()
+    assert {k for k in model.state_dict() if ".adapter." in k} == {
+        f"vit.blocks.{i}.mlp.adapter.{j}.{p}" for i in range(2) for j in (0, 2) for p in ("weight", "bias")}
+    units = torch.randint(0, 16, (3, 4, 4))
+    plain = TokenViT(ModelConfig(**{**cfg.__dict__, "extra_options": {}}), model.codebook).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".adapter." not in k})
+    assert torch.allclose(model(units), plain(units))  # zero-initialised: it starts as the plain ViT
+    torch.nn.init.normal_(model.vit.blocks[0].mlp.adapter[2].weight)  # as if trained (a constant shift would be normed away)
+    save_model(model, tmp_path)
+    assert json.loads((tmp_path / "model.json").read_text())["extra_options"] == options
+    again = load_model(tmp_path).eval()
+    assert torch.equal(again(units), model(units)) and not torch.allclose(again(units), plain(units))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from tokenforge.plugins import IMPORT_PATH_PATTERN, import_object
+from tokenforge.plugins import IMPORT_PATH, IMPORT_PATH_PATTERN, import_object
 
 _KEEP = ("default", "description")
 
@@ -57,30 +57,59 @@ def expanded(path: str | Path) -> dict:
 
 
 def _registry_keys(node, prefix: str = ""):
-    """(dotted key, registry path) of every `x-registry` node under the schema `node`."""
+    """(dotted key, registry path, is a source spec) of every `x-registry`(-spec) node under the schema `node`."""
     if not isinstance(node, dict):
         return
     if "x-registry" in node:
-        yield prefix, node["x-registry"]
+        yield prefix, node["x-registry"], False
+    if "x-registry-spec" in node:
+        yield prefix, node["x-registry-spec"], True
     for name, child in (node.get("properties") or {}).items():
         yield from _registry_keys(child, f"{prefix}.{name}" if prefix else name)
 
 
-def check_choices(config: dict, path: str | Path) -> None:
-    """A one-line TokenforgeError for a registry-backed key whose value is neither a name nor an import path
-    ("config key memory.scorer: unknown scorer 'x'; expected one of ..."): clearer than the schema's anyOf message."""
+def _value(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def _check_spec(key: str, spec: str, registry) -> None:
+    """Each '+' part of a source spec: a registered name (with its PATH), seit:PATH, or a reader by import path,
+    which is imported now so that a missing module or attribute fails before any job runs."""
     from tokenforge.errors import TokenforgeError
 
-    for key, registry_path in _registry_keys(yaml.safe_load(Path(path).read_text())):
-        value = config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        registry = _registry(registry_path)
-        if isinstance(value, str) and value not in registry:
+    for part in spec.split("+"):
+        head, _, rest = part.partition(":")
+        if head in registry or head == "seit":
+            continue
+        path = f"{head}:{rest.split(':')[0]}"
+        if not IMPORT_PATH.match(path):
+            raise TokenforgeError(f"config key {key}: unknown {registry.kind} {part!r}; expected one of "
+                                  f"{', '.join(registry.names())}, seit:PATH or package.module:reader[:PATH]")  # fmt: skip
+        registry.load(path, f"config key {key}")
+
+
+def check_choices(config: dict, path: str | Path) -> None:
+    """A one-line TokenforgeError for a registry-backed key whose value is not a name of its registry, or an import
+    path that does not load as one ("config key memory.scorer: unknown scorer 'x'; expected one of ..."): clearer
+    than the schema's anyOf message, and before any job runs. Built-in names are not imported here."""
+    from tokenforge.errors import TokenforgeError
+
+    schema = yaml.safe_load(Path(path).read_text())
+    for key, registry_path, spec in _registry_keys(schema):
+        value, registry = _value(config, key), _registry(registry_path)
+        if not isinstance(value, str):
+            continue
+        if spec:
+            _check_spec(key, value, registry)
+        elif value not in registry:
             raise TokenforgeError(
                 f"config key {key}: unknown {registry.kind} {value!r}; expected one of {', '.join(registry.names())} "
                 "or an import path like 'package.module:name'"
             )
+        elif value not in registry.builtin_names() and value not in registry.plugin_names():
+            registry.load(value, f"config key {key}")  # an import path: its module and attribute must be there
 
 
 def write_expanded(path: str | Path) -> Path:

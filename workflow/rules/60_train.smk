@@ -19,7 +19,7 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/task-{{task}}.tsv"
     params:
-        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS and k not in ("token_expansion", "prompts")}),
+        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS and k not in ("token_expansion", "prompts", "model_options")}),
         # From the job's resources: one process (CPU or one GPU), one per GPU or train.processes on a node (torchrun
         # or the deepspeed launcher), or srun + torchrun across nodes. Data parallel; rank 0 writes the outputs.
         # Every program but srun is a module of the job's Python (train_launch in common.smk): no PATH needed.
@@ -29,6 +29,7 @@ rule train:
         augment=cli_args(config["augment"], prefix="augment-"),
         toe=cli_args(config["train"].get("token_expansion", {}), prefix="toe-"),
         prompts=cli_args(config["train"].get("prompts", {}), prefix="prompt-"),
+        model_options=model_option_flags(),
         previous=previous_flag,
         pretrain=pretrain_flags,
         adapter=tokenadapt_flag,
@@ -56,7 +57,7 @@ rule train:
         "{params.launch} train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
         " --task {wildcards.task} {params.family} {params.previous} {params.pretrain} --out {params.outdir} {params.args} {params.memory}"
         " --checkpoint-dir {params.checkpoints}"
-        " --synonyms {input.synonyms} {params.augment} {params.adapter} {params.toe} {params.prompts}"
+        " --synonyms {input.synonyms} {params.augment} {params.adapter} {params.toe} {params.prompts} {params.model_options}"
         " --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"
 
 

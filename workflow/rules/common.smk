@@ -126,6 +126,12 @@ def cli_args(section, prefix=""):
     return " ".join(out)
 
 
+def model_option_flags():
+    """train.model_options as `--model-option NAME=JSON` flags (models/options/extra.py), in the config's order."""
+    options = config["train"].get("model_options") or {}
+    return " ".join(shlex.quote(f"--model-option={name}={json.dumps(settings, sort_keys=True)}") for name, settings in options.items())
+
+
 def track(rule_tags=""):
     """The MLflow flags every job passes: attach to this run's parent, with the run name as a tag."""
     return f"--track {R} --tag run={config['run']} --tag snakemake_version={snakemake.__version__} {rule_tags}"

@@ -16,7 +16,7 @@ from tokenforge.plugins import Registry
 
 
 def _option_check(obj: object) -> str | None:
-    hooks = ("add_arguments", "check", "config_fields", "start", "continue_from", "training")
+    hooks = ("add_arguments", "check", "config_fields", "start", "continue_from", "training", "build")
     missing = [h for h in hooks if not hasattr(obj, h)]
     if isinstance(obj, type) or missing:
         return f"a {type(obj).__name__} without {', '.join(missing or hooks)} (see tokenforge.models.options.base.ModelOption)"
@@ -29,6 +29,7 @@ MODEL_OPTIONS = Registry("model option", key="train", group="tokenforge.model_op
 MODEL_OPTIONS.register("routed_attention", "tokenforge.models.options.routed:ROUTED_ATTENTION")
 MODEL_OPTIONS.register("prompts", "tokenforge.models.options.prompts:PROMPTS")
 MODEL_OPTIONS.register("token_expansion", "tokenforge.models.options.expansion:TOKEN_EXPANSION")
+MODEL_OPTIONS.register("extra_options", "tokenforge.models.options.extra:EXTRA_OPTIONS")  # --model-option: one's own
 
 # train.input: what a model reads, VQ code ids or (the baseline) pixel patches of the same grid
 INPUTS = ("tokens", "pixels")

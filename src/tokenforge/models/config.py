@@ -7,7 +7,7 @@ Torch-free, below both the model (models.tokenvit), which checks and reads its s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.models import ATTENTIONS, ROUTINGS
@@ -35,6 +35,9 @@ class ModelConfig:
     prompt_deep: bool = False  # VPT-deep: a new set of prompt_tokens replaces them before every block after the first
     prompt_dropout: float = 0.0  # dropout on the prompt tokens in training forwards
     backbone_sha256: str | None = None  # prompted: sha256 of the frozen tensors (store.backbone_digest), set by save_model
+    # model options without fields of their own (train.model_options, models/options/base.py): {option name or import
+    # path: its settings}; each option's build() runs when the model is made, so a saved model is rebuilt with them
+    extra_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.orders = tuple(self.orders)  # model.json and the CLI give lists

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the model imports torch and timm: loading imports it where 
 # Model options added after the first release, left out of model.json while off: a plain model's config stays
 # byte for byte what it was, and reading fills them in with these defaults.
 OPTIONS_OFF = {"prompts": 0, "mask_token": False, "attention": "global", "orders": (0, 1, 2, 3), "routing": "soft",
-               "prompt_tokens": 0, "prompt_deep": False, "prompt_dropout": 0.0, "backbone_sha256": None}
+               "prompt_tokens": 0, "prompt_deep": False, "prompt_dropout": 0.0, "backbone_sha256": None, "extra_options": {}}
 
 
 # Settings of an option: left out with it while it is off, always written while it is on (a routed model's

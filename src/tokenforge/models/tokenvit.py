@@ -165,6 +165,11 @@ class TokenViT(nn.Module):
         self._probe: Probe | None = None
         self.expansion: ExpansionConfig | None = None  # token expansion in training forwards (set_expansion)
         self.epoch = 0  # the epoch within the task being trained (set_epoch): the expansion stage follows it
+        if config.extra_options:  # model options of one's own, last (models/options/extra.py)
+            from tokenforge.models import MODEL_OPTIONS
+
+            for name, settings in config.extra_options.items():
+                MODEL_OPTIONS.load(name, "train.model_options").build(self, settings)
 
     def _route(self) -> None:
         """Routed attention spans: a router per block, the full grid's span masks as a non-persistent buffer."""

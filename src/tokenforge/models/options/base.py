@@ -11,10 +11,20 @@ option of `tokenforge.models.MODEL_OPTIONS` in registration order; an option act
                                  option's fields and the start's weights, the option's new parameters fresh (seeded)
     continue_from(model, args)   task t > 0: check task t-1's model against the flags, or carry a setting over
     training(model, args)        just before training (not evaluation or memory building): training-only settings
+    build(model, settings)       an option of one's own (`--model-option NAME[=JSON]`, train.model_options): change a
+                                 freshly made TokenViT (add modules or parameters, wrap blocks, freeze parts); it runs
+                                 whenever the model is made, loading included, so saved models come back the same
 
-A new option is one module here with a `ModelOption` subclass, and one registration in models/__init__.py; the
-model-side machinery it needs lives where the model is built (its ModelConfig fields in models/config.py, with their
-off values in models/store.py so model.json leaves them out while off) and its config keys in the schema.
+A new option is one module with a `ModelOption` subclass that implements `build`, and one registration: in
+models/__init__.py, or an installed package's entry point (group `tokenforge.model_options`), or none at all when it
+is named by import path (`train.model_options: {"mylab.adapters:ADAPTERS": {"width": 8}}`); its settings are saved in
+model.json (`extra_options`). The example plugin package (examples/) has one. The built-in options predate this and
+keep their own ModelConfig fields and config keys (models/config.py, the schema), so their model.json is unchanged.
+
+    class Frozen(ModelOption):                    # freeze the first `blocks` blocks
+        def build(self, model, settings):
+            for block in model.vit.blocks[: settings.get("blocks", 1)]:
+                block.requires_grad_(False)
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ class ModelOption:
         pass
 
     def training(self, model, args: argparse.Namespace) -> None:
+        pass
+
+    def build(self, model, settings: dict) -> None:
         pass
 
 
