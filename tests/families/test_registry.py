@@ -67,3 +67,22 @@ def test_a_family_of_ones_own_by_import_path_splits_and_evaluates(tmp_path, monk
     assert main(["evaluate", "--family", "toyfam:Letters", "--model", str(tmp_path), "--split", str(tmp_path / "split"),
                  "--task", "1", "--out", str(out), "-q"]) == 0  # fmt: skip
     assert json.loads(out.read_text())["accuracy"] == [1.0, 0.5]
+
+
+def test_the_pipeline_hands_a_family_of_ones_own_to_every_stage(workdir):
+    """A dry run of the Snakefile with `family: toyfam:Letters`: split, train and evaluate get --family, the split
+    reads class names (the family does not say reads_text), and nothing branches on the family's name."""
+    import subprocess
+
+    from helpers.pipeline import pipeline_env, snakemake_command, write_config
+
+    (workdir / "toyfam.py").write_text(textwrap.dedent(TOY))
+    cfg = write_config(workdir, 'family: "toyfam:Letters"\nsplit: {tasks: 2, classes_per_task: 2}\n')
+    proc = subprocess.run(snakemake_command(workdir, "--configfile", cfg, "-n", "-p"), capture_output=True, text=True,
+                          env=pipeline_env(PYTHONPATH=str(workdir)))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    commands = [line for line in proc.stdout.splitlines() if " -m tokenforge " in line]
+    for stage in ("split", "train", "evaluate"):
+        lines = [c for c in commands if f" -m tokenforge {stage} " in c]
+        assert lines and all("--family toyfam:Letters" in c for c in lines), (stage, lines[:1])
+    assert all("--classes " in c for c in commands if " -m tokenforge split " in c)

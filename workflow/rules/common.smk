@@ -19,6 +19,7 @@ if (config.get("train") or {}).get("compile", "off") is False:
 
 # The schema's pluggable keys (x-registry) take their choices from tokenforge's registries, installed plugins included.
 from tokenforge.config_schema import check_choices, write_expanded
+from tokenforge.families import FAMILIES
 
 _schema_source = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
@@ -210,7 +211,9 @@ def tokenadapt_flag(wildcards):
 # text that a text source (scenes, vqa2:, clevr:, coco-captions:) carries beside its images. Same stages, same files,
 # the same launch (train.processes, gpus, nodes); the pretrain stage starts BLIP's vision encoder (families/text_start.py).
 FAMILY = config.get("family", "classification")
-MULTIMODAL = FAMILY != "classification"
+# --family for a family other than the CLI's default (classification's commands stay as they were)
+FAMILY_FLAG = "" if FAMILY == "classification" else f"--family {shlex.quote(FAMILY)}"
+MULTIMODAL = bool(getattr(FAMILIES.load(FAMILY), "reads_text", False))  # text beside the images: vqa, captioning
 MM = config.get("multimodal", {}) or {}
 if MULTIMODAL:
     if SEIT:
@@ -227,8 +230,8 @@ if MULTIMODAL:
 def split_flags():
     """`tokenforge split` flags beyond the split: section: the family's groups and text tokenizer."""
     if not MULTIMODAL:
-        return f"--classes {CLASSES}"
-    flags = f"--family {FAMILY} --tokens {TOKENS}/train.parquet --caption-prompt {shlex.quote(MM.get('caption_prompt', 'a picture of'))}"
+        return f"--classes {CLASSES} {FAMILY_FLAG}".strip()
+    flags = f"{FAMILY_FLAG} --tokens {TOKENS}/train.parquet --caption-prompt {shlex.quote(MM.get('caption_prompt', 'a picture of'))}"
     if MM.get("split_by"):
         flags += f" --by {MM['split_by']}"
     if MM.get("text_tokenizer"):
@@ -239,12 +242,12 @@ def split_flags():
 def family_train_flags():
     """`tokenforge train` flags of the family: none for classification."""
     if not MULTIMODAL:
-        return ""
-    flags = f"--family {FAMILY} --text-max-len {MM.get('text_max_len', 24)}"
+        return FAMILY_FLAG
+    flags = f"{FAMILY_FLAG} --text-max-len {MM.get('text_max_len', 24)}"
     return flags + (f" --pretrained {shlex.quote(MM['pretrained'])}" if MM.get("pretrained") else "")
 
 
 def family_evaluate_flags():
     if not MULTIMODAL:
-        return ""
-    return f"--family {FAMILY}" + (f" --generate-tokens {MM['generate_tokens']}" if MM.get("generate_tokens") else "")
+        return FAMILY_FLAG
+    return FAMILY_FLAG + (f" --generate-tokens {MM['generate_tokens']}" if MM.get("generate_tokens") else "")

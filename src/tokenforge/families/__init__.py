@@ -21,6 +21,11 @@ What a family supplies, and who calls it:
                                              to the sequence's classes, or None where the split is not by the units'
                                              labels (the text families: every image may serve the sequence)
 
+and `Family.reads_text`: whether the pipeline gives the family the text beside the images (the split reads the token
+file's text and trains a text tokenizer, training takes --text-max-len; vqa and captioning) or class names
+(classification, and a family of one's own unless it says otherwise). The Snakefile reads it, so a family's module
+should import torch only where a job uses it.
+
 and, on the object `families.get(name, **kwargs)` builds for one job (the trainer's loop and the evaluation use it):
 
     family.name            the family's name

@@ -10,21 +10,29 @@ targets times -inf would give NaN, and an argmax is the same either way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
+
+if TYPE_CHECKING:
+    import torch
 
 UNSEEN = -1e9  # the logit of a class not seen yet
 
 
 class Classification:
+    """(torch is imported where a job uses it, so the Snakefile can read the class's attributes without it.)"""
+
     name = "classification"
     memory_columns: tuple[str, ...] = ()  # a memory row's label is its whole target
+    reads_text = False  # the split reads class names, not the token file's text (families/__init__.py)
 
     def __init__(self, num_classes: int, seen: list[int]):
+        import torch
+
         self.num_classes = num_classes
         self.seen = list(seen)
         self._unseen = torch.ones(num_classes, dtype=torch.bool)
@@ -32,6 +40,8 @@ class Classification:
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """One-hot float targets (B, C): augmentations such as CutMix mix them by area."""
+        import torch.nn.functional as F
+
         return F.one_hot(labels, self.num_classes).float()
 
     def restrict(self, logits: torch.Tensor) -> torch.Tensor:
@@ -40,6 +50,8 @@ class Classification:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of restricted logits; `targets` are class indices (B,) or probabilities (B, C)."""
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits, targets.to(logits.device))
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> int:

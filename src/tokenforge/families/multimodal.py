@@ -41,6 +41,7 @@ class _Multimodal:
     memory_columns: tuple[str, ...] = ("prompt", "target")
     metric = ""  # the headline score of a task: the matrix the package reports
     prompt_is_prefix = False  # the prompt starts the decoder's text (a caption prompt), or is a question apart from it
+    reads_text = True  # the split and training read the text records beside the images (families/__init__.py)
 
     def __init__(self, by: str, caption_prompt: str = CAPTION_PROMPT):
         if by not in SPLIT_BY[self.name]:
