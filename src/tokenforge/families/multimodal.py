@@ -141,6 +141,7 @@ class VQA(_Multimodal):
 class Captioning(_Multimodal):
     name = "captioning"
     metric = "cider"
+    headline_is_share = False  # CIDEr-D is a plain number, not a fraction: `tokenforge compare` shows it as one
     prompt_is_prefix = True
 
     def _record_groups(self, records):

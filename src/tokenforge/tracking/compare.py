@@ -205,12 +205,24 @@ def _local_time(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone()
 
 
+def _headline_is_share(family: str | None) -> bool:
+    """Whether a family's headline score is a share (accuracy, VQA accuracy) or a plain number (captioning's CIDEr-D):
+    the family says (`headline_is_share`); a family not installed here counts as a share."""
+    from tokenforge.errors import TokenforgeError
+    from tokenforge.families import FAMILIES
+
+    try:
+        return bool(getattr(FAMILIES.load(family), "headline_is_share", True)) if family else True
+    except TokenforgeError:
+        return True
+
+
 def format_cell(column: str, value: Any, family: str | None = None) -> str:
-    """A value as shown in the table: accuracies as percentages, bytes with thousands separators; a captioning run's
-    headline score is CIDEr-D, no fraction, shown as a number."""
+    """A value as shown in the table: accuracies as percentages, bytes with thousands separators; a headline score
+    that is not a share (captioning's CIDEr-D) as a plain number."""
     if value is None:
         return MISSING
-    if column in PERCENT and family == "captioning":
+    if column in PERCENT and not _headline_is_share(family):
         return f"{value:.3f}"
     if column in PERCENT:
         return f"{100 * value:.2f}%"
