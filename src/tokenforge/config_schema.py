@@ -8,7 +8,8 @@ registry it takes them from:
 `expanded(path)` returns the schema with each such node replaced by "one of the registry's names (built-ins and
 installed plugins) or an import path like 'package.module:name'", keeping its default and description; a source
 spec (`x-registry-spec`) is a name, `name:PATH`, an import path with an optional `:PATH`, or parts joined by '+'.
-`write_expanded(path)` writes it to a temporary file for Snakemake's `validate`. Nothing here imports torch.
+`write_expanded(schema)` writes it to a temporary file for Snakemake's `validate`; `check_choices` gives the
+one-line errors first. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tokenforge.plugins import IMPORT_PATH, IMPORT_PATH_PATTERN, import_object
+from tokenforge.plugins import IMPORT_PATH_PATTERN, import_object
 
 _KEEP = ("default", "description")
 
@@ -51,9 +52,13 @@ def _expand(node):
     return out
 
 
+def read_schema(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
 def expanded(path: str | Path) -> dict:
     """The schema at `path` with every `x-registry` / `x-registry-spec` node filled from its registry."""
-    return _expand(yaml.safe_load(Path(path).read_text()))
+    return _expand(read_schema(path))
 
 
 def _registry_keys(node, prefix: str = ""):
@@ -75,28 +80,29 @@ def _value(config: dict, key: str):
 
 
 def _check_spec(key: str, spec: str, registry) -> None:
-    """Each '+' part of a source spec: a registered name (with its PATH), seit:PATH, or a reader by import path,
-    which is imported now so that a missing module or attribute fails before any job runs."""
+    """Each '+' part of a source spec, parsed as the shard stage parses it (data.sources.parse_spec): seit:PATH, a
+    registered name with its PATH, or a reader by import path, which is imported now so that a missing module or
+    attribute fails before any job runs."""
+    from tokenforge.data.sources import parse_spec
     from tokenforge.errors import TokenforgeError
 
     for part in spec.split("+"):
-        head, _, rest = part.partition(":")
-        if head in registry or head == "seit":
+        if part.startswith("seit:"):  # a token release: the seit stage reads it, not a reader
             continue
-        path = f"{head}:{rest.split(':')[0]}"
-        if not IMPORT_PATH.match(path):
-            raise TokenforgeError(f"config key {key}: unknown {registry.kind} {part!r}; expected one of "
-                                  f"{', '.join(registry.names())}, seit:PATH or package.module:reader[:PATH]")  # fmt: skip
-        registry.load(path, f"config key {key}")
+        try:
+            name, _ = parse_spec(part)
+        except TokenforgeError as exc:
+            raise TokenforgeError(f"config key {key}: {exc}") from None
+        if name not in registry.builtin_names() and name not in registry.plugin_names():
+            registry.load(name, f"config key {key}")
 
 
-def check_choices(config: dict, path: str | Path) -> None:
+def check_choices(config: dict, schema: dict) -> None:
     """A one-line TokenforgeError for a registry-backed key whose value is not a name of its registry, or an import
     path that does not load as one ("config key memory.scorer: unknown scorer 'x'; expected one of ..."): clearer
     than the schema's anyOf message, and before any job runs. Built-in names are not imported here."""
     from tokenforge.errors import TokenforgeError
 
-    schema = yaml.safe_load(Path(path).read_text())
     for key, registry_path, spec in _registry_keys(schema):
         value, registry = _value(config, key), _registry(registry_path)
         if not isinstance(value, str):
@@ -112,8 +118,9 @@ def check_choices(config: dict, path: str | Path) -> None:
             registry.load(value, f"config key {key}")  # an import path: its module and attribute must be there
 
 
-def write_expanded(path: str | Path) -> Path:
-    """`expanded(path)` written to a temporary YAML file (the caller removes it), for Snakemake's `validate`."""
+def write_expanded(schema: dict) -> Path:
+    """`schema` (as read) expanded and written to a temporary YAML file (the caller removes it), for Snakemake's
+    `validate`."""
     with tempfile.NamedTemporaryFile("w", suffix=".schema.yaml", prefix="tokenforge-", delete=False) as out:
-        yaml.safe_dump(expanded(path), out, sort_keys=False)
+        yaml.safe_dump(_expand(schema), out, sort_keys=False)
     return Path(out.name)

@@ -76,30 +76,21 @@ class Registry:
     entry-point group of installed plugins ("tokenforge.scorers"), and `check(obj)` returns None for an object
     of the right kind, else a few words on what is wrong with it."""
 
-    def __init__(self, kind: str, *, key: str, group: str, check: Callable[[object], str | None] = callable_check,
-                 doc: str = ""):  # fmt: skip
-        self.kind, self.key, self.group, self.doc = kind, key, group, doc
+    def __init__(self, kind: str, *, key: str, group: str, check: Callable[[object], str | None] = callable_check):
+        self.kind, self.key, self.group = kind, key, group
         self._check = check
         self._builtins: dict[str, Any] = {}  # name -> "module:attribute" (not yet imported) or the object
         self._loaded: dict[str, Any] = {}
 
     # --- declaring ---------------------------------------------------------------------------------------------
-    def register(self, name: str, target: Any = None):
-        """Register `target` (an object, or its "module:attribute" path, imported on first use) under `name`.
-        Without a target it is a decorator: `@REGISTRY.register("name")` over a function or class."""
-        if target is None:
-            def decorate(obj):
-                self.register(name, obj)
-                return obj
-
-            return decorate
+    def register(self, name: str, target: Any) -> None:
+        """Register `target` (its "module:attribute" path, imported on first use, or the object) under `name`."""
         if not re.match(r"^[\w-]+$", name):
             raise TokenforgeError(f"{self.key}: {name!r} cannot be a {self.kind} name (letters, digits, _ and - only)")
         if name in self._builtins and self._builtins[name] != target:
             raise TokenforgeError(f"{self.key}: the {self.kind} {name!r} is already registered")
         self._builtins[name] = target
         self._loaded.pop(name, None)
-        return target
 
     # --- listing ------------------------------------------------------------------------------------------------
     def builtin_names(self) -> tuple[str, ...]:
@@ -131,9 +122,6 @@ class Registry:
         if not isinstance(value, str):
             return False
         return value in self._builtins or is_import_path(value) or value in self._entry_points()
-
-    def __getitem__(self, index):
-        return self.names()[index]
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
@@ -168,10 +156,15 @@ class Registry:
         self._loaded[value] = obj
         return obj
 
-    def validate(self, value: str, key: str | None = None) -> str:
-        """`value` if it loads as a registered implementation of this kind; else the one-line error of `load`."""
-        self.load(value, key)
-        return value
+    def load_for(self, value: str, family: str, default_families: tuple[str, ...], key: str | None = None) -> Any:
+        """`load(value)` for a task family: an implementation says which families it serves by its `families`
+        attribute (`default_families` when it has none); one that does not serve `family` is a one-line error
+        listing the built-ins that do."""
+        obj = self.load(value, key)
+        if family in getattr(obj, "families", default_families):
+            return obj
+        offered = [n for n in self.builtin_names() if family in getattr(self.load(n), "families", default_families)]
+        raise TokenforgeError(f"{key or self.key}: {value!r} is not offered for {family}; use one of {', '.join(offered)}")
 
     def schema(self) -> dict:
         """The JSON-schema fragment for a config value of this kind: a name of this registry or an import path."""

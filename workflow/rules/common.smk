@@ -18,15 +18,15 @@ if (config.get("train") or {}).get("compile", "off") is False:
     config["train"]["compile"] = "off"
 
 # The schema's pluggable keys (x-registry) take their choices from tokenforge's registries, installed plugins included.
-from tokenforge.config_schema import check_choices, write_expanded
+from tokenforge.config_schema import check_choices, read_schema, write_expanded
 from tokenforge.families import FAMILIES
 
-_schema_source = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+_schema_read = read_schema(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 try:
-    check_choices(config, _schema_source)
+    check_choices(config, _schema_read)
 except TokenforgeError as exc:
     raise WorkflowError(str(exc)) from None
-_schema = write_expanded(_schema_source)
+_schema = write_expanded(_schema_read)
 try:
     validate(config, schema=str(_schema))
 except WorkflowError as exc:

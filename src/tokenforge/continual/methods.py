@@ -79,9 +79,4 @@ def memory_method(name: str, family: str = "classification") -> MemoryMethod:
     """The method `name` (a built-in name, an installed plugin's name or an import path), checked for the family."""
     from tokenforge.continual import METHODS
 
-    method = METHODS.load(name)
-    families = getattr(method, "families", ALL_FAMILIES)
-    if family not in families:
-        offered = [n for n in METHODS.builtin_names() if family in getattr(METHODS.load(n), "families", ALL_FAMILIES)]
-        raise TokenforgeError(f"memory.method: {name!r} is not offered for {family}; use one of {', '.join(offered)}")
-    return method
+    return METHODS.load_for(name, family, ALL_FAMILIES)

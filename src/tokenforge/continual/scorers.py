@@ -181,11 +181,7 @@ class Scorer:
 def scorer_for(name: str, family: str = "classification") -> Callable:
     """The scorer `name` (built-in, an installed plugin's name or an import path) as a function for `family`:
     `score(model, units, targets, *, generator) -> (B, n)`; a one-line error if it cannot score that family."""
-    scorer = SCORERS.load(name)
-    families = getattr(scorer, "families", ("classification",))
-    if family not in families:
-        offered = [n for n in SCORERS.builtin_names() if family in SCORERS.load(n).families]
-        raise TokenforgeError(f"memory.scorer: {name!r} is not offered for {family}; use one of {', '.join(offered)}")
+    scorer = SCORERS.load_for(name, family, ("classification",))  # a scorer of one's own: the ViT's by default
     return scorer.for_family(family) if isinstance(scorer, Scorer) else scorer
 
 

@@ -39,11 +39,7 @@ def selection_for(method: str, family: str = "classification") -> Callable:
     gradient read the ViT's features: `order.families`, all families when unset)."""
     from tokenforge.continual.methods import ALL_FAMILIES
 
-    order = selection_order(method)
-    if family not in getattr(order, "families", ALL_FAMILIES):
-        offered = [n for n in SELECTIONS.builtin_names() if family in getattr(selection_order(n), "families", ALL_FAMILIES)]
-        raise TokenforgeError(f"memory.selection: {method} orders by the ViT's features; {family} offers {' and '.join(offered)}")
-    return order
+    return SELECTIONS.load_for(method, family, ALL_FAMILIES)
 
 
 def is_class_balanced(method: str) -> bool:

@@ -18,13 +18,9 @@ from tokenforge.plugins import Registry
 # CLI's choices need it and this file imports nothing heavy, so `--help` stays fast.
 MODES = {1: "L", 3: "RGB"}
 
-SOURCES = Registry(
-    "source",
-    key="shard.source",
-    group="tokenforge.sources",
-    doc="Image sources of the shard stage: `reader(path: str | None, options: SourceOptions) -> Source` "
-    "(tokenforge/data/sources/base.py), named by `--source NAME` or `--source NAME:PATH`.",
-)
+# Image sources of the shard stage: `reader(path: str | None, options: SourceOptions) -> Source`
+# (tokenforge/data/sources/base.py), named by `--source NAME` or `--source NAME:PATH`.
+SOURCES = Registry("source", key="shard.source", group="tokenforge.sources")
 # Names whose spec is NAME:PATH. Only the help text needs this, and it must not import a reader to find out;
 # the readers themselves refuse a missing or an unexpected PATH.
 PATH_SOURCES: set[str] = set()

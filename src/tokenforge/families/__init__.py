@@ -59,8 +59,8 @@ def family_check(obj: object) -> str | None:
     return f"a class without {', '.join(missing)}" if missing else None
 
 
-FAMILIES = Registry("family", key="family", group="tokenforge.families", check=family_check,
-                    doc="what the tasks learn: class labels, or text targets on BLIP")  # fmt: skip
+# what the tasks learn: class labels, or text targets on BLIP
+FAMILIES = Registry("family", key="family", group="tokenforge.families", check=family_check)
 FAMILIES.register("classification", "tokenforge.families.classification:Classification")
 FAMILIES.register("vqa", "tokenforge.families.multimodal:VQA")
 FAMILIES.register("captioning", "tokenforge.families.multimodal:Captioning")

@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenforge.data.multimodal import text_record
 from tokenforge.data.sources.base import Source, SourceOptions, require_path
-from tokenforge.data.sources.text import dataset_root, image_file, json_int, json_items, json_str, text_source
+from tokenforge.data.sources.text import TextImages, dataset_root, json_int, json_items, json_str
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 
@@ -50,10 +50,7 @@ def clevr_family(program: Any, path: Path, where: str) -> str:
 def clevr_source(path: str) -> Source:
     """CLEVR questions grouped per image, in image_index order; questions in file order."""
     root = dataset_root(path)
-    records: list[dict] = []
-    files: list[Path] = []
-    ids: list[str] = []
-    splits: list[str] = []
+    images = TextImages(root)
     found = False
     for name, split in CLEVR_SPLITS:
         qpath = root / "questions" / f"CLEVR_{name}_questions.json"
@@ -71,14 +68,10 @@ def clevr_source(path: str) -> Source:
             family = clevr_family(q.get("program"), qpath, where)
             per_image.setdefault(key, []).append({"question": question, "answers": [answer], "family": family})
         for key in sorted(per_image):
-            rel = f"images/{name}/{key[1]}"
-            files.append(image_file(root / rel, qpath))
-            records.append(text_record("clevr", qa=per_image[key]))
-            ids.append(rel)
-            splits.append(split)
+            images.add(f"images/{name}/{key[1]}", qpath, text_record("clevr", qa=per_image[key]), split)
     if not found:
         raise TokenforgeError(
             f"{root}: no CLEVR question files (expected questions/CLEVR_train_questions.json "
             "or questions/CLEVR_val_questions.json)"
         )
-    return text_source(f"clevr:{path}", "clevr", records, files, ids, splits)
+    return images.source(f"clevr:{path}", "clevr")

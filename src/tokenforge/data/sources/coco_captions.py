@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenforge.data.multimodal import text_record
 from tokenforge.data.sources.base import Source, SourceOptions, require_path
-from tokenforge.data.sources.text import dataset_root, image_file, json_int, json_items, json_str, text_source
+from tokenforge.data.sources.text import TextImages, dataset_root, json_int, json_items, json_str
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 
@@ -38,10 +38,7 @@ def coco_captions_source(path: str) -> Source:
             f"{folder}: no COCO caption files (expected captions_train2017.json or captions_val2017.json, "
             "or the 2014 ones)"
         )
-    records: list[dict] = []
-    files: list[Path] = []
-    ids: list[str] = []
-    splits: list[str] = []
+    images = TextImages(root)
     for name, split in COCO_SPLITS:
         cpath = folder / f"captions_{name}{year}.json"
         if not cpath.is_file():
@@ -63,12 +60,9 @@ def coco_captions_source(path: str) -> Source:
         ipath = folder / f"instances_{name}{year}.json"
         objects = _coco_objects(ipath) if ipath.is_file() else {}
         for image_id in sorted(file_names):
-            rel = f"{name}{year}/{file_names[image_id]}"
-            files.append(image_file(root / rel, cpath))
-            records.append(text_record("coco", captions=captions[image_id], objects=objects.get(image_id, [])))
-            ids.append(rel)
-            splits.append(split)
-    return text_source(f"coco-captions:{path}", "coco", records, files, ids, splits)
+            record = text_record("coco", captions=captions[image_id], objects=objects.get(image_id, []))
+            images.add(f"{name}{year}/{file_names[image_id]}", cpath, record, split)
+    return images.source(f"coco-captions:{path}", "coco")
 
 
 def _coco_objects(ipath: Path) -> dict[int, list[str]]:

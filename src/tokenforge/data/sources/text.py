@@ -39,6 +39,27 @@ def text_source(spec: str, dataset: str, records: list[dict], files: list[Path],
     )
 
 
+class TextImages:
+    """The images of a text dataset, gathered split by split in the reader's order: each one's file (checked to
+    exist), text record, id (its path under the root) and split; then one `text_source`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.records: list[dict] = []
+        self.files: list[Path] = []
+        self.ids: list[str] = []
+        self.splits: list[str] = []
+
+    def add(self, rel: str, listed_in: Path, record: dict, split: str) -> None:
+        self.files.append(image_file(self.root / rel, listed_in))
+        self.records.append(record)
+        self.ids.append(rel)
+        self.splits.append(split)
+
+    def source(self, spec: str, dataset: str) -> Source:
+        return text_source(spec, dataset, self.records, self.files, self.ids, self.splits)
+
+
 def dataset_root(path: str) -> Path:
     """PATH of a `kind:PATH` spec as a directory that exists."""
     root = Path(path)

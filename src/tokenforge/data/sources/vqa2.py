@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenforge.data.multimodal import text_record
 from tokenforge.data.sources.base import Source, SourceOptions, require_path
-from tokenforge.data.sources.text import dataset_root, image_file, json_int, json_items, json_str, text_source
+from tokenforge.data.sources.text import TextImages, dataset_root, json_int, json_items, json_str
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 
@@ -28,10 +28,7 @@ VQA_SPLITS = (("train2014", "train"), ("val2014", "test"))
 def vqa2_source(path: str) -> Source:
     """VQA v2 questions + annotations per COCO image, in image_id order; questions in file order."""
     root = dataset_root(path)
-    records: list[dict] = []
-    files: list[Path] = []
-    ids: list[str] = []
-    splits: list[str] = []
+    images = TextImages(root)
     found = False
     for name, split in VQA_SPLITS:
         qpath = root / f"v2_OpenEnded_mscoco_{name}_questions.json"
@@ -57,17 +54,13 @@ def vqa2_source(path: str) -> Source:
                 )
             per_image.setdefault(image_id, []).append({"question": question, "answers": answers, "family": family})
         for image_id in sorted(per_image):
-            rel = f"{name}/COCO_{name}_{image_id:012d}.jpg"
-            files.append(image_file(root / rel, qpath))
-            records.append(text_record("vqa2", qa=per_image[image_id]))
-            ids.append(rel)
-            splits.append(split)
+            images.add(f"{name}/COCO_{name}_{image_id:012d}.jpg", qpath, text_record("vqa2", qa=per_image[image_id]), split)
     if not found:
         raise TokenforgeError(
             f"{root}: no VQA v2 files (expected v2_OpenEnded_mscoco_train2014_questions.json and "
             "v2_mscoco_train2014_annotations.json, or the val2014 pair)"
         )
-    return text_source(f"vqa2:{path}", "vqa2", records, files, ids, splits)
+    return images.source(f"vqa2:{path}", "vqa2")
 
 
 def _vqa_annotations(apath: Path) -> dict[int, tuple[int, str, list[str]]]:
