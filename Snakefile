@@ -1,7 +1,9 @@
 # tokenforge: class-incremental ViT training on VQ tokens with core-token replay memories.
 #
 # Results of a run live in <results>/<run>/ (results/default/ for the embedded default):
-#   shard/       WebDataset tar shards + index.parquet          (workflow/rules/10_shard.smk)
+#   shard/       WebDataset tar shards + index.parquet          (workflow/rules/10_shard.smk; shard.parts > 1:
+#                the tars in part-000/ ... , one shard job each, gathered; tokenize then runs one job per part
+#                into tokens-parts/part-KKK/, gathered into tokens/)
 #   tokenizer/   VQ autoencoder weights (safetensors) + stats   (20_tokenizer.smk)
 #   tokens/      token grids as Parquet, bytes per image        (30_tokenize.smk)
 #                (a seit:DIR source is imported here instead of shard/tokenizer/tokenize: 15_seit.smk)
@@ -27,6 +29,7 @@ configfile: "config/config.yaml"
 
 wildcard_constraints:
     task=r"\d+",
+    part=r"\d{3}",
 
 
 

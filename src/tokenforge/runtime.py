@@ -7,6 +7,8 @@ import random
 import sys
 from typing import Iterable, TypeVar
 
+from tokenforge.errors import TokenforgeError
+
 T = TypeVar("T")
 
 
@@ -51,3 +53,42 @@ def compute_device():
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def job_device(name: str = "auto"):
+    """The torch device a `--device` flag names: auto is `compute_device()` (the job's GPU, else the CPU)."""
+    import torch
+
+    if name == "auto":
+        return compute_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TokenforgeError(f"--device {name!r}: not a torch device (auto, cpu, cuda, cuda:0, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TokenforgeError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def job_resources() -> dict:
+    """This process's own peak resident memory (MiB) and CPU seconds so far, for a job's stats.json.
+
+    Measured in the job itself because a warm-started job is a fork of the warm server (tokenforge.warm), whose
+    Snakemake benchmark file sees only the thin client. Peak RSS is Linux's VmHWM (a fork starts from the pages it
+    shares with its parent, so it counts those too); elsewhere ru_maxrss. CPU time is user + system, children
+    (e.g. data-loader workers) included."""
+    import resource
+
+    peak_kib = None
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    peak_kib = int(line.split()[1])
+    except OSError:
+        pass
+    self_usage, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    if peak_kib is None:
+        peak_kib = self_usage.ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+    cpu = self_usage.ru_utime + self_usage.ru_stime + children.ru_utime + children.ru_stime
+    return {"peak_rss_mb": round(peak_kib / 1024, 1), "cpu_s": round(cpu, 3)}

@@ -226,9 +226,18 @@ def image_set(n: int, seed: int) -> types.SimpleNamespace:
 
 @pytest.fixture
 def shards(monkeypatch, tmp_path):
-    """A shard dir (stats.json only) whose splits tokenforge.data.shards.load_split serves from memory."""
+    """A shard dir (stats.json only) whose splits tokenforge.data.shards.iter_split serves from memory."""
     splits = {"train": image_set(20, 1), "test": image_set(7, 2)}
-    monkeypatch.setattr(shards_module, "load_split", lambda shard_dir, split: splits[split])
+
+    def iter_split(shard_dir, split, batch_size, keep=None, part=None, tars=None, per_tar=False):
+        data = splits[split]
+        for i in range(0, len(data.keys), batch_size):
+            yield types.SimpleNamespace(
+                keys=data.keys[i : i + batch_size], labels=data.labels[i : i + batch_size],
+                images=data.images[i : i + batch_size], texts=None,
+            )
+
+    monkeypatch.setattr(shards_module, "iter_split", iter_split)
     path = tmp_path / "shard"
     path.mkdir()
     stats = {"image_size": [8, 8], "channels": 1, "raw_bytes_per_image": 64, "shard_bytes_per_image": 600.0,
@@ -261,7 +270,7 @@ def test_cli_tokenize(tokenforge, shards, tok_dir, tmp_path):
     assert stats["bytes_per_image"] == {
         "raw_pixels": 64, "pixel_shards": 600.0, "tokens": pytest.approx(sizes / 27), "token_ids_raw": 8,
     }
-    assert stats["wall_s"] > 0
+    assert stats["wall_s"] > 0 and stats["resources"]["peak_rss_mb"] > 0
     # deterministic: a second run writes the same token files
     first = [(out / f"{s}.parquet").read_bytes() for s in ("train", "test")]
     assert tokenforge(args) == 0

@@ -15,14 +15,16 @@ SKIP = 77  # start_cluster.sh: no cluster can be started here (not root, no SLUR
 
 # The test node is this machine (2 CPUs, ~22 GB, no GPU here): the profile's requests for real clusters (8 CPUs, 16 GB
 # and a GPU for train) could never be scheduled on it. These replace the profile's set-resources for this run only.
-SMALL_NODE = [f"{rule}:{key}={value}" for rule in ("train", "tokenizer") for key, value in
-              (("gpu", 0), ("cpus_per_task", 2), ("mem_mb", 3000), ("runtime", 30))]
+SMALL_NODE = [f"{rule}:{key}={value}" for rule in ("train", "tokenizer", "tokenize", "tokenize_part", "evaluate")
+              for key, value in (("gpu", 0), ("cpus_per_task", 2), ("mem_mb", 3000), ("runtime", 30))]
 # Training takes the multi-node launch path on this one node: `mpi` makes the job's shell call srun itself, which
 # starts torchrun with a c10d rendezvous at the job's first node, and torchrun starts train.processes = 2 ranks.
 # The plugin wants tasks > 1 for an MPI job: 2 tasks of 1 CPU fill the node's 2 CPUs (srun starts 1 task per node).
 SRUN = ["train:mpi=srun", "train:tasks=2", "train:cpus_per_task=1"]
-# Every job of the tiny pipeline; each runs as its own SLURM job.
-JOBS = ["shard", "tokenizer", "tokenize", "synonyms", "split", "train", "train", "evaluate", "evaluate", "package"]
+# Every job of the tiny pipeline with shard.parts 2 (the scattered shard and tokenize jobs and their gathers); each
+# runs as its own SLURM job.
+JOBS = ["shard_part", "shard_part", "shard", "tokenizer", "tokenize_part", "tokenize_part", "tokenize", "synonyms",
+        "split", "train", "train", "evaluate", "evaluate", "package"]
 
 
 def start_cluster() -> str:
@@ -44,7 +46,11 @@ def test_tiny_pipeline_runs_through_slurm(workdir, monkeypatch):
     # The partition comes from the environment, as on a real cluster; no account (this cluster has no accounting).
     monkeypatch.setenv("SLURM_PARTITION", "debug")
     monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
-    cfg = write_config(workdir, TINY + "train: {epochs: 2, embed_dim: 32, depth: 2, log_every: 2, processes: 2}\n")
+    cfg = write_config(
+        workdir,
+        TINY + "train: {epochs: 2, embed_dim: 32, depth: 2, log_every: 2, processes: 2}\n"
+        "shard: {source: digits, shard_size: 500, parts: 2}\n",
+    )
     snakemake(
         workdir, "--configfile", cfg, "--workflow-profile", str(PROFILE),
         "--set-resources", *(r for r in SMALL_NODE if r != "train:cpus_per_task=2"), *SRUN,
@@ -61,6 +67,8 @@ def test_tiny_pipeline_runs_through_slurm(workdir, monkeypatch):
     rule_of = {p.stem: p.relative_to(workdir / ".snakemake" / "slurm_logs").parts[0] for p in logs}
     assert sorted(rule_of.values()) == sorted(f"rule_{rule}" for rule in JOBS), logs
     assert {p.parent.name for p in logs if p.parts[-3] == "rule_train"} == {"0", "1"}
+    for scattered in ("rule_shard_part", "rule_tokenize_part"):  # one SLURM job per part
+        assert {p.parent.name for p in logs if p.parts[-3] == scattered} == {"000", "001"}, logs
 
     # ... and ran inside its allocation: each job's MLflow child run carries that job's SLURM id
     info = json.loads((run / "mlflow" / "parent.json").read_text())
@@ -69,7 +77,8 @@ def test_tiny_pipeline_runs_through_slurm(workdir, monkeypatch):
     children = client.search_runs(
         [info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'"
     )
-    tagged = {c.data.tags.get("slurm_job_id"): c.data.tags["rule"] for c in children}
+    # a scattered job's child run is its command's (shard, tokenize), tagged with its part
+    tagged = {c.data.tags.get("slurm_job_id"): c.data.tags["rule"] + ("_part" if "part" in c.data.tags else "") for c in children}
     assert len(children) == len(JOBS) and all(c.info.status == "FINISHED" for c in children)
     assert {job_id: f"rule_{rule}" for job_id, rule in tagged.items()} == rule_of
     # The training jobs ran 2 ranks under srun + torchrun, whose rendezvous id is the SLURM job's id

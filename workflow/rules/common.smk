@@ -66,6 +66,8 @@ CLASSES = f"{TOKENS}/classes.json" if SEIT else f"{R}/shard/classes.json"
 SYNONYMS = f"{TOKENS}/synonyms.json" if SEIT else f"{R}/synonyms/synonyms.json"
 SHARD_STATS = [] if SEIT else f"{R}/shard/stats.json"  # inputs of rules that read images (pixels)
 LAST = TASKS[-1]
+# shard.parts > 1: shard and tokenize scatter over this many jobs each (part-000 .. part-<P-1>), gathered after
+PARTS = [f"{k:03d}" for k in range(config["shard"].get("parts", 1))]
 
 # train.* keys that choose how a training job is launched (resources), not `tokenforge train` flags
 LAUNCH_KEYS = ("gpus", "nodes", "processes", "launcher")

@@ -83,6 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="1 = grayscale, 3 = RGB; None keeps the source's own (digits 1, the others 3)",
     )
+    group = parser.add_argument_group("several jobs (scatter/gather: the pipeline's shard.parts)")
+    group.add_argument(
+        "--parts", type=int, default=1, help="the shards are written by P jobs, each a contiguous run of each split's tars"
+    )
+    group.add_argument(
+        "--part", type=int, default=None, help="write part K (0..P-1) of --parts P into --out (the pipeline: <shard>/part-KKK)"
+    )
+    group.add_argument(
+        "--gather",
+        action="store_true",
+        help="join --out/part-000 .. part-<P-1> into --out's index.parquet, classes.json and stats.json",
+    )
     group = parser.add_argument_group("shapes source")
     group.add_argument("--shapes-count", type=int, default=2000, help="number of images to generate")
     group.add_argument("--shapes-classes", type=int, default=10, help="number of classes (shape x colour x style)")
@@ -93,19 +105,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, tracker) -> None:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tokenforge.data.shards import (
-        INDEX_SCHEMA,
-        check_args,
-        shard_stats,
-        split_of,
-        write_shards,
-    )
+    from tokenforge.data.shard_writer import gather_parts, shard_stats, write_shards
+    from tokenforge.data.shards import check_args, split_of
+    from tokenforge.runtime import job_resources
 
     start = time.perf_counter()
     check_args(args)
+    _check_parts(args)
+    if args.gather:
+        stats = gather_parts(Path(args.out), args.parts)
+        write_json(Path(args.out) / "stats.json", {**stats, "wall_s": round(time.perf_counter() - start, 3), "resources": job_resources()})
+        return _log_stats(tracker, Path(args.out), stats)
     source = _open(args)
     mode = MODES[args.channels] if args.channels else source.mode
     tracker.log_params(
@@ -117,29 +129,43 @@ def run(args: argparse.Namespace, tracker) -> None:
             "max_per_class": args.max_per_class,
             "image_size": args.image_size,
             "channels": len(mode),
+            "parts": args.parts,
         }
     )
     splits = split_of(source, args.test_fraction, args.seed)
     out = Path(args.out)
     with atomic_dir(out) as tmp:
-        rows, size = write_shards(tmp, source, splits, mode, args.image_size, args.shard_size)
-        pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tmp / "index.parquet", compression="zstd")
+        index, size = write_shards(tmp, source, splits, mode, args.image_size, args.shard_size, args.part or 0, args.parts)
+        if size is None and args.parts == 1:
+            raise TokenforgeError(f"source {args.source!r}: no images")
         write_json(tmp / "classes.json", source.class_names)
-        stats = shard_stats(args.source, source, rows, size, len(mode), tmp)
+        stats = shard_stats(args.source, source, index, size, len(mode), tmp)
         stats["max_per_class"] = args.max_per_class
+        if args.part is not None:
+            stats["part"] = [args.part, args.parts]
         stats["wall_s"] = round(time.perf_counter() - start, 3)
+        stats["resources"] = job_resources()
         write_json(tmp / "stats.json", stats)
+        pq.read_metadata(tmp / "index.parquet")  # written whole
     log.info("wrote %d train + %d test images to %s", stats["counts"]["train"], stats["counts"]["test"], out)
-    tracker.log_metrics(
-        {
-            "train_count": stats["counts"]["train"],
-            "test_count": stats["counts"]["test"],
-            "num_classes": stats["num_classes"],
-            "raw_bytes_per_image": stats["raw_bytes_per_image"],
-            "png_bytes_per_image": stats["png_bytes_per_image"],
-            "shard_bytes_per_image": stats["shard_bytes_per_image"],
-        }
-    )
+    _log_stats(tracker, out, stats)
+
+
+def _check_parts(args: argparse.Namespace) -> None:
+    if args.parts < 1:
+        raise TokenforgeError(f"--parts {args.parts}: must be >= 1")
+    if args.gather and args.part is not None:
+        raise TokenforgeError("--gather joins the parts; it takes --parts P, not --part")
+    if not args.gather and args.parts > 1 and args.part is None:
+        raise TokenforgeError(f"--parts {args.parts}: pass --part K (0..{args.parts - 1}), or --gather")
+    if args.part is not None and not 0 <= args.part < args.parts:
+        raise TokenforgeError(f"--part {args.part}: must be in 0..{args.parts - 1} for --parts {args.parts}")
+
+
+def _log_stats(tracker, out: Path, stats: dict) -> None:
+    metrics = ("png_bytes_per_image", "shard_bytes_per_image", "raw_bytes_per_image", "num_classes")
+    tracker.log_metrics({"train_count": stats["counts"]["train"], "test_count": stats["counts"]["test"]})
+    tracker.log_metrics({k: stats[k] for k in metrics if stats.get(k) is not None})
     tracker.log_artifact(out / "stats.json")
     tracker.log_artifact(out / "classes.json")
 

@@ -10,6 +10,11 @@ a little-endian bit stream (bit j of the stream is bit j%8 of byte j//8; lowest 
 schema metadata holds grid (b"h,w"), num_codes and bits. Read a file back with `load_tokens(path)`, which
 also reads the earlier layout (ids as a fixed-size list of uint8/uint16).
 
+The images stream from the tars a batch at a time and the ids go out a row group at a time, so memory does not
+grow with the dataset; encoding runs on the job's GPU where it has one (--device). Several jobs: with
+--part K, only the shard stage's part-K tars (`tokenforge shard --part K`) into a part folder; --gather P then
+joins part folders 0..P-1 into --out, in key order (the pipeline's shard.parts: one tokenize job per part).
+
 Shards of a text-bearing source (scenes, vqa2, clevr, coco-captions) carry a text record per image; the token
 files then have a `text` column (the record's JSON) and stats.json adds "text": true and the question-answer
 pairs and captions per split ("qa_pairs", "captions").
@@ -22,7 +27,8 @@ import shutil
 import time
 from pathlib import Path
 
-from tokenforge.io import atomic_dir, write_json
+from tokenforge.errors import TokenforgeError
+from tokenforge.io import atomic_dir, read_json, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,55 +36,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", type=Path, required=True, help="directory written by `tokenforge tokenizer`")
     parser.add_argument("--out", type=Path, required=True, help="output directory for the token parquet files")
     parser.add_argument("--batch-size", type=int, default=512, help="images encoded at once")
+    parser.add_argument(
+        "--device", default="auto", help="auto: the job's GPU where CUDA is there, else the CPU; or cpu, cuda:0, ..."
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="DataLoader processes that decode the tars while the model encodes (for a GPU job: its CPUs - 1); "
+        "0 decodes in this process",
+    )
+    group = parser.add_argument_group("several jobs (the pipeline's shard.parts)")
+    group.add_argument("--part", type=int, default=None, help="encode only the shards' part-K tars into --out")
+    group.add_argument(
+        "--gather", type=Path, nargs="+", default=None, metavar="PART_DIR",
+        help="join these --part outputs, in the order given, into --out (no encoding)",
+    )
 
 
 def run(args: argparse.Namespace, tracker) -> None:
-    from tokenforge.data.shards import load_split
-    from tokenforge.data.tokens import (
-        SPLITS,
-        TokenSet,
-        id_bits,
-        packed_size,
-        save_tokens,
-    )
-    from tokenforge.tokenizer.encode import check_images, encode_split, shard_bytes
+    from tokenforge.data.tokens import SPLITS, TokenWriter, id_bits, packed_size
+    from tokenforge.runtime import job_device, job_resources
+    from tokenforge.tokenizer.encode import shard_bytes, stream_split
     from tokenforge.tokenizer.vq import load_tokenizer
 
     start = time.perf_counter()
-    model = load_tokenizer(args.tokenizer)
-    config = model.config
-    h, w = config["grid"]
-    num_codes = config["codebook_size"]  # pruned: what the ids are numbered by
-    bytes_per_image = shard_bytes(args.shards)
-    counts = {}
-    text_counts: dict[str, dict[str, int]] = {}  # qa_pairs / captions per split, for shards with text
+    if args.gather is not None and args.part is not None:
+        raise TokenforgeError("--gather joins --part outputs; pass one or the other")
+    bytes_per_image = shard_bytes(args.shards)  # checked before any encoding
+    model = None if args.gather else load_tokenizer(args.tokenizer).to(job_device(args.device))
+    config = read_json(args.tokenizer / "config.json")
+    (h, w), num_codes = config["grid"], config["codebook_size"]  # pruned: what the ids are numbered by
+    with_text = bool(read_json(args.shards / "stats.json").get("text"))
+    counts, text_counts = {}, {"qa_pairs": {}, "captions": {}}
     with atomic_dir(args.out) as tmp:
         for split in SPLITS:
-            data = load_split(args.shards, split)
-            check_images(data.images, config, args)
-            ids = encode_split(model, data.images, args.batch_size, desc=f"tokenize {split}")
-            texts = getattr(data, "texts", None)
-            save_tokens(tmp / f"{split}.parquet", TokenSet(list(data.keys), data.labels, ids, texts), num_codes)
-            counts[split] = len(data.keys)
-            if texts is not None:
-                text_counts.setdefault("qa_pairs", {})[split] = sum(len(t.get("qa", [])) for t in texts)
-                text_counts.setdefault("captions", {})[split] = sum(len(t.get("captions", [])) for t in texts)
+            writer = TokenWriter(tmp / f"{split}.parquet", num_codes, (h, w), with_text)
+            if args.gather:
+                split_counts = _gather_split(args.gather, split, writer)
+            else:
+                split_counts = stream_split(model, args.shards, split, writer, args, part=args.part)
+            counts[split] = writer.close()
+            for what in text_counts:
+                text_counts[what][split] = split_counts[what]
         shutil.copyfile(args.tokenizer / "config.json", tmp / "tokenizer.json")
         token_bytes = sum((tmp / f"{split}.parquet").stat().st_size for split in SPLITS)
         bytes_per_image["tokens"] = token_bytes / max(sum(counts.values()), 1)
         bytes_per_image["token_ids_raw"] = packed_size(h * w, id_bits(num_codes))
-        stats = {
-            "grid": [h, w],
-            "num_codes": num_codes,
-            "bits": id_bits(num_codes),
-            "counts": counts,
-            "bytes_per_image": bytes_per_image,
-            "wall_s": time.perf_counter() - start,
-        }
-        if text_counts:
+        stats = {"grid": [h, w], "num_codes": num_codes, "bits": id_bits(num_codes), "counts": counts}
+        stats.update(bytes_per_image=bytes_per_image, wall_s=time.perf_counter() - start, resources=job_resources())
+        if args.part is not None:
+            stats["part"] = args.part
+        if args.gather:
+            stats["part_resources"] = [_part_resources(d) for d in args.gather]
+        if with_text:
             stats = {**stats, "text": True, **text_counts}
         write_json(tmp / "stats.json", stats)
     tracker.log_dataset(f"{args.shards.name}", args.shards, "source", {"images": int(sum(counts.values()))})
     tracker.log_metrics({f"bytes_per_image_{k}": float(v) for k, v in bytes_per_image.items()})
     tracker.log_metrics({f"images_{k}": v for k, v in counts.items()})
     tracker.log_artifact(args.out / "stats.json")
+
+
+def _gather_split(part_dirs: list[Path], split: str, writer) -> dict:
+    """Append each part's token file of `split`, a row group at a time, to `writer`; the text counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tokenforge.io import require_file
+
+    counts = {"qa_pairs": 0, "captions": 0}
+    for part in part_dirs:
+        path = require_file(part / f"{split}.parquet", "token part")
+        meta = pq.read_schema(path).metadata
+        if meta.get(b"num_codes") != str(writer.num_codes).encode():
+            raise TokenforgeError(f"{path}: made with another tokenizer ({meta.get(b'num_codes')!r} codes)")
+        for batch in pq.ParquetFile(path).iter_batches():
+            writer.add_table(pa.Table.from_batches([batch]).replace_schema_metadata(meta))
+        stats = read_json(part / "stats.json")
+        for what in counts:
+            counts[what] += stats.get(what, {}).get(split, 0)
+    return counts
+
+
+def _part_resources(part: Path) -> dict:
+    stats = read_json(part / "stats.json")
+    return {"wall_s": stats.get("wall_s"), **stats.get("resources", {})}

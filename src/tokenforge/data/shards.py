@@ -1,12 +1,13 @@
-"""Deterministic WebDataset shards of an image dataset, and reading a split of them back.
+"""Deterministic WebDataset shards of an image dataset: the split of a source, and reading a split back.
 
-`write_shards` writes byte-for-byte reproducible tars (fixed mtime, owner and order; PNG has no timestamps),
-`<key>.cls`, `<key>.json` and `<key>.png` per sample, keys train_000042 / test_000007; `split_of` and
-`stratified_test_mask` give a source without its own split a seeded per-class one; `load_split(dir, "train")`
-reads a split back as uint8 arrays (`ImageSet`) for the later stages. The json holds label, class_name and
-source_id, and for a text-bearing source (tokenforge/data/multimodal.py) the sample's text record under
-"text"; `load_split` returns those records as `ImageSet.texts` (None when the shards have none). The stage,
-its options and its output folder: tokenforge/cli/shard.py (`tokenforge shard --help`).
+The shard stage (tokenforge/cli/shard.py, writer: tokenforge/data/shard_writer.py) writes byte-for-byte
+reproducible tars, `<key>.cls`, `<key>.json` and `<key>.png` per sample, keys train_000042 / test_000007, numbered
+in key order; with `shard.parts` the tars of each part are in `part-KKK/`. `split_of` and `stratified_test_mask`
+give a source without its own split a seeded per-class one. Reading streams: `iter_split(dir, "train", batch)`
+yields uint8 `ImageSet` batches in key order, tar by tar; `sample_split` keeps a seeded bounded sample; only
+`load_split` holds a whole split, for the stages that need it at once. The json holds label, class_name and
+source_id, and for a text-bearing source (tokenforge/data/multimodal.py) the sample's text record under "text",
+returned as `ImageSet.texts` (None when the shards have none). Options: `tokenforge shard --help`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from tokenforge.data import MODES
 from tokenforge.data.sources import Source
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json, require_dir
-from tokenforge.runtime import progress
 
 log = logging.getLogger(__name__)
 
@@ -112,89 +112,6 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-# --- writing ----------------------------------------------------------------------------------
-
-
-def write_shards(
-    out: Path, source: Source, splits: np.ndarray, mode: str, image_size: int | None, shard_size: int
-) -> tuple[list[dict], tuple[int, int]]:
-    """Write every split's tar shards into `out`; returns the index rows and the (H, W) size."""
-    rows: list[dict] = []
-    size: tuple[int, int] | None = (image_size, image_size) if image_size else None
-    first_id = ""
-    bar = progress(total=len(source), desc="shard", unit="img")
-    for split in SPLITS:
-        members = np.flatnonzero(splits == split)
-        width = max(6, len(str(len(members) - 1)))  # keys sort in sample order
-        for shard_no, start in enumerate(range(0, len(members), shard_size)):
-            shard = f"{split}-{shard_no:06d}.tar"
-            with _tar_writer(out / shard) as tar:
-                for j in range(start, min(start + shard_size, len(members))):
-                    i = int(members[j])
-                    img = prepare_image(source.image(i), mode, image_size)
-                    if size is None:
-                        size, first_id = (img.height, img.width), source.ids[i]
-                    elif (img.height, img.width) != size:
-                        raise TokenforgeError(
-                            f"source {source.spec!r}: image {source.ids[i]} is {img.width}x{img.height} but "
-                            f"{first_id} is {size[1]}x{size[0]}; pass --image-size N to resize all images"
-                        )
-                    key = f"{split}_{j:0{width}d}"
-                    rows.append(_write_sample(tar, key, img, int(source.labels[i]), source, i, split, shard))
-                    bar.update(1)
-    bar.close()
-    assert size is not None
-    return rows, size
-
-
-def _tar_writer(path: Path):
-    """A WebDataset TarWriter whose headers are fixed: mtime 0, uid/gid 0, one owner name."""
-    import webdataset as wds
-
-    return wds.TarWriter(str(path), user=TAR_OWNER, group=TAR_OWNER, mode=0o444, mtime=0, encoder=False)
-
-
-def _write_sample(tar, key: str, img: Image.Image, label: int, source: Source, i: int, split: str, shard: str) -> dict:
-    png = encode_png(img)
-    meta = {"label": label, "class_name": source.class_names[label], "source_id": source.ids[i]}
-    if source.texts is not None:  # only then: the tars of image-only sources stay as they were
-        meta["text"] = source.texts[i]
-    tar.write(
-        {
-            "__key__": key,
-            "png": png,
-            "cls": str(label).encode("ascii"),
-            "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
-        }
-    )
-    row = {"key": key, "label": label, "class_name": meta["class_name"], "split": split, "shard": shard}
-    if source.texts is not None:  # for stats.json; INDEX_SCHEMA leaves these out of index.parquet
-        row["qa_pairs"], row["captions"] = len(meta["text"].get("qa", [])), len(meta["text"].get("captions", []))
-    return {**row, "bytes": len(png)}
-
-
-def shard_stats(spec: str, source: Source, rows: list[dict], size: tuple[int, int], channels: int, out: Path) -> dict:
-    n = len(rows)
-    shard_bytes = sum(p.stat().st_size for p in sorted(out.glob("*.tar")))
-    text = {}
-    if source.texts is not None:  # text-bearing sources: question-answer pairs and captions per split
-        text["text"] = True
-        for what in ("qa_pairs", "captions"):
-            text[what] = {split: sum(r[what] for r in rows if r["split"] == split) for split in SPLITS}
-    return {
-        "source": spec,
-        "num_classes": len(source.class_names),
-        "image_size": [size[0], size[1]],
-        "channels": channels,
-        "counts": {split: sum(r["split"] == split for r in rows) for split in SPLITS},
-        "raw_bytes_per_image": size[0] * size[1] * channels,
-        "png_bytes_per_image": round(sum(r["bytes"] for r in rows) / n, 3),
-        "shard_bytes_per_image": round(shard_bytes / n, 3),
-        "split_from": "source" if source.splits is not None else "seed",
-        **text,
-    }
-
-
 # --- reading ----------------------------------------------------------------------------------
 
 
@@ -212,14 +129,23 @@ class ImageSet:
         return len(self.keys)
 
 
-def load_split(shard_dir: str | Path, split: str) -> ImageSet:
-    """Read `<shard_dir>/<split>-*.tar` with WebDataset; a corrupt sample fails, naming its tar."""
+def shard_urls(shard_dir: str | Path, split: str, part: int | None = None) -> list[Path]:
+    """The split's tars in key order: `<split>-*.tar` of the folder, or of its `part-*/` folders when the shards
+    were written by several jobs (`tokenforge shard --part K --parts P`); tars are numbered in key order. With
+    `part`, only `part-<part>/`'s (which may hold none of a split)."""
     root = require_dir(shard_dir, "shard directory")
     if not re.fullmatch(r"[A-Za-z0-9_]+", split):
         raise TokenforgeError(f"split {split!r}: expected a plain name such as train or test")
-    urls = sorted(root.glob(f"{split}-*.tar"))
+    if part is not None:
+        return sorted(require_dir(root / f"part-{part:03d}", "shard part").glob(f"{split}-*.tar"))
+    urls = sorted([*root.glob(f"{split}-*.tar"), *root.glob(f"part-*/{split}-*.tar")], key=lambda u: u.name)
     if not urls:
         raise TokenforgeError(f"{root}: no {split} shards ({split}-*.tar)")
+    return urls
+
+
+def _shard_layout(root: Path) -> tuple[str, tuple, list[str]]:
+    """(PIL mode, (H, W), class names) of a shard folder, from its stats.json and classes.json."""
     stats = read_json(root / "stats.json")
     class_names = read_json(root / "classes.json")
     try:
@@ -228,37 +154,121 @@ def load_split(shard_dir: str | Path, split: str) -> ImageSet:
         raise TokenforgeError(f"{root / 'stats.json'}: missing or bad channels/image_size ({exc})") from None
     if channels not in MODES:
         raise TokenforgeError(f"{root / 'stats.json'}: channels must be 1 or 3, not {channels}")
-    keys, labels, images, texts, where = [], [], [], [], []
+    return MODES[channels], shape, list(class_names)
+
+
+def iter_split(
+    shard_dir: str | Path, split: str, batch_size: int, keep=None, part: int | None = None,
+    tars: list[int] | None = None, per_tar: bool = False,
+):
+    """`ImageSet` batches of at most `batch_size` images of a split, in key order, streamed tar by tar.
+
+    With `keep` (a sorted array of positions in the split), only those samples: a bounded sample of a large
+    split. With `part`, only the tars of that part of the shard job (`shard_urls`); with `tars`, only the tars of
+    these indices in that list (`keep` then counts within them); with `per_tar`, a batch also ends with each tar.
+    Memory holds one batch. A corrupt sample fails, naming its tar; the samples carry a text record all or none."""
+    if batch_size < 1:
+        raise TokenforgeError(f"batch size {batch_size}: must be at least 1")
+    root = Path(shard_dir)
+    urls = shard_urls(root, split, part)
+    if tars is not None:
+        urls = [urls[i] for i in tars]
+    mode, shape, class_names = _shard_layout(root)
+    wanted = None if keep is None else iter(np.asarray(keep, dtype=np.int64).tolist())
+    target = None if wanted is None else next(wanted, None)
+    batch: list[tuple] = []
+    has_text = None
+    position = 0
     for url in urls:
-        for key, label, image, text in _read_shard(url, MODES[channels], shape, len(class_names)):
-            keys.append(key)
-            labels.append(label)
-            images.append(image)
-            texts.append(text)
-            where.append(url)
-    has_text = [t is not None for t in texts]
-    if any(has_text) and not all(has_text):  # all samples carry a text record, or none does
-        k = has_text.index(False)
-        raise TokenforgeError(f"{where[k]}: sample {keys[k]} has no text record, but other {split} samples do")
-    order = sorted(range(len(keys)), key=keys.__getitem__)
+        if wanted is not None and target is None:
+            break
+        for raw in _read_shard(url):
+            if wanted is not None:
+                if target is None:
+                    break
+                if position != target:  # skipped before its PNG is decoded
+                    position += 1
+                    continue
+                target = next(wanted, None)
+            position += 1
+            sample = _decode_sample(raw, url, mode, shape, len(class_names))
+            if has_text is None:
+                has_text = sample[3] is not None
+            elif (sample[3] is not None) != has_text:
+                which = "has no text record, but other" if has_text else "has a text record, but no other"
+                raise TokenforgeError(f"{url}: sample {sample[0]} {which} {split} samples do")
+            batch.append(sample)
+            if len(batch) == batch_size:
+                yield _image_set(batch, class_names, has_text)
+                batch = []
+        if per_tar and batch:
+            yield _image_set(batch, class_names, has_text)
+            batch = []
+    if batch:
+        yield _image_set(batch, class_names, has_text)
+
+
+def _image_set(samples: list[tuple], class_names: list[str], has_text: bool) -> ImageSet:
     return ImageSet(
-        keys=[keys[i] for i in order],
-        labels=np.asarray([labels[i] for i in order], dtype=np.int64),
-        images=np.stack([images[i] for i in order]),
+        keys=[s[0] for s in samples],
+        labels=np.asarray([s[1] for s in samples], dtype=np.int64),
+        images=np.stack([s[2] for s in samples]),
         class_names=list(class_names),
-        texts=[texts[i] for i in order] if any(has_text) else None,
+        texts=[s[3] for s in samples] if has_text else None,
     )
 
 
-def _read_shard(url: Path, mode: str, shape: tuple, num_classes: int):
-    """Yield (key, label, image HxWxC uint8, text record or None) per sample of one tar."""
+def concat(parts: list[ImageSet], shard_dir: Path, split: str) -> ImageSet:
+    """One ImageSet of the batches of `iter_split` (an empty split: no images, shape from stats.json)."""
+    if not parts:
+        mode, shape, class_names = _shard_layout(Path(shard_dir))
+        empty = np.zeros((0, *shape, len(mode)), dtype=np.uint8)
+        return ImageSet([], np.zeros(0, dtype=np.int64), empty, class_names)
+    texts = [t for p in parts for t in p.texts] if parts[0].texts is not None else None
+    return ImageSet(
+        keys=[k for p in parts for k in p.keys],
+        labels=np.concatenate([p.labels for p in parts]),
+        images=np.concatenate([p.images for p in parts]),
+        class_names=parts[0].class_names,
+        texts=texts,
+    )
+
+
+def load_split(shard_dir: str | Path, split: str) -> ImageSet:
+    """The whole split in memory, in key order: for stages that need every image at once (the pixel baseline,
+    TokenAdapt). Large data streams with `iter_split` or samples with `sample_split` instead."""
+    return concat(list(iter_split(shard_dir, split, 4096)), Path(shard_dir), split)
+
+
+def sample_split(shard_dir: str | Path, split: str, max_images: int | None, seed: int) -> ImageSet:
+    """A seeded sample of at most `max_images` images of a split, in key order, streamed: memory holds only the
+    sample. The whole split when it has no more than that (or max_images is None)."""
+    root = Path(shard_dir)
+    count = split_count(root, split)
+    keep = None
+    if max_images is not None and max_images < count:
+        keep = np.sort(np.random.default_rng([seed, count]).choice(count, size=max_images, replace=False))
+    return concat(list(iter_split(root, split, 4096, keep=keep)), root, split)
+
+
+def split_count(shard_dir: Path, split: str) -> int:
+    """The number of images of a split, from the shard stage's stats.json (0 for a split it does not list)."""
+    stats = read_json(Path(shard_dir) / "stats.json")
+    try:
+        return int(stats["counts"].get(split, 0))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise TokenforgeError(f"{Path(shard_dir) / 'stats.json'}: missing or bad key counts") from None
+
+
+def _read_shard(url: Path):
+    """Yield the raw WebDataset samples (dicts of bytes) of one tar; a broken tar fails naming it."""
     import webdataset as wds
 
-    # no wds .decode(): its default handlers would unpickle .pyd members; PNG, cls and json only here
-    dataset = wds.WebDataset(str(url), shardshuffle=False, empty_check=False)
+    # no wds .decode(): its default handlers would unpickle .pyd members; PNG, cls and json only here. The caller
+    # picks the tars (per part, rank or DataLoader worker: data/loader.py), so no splitter drops this one.
+    dataset = wds.WebDataset(str(url), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
     try:
-        for sample in dataset:
-            yield _decode_sample(sample, url, mode, shape, num_classes)
+        yield from dataset
     except (OSError, ValueError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise TokenforgeError(f"{url}: corrupt shard ({_reason(exc)})") from None
 

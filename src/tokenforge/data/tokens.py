@@ -234,3 +234,50 @@ def read_throughput(path: str | Path, repeats: int = 3) -> float:
         count = len(load_tokens(path).keys)
         best = min(best, time.perf_counter() - start)
     return count / best if best > 0 else float("inf")
+
+
+# ---------------------------------------------------------------------------------------------- streamed writing
+
+ROW_GROUP_ROWS = 1 << 16  # rows per row group of a streamed token file: bounds the writer's buffer
+
+
+class TokenWriter:
+    """Writes a token file a batch at a time (`add(TokenSet)` or `add_table` of an already packed table), in row
+    groups of ROW_GROUP_ROWS rows, so memory holds one row group and not the split; `close()` finishes the file
+    (an empty split still gets its schema from `grid` and `with_text`). Same layout and settings as `save_tokens`:
+    a split of up to ROW_GROUP_ROWS rows gives the same file."""
+
+    def __init__(self, path: Path, num_codes: int, grid: tuple[int, int], with_text: bool):
+        self.path, self.num_codes, self.grid, self.with_text = Path(path), num_codes, tuple(grid), with_text
+        self.tables: list[pa.Table] = []
+        self.rows, self.written, self.writer = 0, 0, None
+
+    def add(self, tokens: TokenSet) -> None:
+        if (tokens.texts is not None) != self.with_text:
+            raise TokenforgeError(f"{self.path}: some images carry a text record and some do not")
+        self.add_table(tokens_table(tokens, self.num_codes))
+
+    def add_table(self, table: pa.Table) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+        while self.rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        table = pa.concat_tables(self.tables).combine_chunks()
+        head, tail = table.slice(0, rows), table.slice(rows)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, head.schema, **PARQUET_OPTIONS)
+        self.writer.write_table(head, row_group_size=ROW_GROUP_ROWS)
+        self.tables, self.rows, self.written = [tail] if tail.num_rows else [], tail.num_rows, self.written + rows
+
+    def close(self) -> int:
+        """Finish the file; returns the number of rows written."""
+        if self.rows or self.writer is None:
+            if not self.tables:
+                h, w = self.grid
+                empty = TokenSet([], np.zeros(0, np.int64), np.zeros((0, h, w), np.int64), [] if self.with_text else None)
+                self.tables = [tokens_table(empty, self.num_codes)]
+            self._flush(self.rows)
+        self.writer.close()
+        return self.written
