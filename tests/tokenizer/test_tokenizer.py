@@ -37,14 +37,14 @@ def trained():
 
 
 def fake_shards(monkeypatch, tmp_path, splits: dict) -> None:
-    """Serve in-memory ImageSets through tokenforge.data.shards.load_split (tested on its own in test_shard)."""
+    """Serve in-memory ImageSets through tokenforge.data.shards.sample_split (tested on its own in test_shard)."""
 
-    def load_split(shard_dir, split):
+    def sample_split(shard_dir, split, max_images, seed):
         if split not in splits:
             raise TokenforgeError(f"{shard_dir}: no {split} split")
         return splits[split]
 
-    monkeypatch.setattr(shards, "load_split", load_split)
+    monkeypatch.setattr(shards, "sample_split", sample_split)
     counts = {split: len(data.keys) for split, data in splits.items()}
     (tmp_path / "stats.json").write_text(json.dumps({"counts": counts}))
 

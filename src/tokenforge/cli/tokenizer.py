@@ -17,6 +17,11 @@ config.json (shape of the model; "codebook_size" is the pruned K' every later st
 float32}, read by `load_codebook`), reconstructions.png (up to 16 test images by key above their
 reconstructions) and stats.json (mse, psnr, codebook usage, used codes, perplexity, wall_s). Later stages call
 `load_tokenizer(dir)` and its `encode`/`decode`, or just `load_codebook(dir)`.
+
+--pretrained DIR takes a local diffusers VQModel folder (save_pretrained layout: LDM's VQ-f4/f8/f16, VQGAN
+conversions, aMUSEd's VQ) as the tokenizer instead of training one (tokenforge/tokenizer/pretrained.py): the
+training options are ignored, nothing is downloaded, and the codebook is pruned, measured and written as above,
+with a float32 copy of its weights in model.safetensors, so the folder needs DIR no more.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", type=Path, required=True, help="directory written by `tokenforge shard`")
     parser.add_argument("--out", type=Path, required=True, help="output directory for the trained tokenizer")
+    parser.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="use this local diffusers VQModel folder (save_pretrained layout) instead of training a tokenizer",
+    )
     parser.add_argument("--codebook-size", type=int, default=64, help="number of codes (vocabulary size)")
     parser.add_argument("--code-dim", type=int, default=16, help="dimension of each codebook vector")
     parser.add_argument("--hidden-dim", type=int, default=64, help="channels of the conv encoder and decoder")
@@ -47,6 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commitment", type=float, default=0.25, help="weight of the VQ commitment loss")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, k-means init and batch order")
     parser.add_argument(
+        "--max-images",
+        type=int,
+        default=20000,
+        help="train on a seeded sample of at most N train images streamed from the shards (and measure on at most "
+        "N test images), so the stage's memory and time do not grow with the dataset; all when there are fewer",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto: the job's GPU where CUDA is there, else the CPU; or a torch device such as cpu, cuda:0",
+    )
+    parser.add_argument(
         "--prune",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -55,18 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, tracker) -> None:
-    from tokenforge.tokenizer.train import (
-        load_splits,
-        prune_to_used,
-        psnr,
-        reconstruction_mse,
-        save_reconstruction_grid,
-        train_tokenizer,
-    )
-    from tokenforge.tokenizer.vq import make_config, save_tokenizer
+    if args.pretrained is not None:
+        return run_pretrained(args, tracker)
+    from tokenforge.runtime import job_device
+    from tokenforge.tokenizer.train import load_splits, prune_to_used, psnr, reconstruction_mse, train_tokenizer
+    from tokenforge.tokenizer.vq import make_config
 
     start = time.perf_counter()
-    train, test = load_splits(args.shards)
+    train, test = load_splits(args.shards, args.max_images, args.seed)
     if len(train.keys) == 0:
         raise TokenforgeError(f"{args.shards}: the train split has no images")
     _, height, width, channels = train.images.shape
@@ -74,8 +94,10 @@ def run(args: argparse.Namespace, tracker) -> None:
         (height, width), channels, args.downsample, args.codebook_size, args.code_dim, args.hidden_dim, args.seed
     )
     hyper = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "commitment": args.commitment}
-    tracker.log_params({**config, **hyper, "prune": args.prune})
-    model, losses = train_tokenizer(train.images, config, **hyper, tracker=tracker)
+    tracker.log_params({**config, **hyper, "prune": args.prune, "max_images": args.max_images, "images": len(train.keys)})
+    device = job_device(args.device)
+    model, losses = train_tokenizer(train.images, config, **hyper, tracker=tracker, device=device)
+    model.to(device)  # encoding for the pruning and the measurements too
     usage = prune_to_used(model, train.images, args.prune)
     eval_set = test if test is not None else train
     mse = reconstruction_mse(model, eval_set.images)  # with the pruned codebook: what later stages get
@@ -86,11 +108,58 @@ def run(args: argparse.Namespace, tracker) -> None:
         **usage,
         "epochs": args.epochs,
         "final_loss": losses[-1],
+        "train_images": len(train.keys),
+        "device": str(device),
     }
+    write_outputs(args, model, eval_set, stats, start, tracker)
+
+
+def run_pretrained(args: argparse.Namespace, tracker) -> None:
+    """--pretrained DIR: its VQModel as the tokenizer, pruned to the codes the train sample uses, then measured."""
+    from tokenforge.runtime import job_device
+    from tokenforge.tokenizer.pretrained import from_folder
+    from tokenforge.tokenizer.train import load_splits, prune_to_used, psnr, reconstruction_mse
+    from tokenforge.tokenizer.vq import MAX_CODES
+
+    start = time.perf_counter()
+    train, test = load_splits(args.shards, args.max_images, args.seed)
+    if len(train.keys) == 0:
+        raise TokenforgeError(f"{args.shards}: the train split has no images")
+    model = from_folder(args.pretrained, train.images.shape[1:3], train.images.shape[3], args.seed)
+    # vq_*: the model's own shape; the training flags (--codebook-size, ...) are logged as given, unused here
+    keys = ("downsample", "grid", "codebook_size", "code_dim", "image_size", "channels")
+    shape = {f"vq_{key}": model.config[key] for key in keys}
+    tracker.log_params({"kind": model.config["kind"], **shape, "images": len(train.keys)})
+    device = job_device(args.device)
+    usage = prune_to_used(model.to(device), train.images, args.prune)
+    if usage["codebook_size"] > MAX_CODES:
+        raise TokenforgeError(f"tokenizer.pretrained {args.pretrained}: keeps {usage['codebook_size']} codes, token "
+                              f"files hold at most {MAX_CODES} (tokenizer.prune: true keeps only those in use)")
+    eval_set = test if test is not None else train
+    mse = reconstruction_mse(model, eval_set.images)  # with the pruned codebook: what later stages get
+    stats = {
+        "mse": mse,
+        "psnr": psnr(mse),
+        "eval_split": "test" if test is not None else "train",
+        **usage,
+        "pretrained": model.config["pretrained"],
+        "train_images": len(train.keys),
+        "device": str(device),
+    }
+    write_outputs(args, model, eval_set, stats, start, tracker)
+
+
+def write_outputs(args: argparse.Namespace, model, eval_set, stats: dict, start: float, tracker) -> None:
+    """The tokenizer folder (atomically into --out), then its MLflow metrics and artifacts; trained or pretrained."""
+    from tokenforge.runtime import job_resources
+    from tokenforge.tokenizer.train import save_reconstruction_grid
+    from tokenforge.tokenizer.vq import save_tokenizer
+
     with atomic_dir(args.out) as tmp:
-        save_tokenizer(model, tmp)
+        save_tokenizer(model.cpu(), tmp)
         save_reconstruction_grid(model, eval_set, tmp / "reconstructions.png")
         stats["wall_s"] = time.perf_counter() - start
+        stats["resources"] = job_resources()
         write_json(tmp / "stats.json", stats)
     tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     for name in ("config.json", "stats.json", "reconstructions.png"):

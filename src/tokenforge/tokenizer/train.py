@@ -21,7 +21,6 @@ from PIL import Image
 
 from tokenforge.data import shards
 from tokenforge.errors import TokenforgeError
-from tokenforge.io import read_json
 from tokenforge.runtime import progress, seed_everything
 from tokenforge.tokenizer.vq import VQTokenizer, build_model, to_float, trained_size
 
@@ -44,6 +43,7 @@ def train_tokenizer(
     lr: float,
     commitment: float = 0.25,
     tracker=None,
+    device="cpu",
 ) -> tuple[VQTokenizer, list[float]]:
     """Train a VQTokenizer on uint8 NHWC `images`; returns (model in eval mode, mean loss per epoch).
 
@@ -53,16 +53,15 @@ def train_tokenizer(
         if value <= 0:
             raise TokenforgeError(f"{option} {value}: must be positive")
     seed_everything(config["seed"])
-    model = build_model(config, commitment).train()
-    x_all = to_float(images)
+    model = build_model(config, commitment).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     order = torch.Generator().manual_seed(config["seed"])
     losses = []
     bar = progress(range(epochs), total=epochs, desc="tokenizer", unit="epoch")
     for epoch in bar:
         total, seen = 0.0, 0
-        for idx in torch.randperm(len(x_all), generator=order).split(batch_size):
-            x = x_all[idx]
+        for idx in torch.randperm(len(images), generator=order).split(batch_size):
+            x = to_float(images[idx.numpy()]).to(device)  # one batch in float at a time, on the job's device
             recon, _, vq_loss = model(x)
             loss = F.mse_loss(recon, x) + vq_loss
             optimizer.zero_grad(set_to_none=True)
@@ -73,18 +72,17 @@ def train_tokenizer(
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if tracker is not None:
             tracker.log_metrics({"train_loss": losses[-1]}, step=epoch)
-    return model.eval(), losses
+    return model.cpu().eval(), losses
 
 
-def load_splits(shard_dir: Path):
-    """(train, test or None) ImageSets of the shard stage; its stats.json says whether there is a test split."""
-    stats_path = shard_dir / "stats.json"
-    stats = read_json(stats_path)
-    counts = stats.get("counts") if isinstance(stats, dict) else None
-    if not isinstance(counts, dict):
-        raise TokenforgeError(f"{stats_path}: missing key counts")
-    train = shards.load_split(shard_dir, "train")
-    test = shards.load_split(shard_dir, "test") if counts.get("test") else None
+def load_splits(shard_dir: Path, max_images: int | None = None, seed: int = 0):
+    """(train, test or None) ImageSets of the shard stage, each a seeded sample of at most `max_images` images
+    streamed from the shards (the whole split when it is smaller), so the stage's memory and time do not grow with
+    the dataset; its stats.json says whether there is a test split."""
+    if max_images is not None and max_images < 1:
+        raise TokenforgeError(f"--max-images {max_images}: must be at least 1")
+    train = shards.sample_split(shard_dir, "train", max_images, seed)
+    test = shards.sample_split(shard_dir, "test", max_images, seed) if shards.split_count(shard_dir, "test") else None
     if test is None:
         log.warning("%s: no test split; reporting reconstruction on the train split", shard_dir)
     return train, test

@@ -13,6 +13,8 @@ A tokenizer directory holds model.safetensors (weights, with the kept codes' tra
 buffer), config.json (shape of the model; "codebook_size" is the pruned K' every later stage sees,
 "trained_codebook_size" the K it was trained with) and codebook.safetensors ({"codebook": (K', code_dim)
 float32}). Later stages call `load_tokenizer(dir)` and its `encode`/`decode`, or just `load_codebook(dir)`.
+A pretrained diffusers VQModel (`tokenizer.pretrained`, tokenforge.tokenizer.pretrained) writes the same folder,
+and `load_tokenizer` returns it with the same interface.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vector_quantize_pytorch import VectorQuantize
 
 from tokenforge.errors import TokenforgeError, one_line
 from tokenforge.io import read_json, require_file, write_json
+from tokenforge.tokenizer.codes import MAX_CODES, check_kept_codes  # here too: their home before `codes`
 
 CONFIG_KEYS = (
     "image_size", "channels", "downsample", "grid", "codebook_size", "trained_codebook_size", "code_dim",
@@ -37,8 +40,6 @@ CONFIG_KEYS = (
 )
 # Tokenizers written before pruning existed have no trained_codebook_size (and no kept_codes): all codes kept.
 OPTIONAL_KEYS = ("trained_codebook_size",)
-# `tokenforge tokenize` packs ids with at most 16 bits each.
-MAX_CODES = 65536
 # VectorQuantize settings that only shape training, not the weights: a few k-means iterations on the first
 # batch seed the codebook from real encoder outputs; a code whose EMA cluster size falls below 1 vector
 # per batch is restarted from a random encoder output, which keeps most of a small codebook in use.
@@ -131,7 +132,7 @@ class VQTokenizer(nn.Module):
     @property
     def codebook(self) -> torch.Tensor:
         """(codebook_size, code_dim) float: a detached copy of the kept vectors, row i is code id i."""
-        return self._kept_vectors().detach().clone().float()
+        return self._kept_vectors().detach().float().cpu().clone()
 
     def _kept_vectors(self) -> torch.Tensor:
         return self.vq.codebook[self.kept_codes]
@@ -144,29 +145,33 @@ class VQTokenizer(nn.Module):
         """
         kept = torch.as_tensor(np.asarray(kept), dtype=torch.long)
         check_kept_codes(kept, trained_size(self.config), "kept codes")
-        self.kept_codes = kept.clone()
+        self.kept_codes = kept.clone().to(self.kept_codes.device)
         self.config["codebook_size"] = len(kept)
 
     @torch.no_grad()
     def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC images -> LongTensor (N, h, w) of code ids (nearest kept code). Never changes the codebook."""
-        z = self.encoder(self._to_input(images))
+        """uint8 NHWC images -> CPU LongTensor (N, h, w) of code ids (nearest kept code), computed on the model's
+        device. Never changes the codebook."""
+        z = self.encoder(self._to_input(images).to(self._device()))
         n, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         embed = self._kept_vectors().to(flat.dtype)
         # Squared distances, as VectorQuantize computes them, without its training-time EMA updates.
         dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.T + embed.pow(2).sum(1)
-        return dist.argmin(dim=1).reshape(n, h, w)
+        return dist.argmin(dim=1).reshape(n, h, w).cpu()
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """LongTensor (N, h, w) of code ids -> float images (N, C, H, W) in [0,1]."""
+        """LongTensor (N, h, w) of code ids -> CPU float images (N, C, H, W) in [0,1], computed on the model's device."""
         ids = torch.as_tensor(ids, dtype=torch.long)
         size = self.config["codebook_size"]
         if ids.ndim != 3 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
             raise TokenforgeError(f"ids: expected (N, h, w) ids in [0, {size}), got shape {tuple(ids.shape)}")
-        vectors = self._kept_vectors()[ids].permute(0, 3, 1, 2)
-        return self.decoder(vectors)
+        vectors = self._kept_vectors()[ids.to(self._device())].permute(0, 3, 1, 2)
+        return self.decoder(vectors).cpu()
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def _to_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(images)
@@ -181,13 +186,6 @@ class VQTokenizer(nn.Module):
 def trained_size(config: dict[str, Any]) -> int:
     """Codes the tokenizer was trained with (config.json from before pruning has only codebook_size)."""
     return int(config.get("trained_codebook_size", config["codebook_size"]))
-
-
-def check_kept_codes(kept, trained: int, where: str) -> None:
-    """`kept` must be strictly increasing trained ids in [0, trained), at least one."""
-    kept = np.asarray(kept)
-    if kept.ndim != 1 or not len(kept) or kept[0] < 0 or kept[-1] >= trained or np.any(np.diff(kept) <= 0):
-        raise TokenforgeError(f"{where}: expected strictly increasing code ids in [0, {trained}), at least one")
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -221,10 +219,18 @@ def _read_config(config_path: Path) -> dict[str, Any]:
 
 
 def load_tokenizer(path: str | Path) -> VQTokenizer:
-    """The VQTokenizer saved in directory `path`, in eval mode. Reads only safetensors, never pickles."""
+    """The VQTokenizer saved in directory `path`, in eval mode. Reads only safetensors, never pickles.
+
+    A folder whose config.json has a "kind" holds a pretrained model instead (`tokenizer.pretrained`), with the
+    same interface: `encode`, `decode`, `codebook`, `config`.
+    """
     path = Path(path)
     config_path = path / "config.json"
     config = _read_config(config_path)
+    if config.get("kind") is not None:
+        from tokenforge.tokenizer.pretrained import load_pretrained
+
+        return load_pretrained(path, config)
     try:
         model = build_model(config)
     except (TypeError, ValueError, RuntimeError) as exc:
