@@ -99,6 +99,17 @@ def serialize(memory: Memory, num_codes: int, num_positions: int, num_classes: i
 
     `num_codes` bounds the stored values (the codebook size; 256 for pixel patches), `num_positions` the
     positions (h*w), `num_classes` the labels and tasks."""
+    return compress(arrow_stream(memory, num_codes, num_positions, num_classes))
+
+
+def compress(stream: pa.Buffer) -> bytes:
+    """One zstd-19 frame of `stream`: the costly step of `serialize` (~0.3 s per MB of stream on one core), which the
+    budget fit counts."""
+    return _CODEC.compress(stream).to_pybytes()
+
+
+def arrow_stream(memory: Memory, num_codes: int, num_positions: int, num_classes: int = 2**16) -> pa.Buffer:
+    """The memory's Arrow IPC stream before compression (`serialize`'s arguments): cheap, a first guess of its size."""
     k = memory.positions.shape[1] if len(memory) else 1  # an empty memory still needs a valid list width
     unit = memory.ids.shape[2] if memory.ids.ndim == 3 else 1  # pixel patches: values per unit
     small = _small_uint(max(num_classes - 1, 1))
@@ -117,7 +128,7 @@ def serialize(memory: Memory, num_codes: int, num_positions: int, num_classes: i
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return _CODEC.compress(sink.getvalue()).to_pybytes()
+    return sink.getvalue()
 
 
 def write_memory(memory: Memory, path: Path, num_codes: int, num_positions: int, num_classes: int = 2**16) -> int:
