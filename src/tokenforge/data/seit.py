@@ -31,7 +31,8 @@ Choices of ours:
 Export writes PREFIX = NAME-train and NAME-val from our train.parquet and test.parquet. Import writes our token
 layout: train.parquet and test.parquet (keys train_000042, ...), codebook.safetensors, tokenizer.json,
 synonyms.json when the release has synonyms, and stats.json (grid, codes, counts, bytes per image as our
-parquet and as SeiT's gzip files, wall_s).
+parquet and as SeiT's gzip files, wall_s). Import streams: each split is read, decoded and written a chunk of
+images (one parquet row group) at a time, so memory holds a chunk whatever the release's size.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ from tokenforge.data.seit_codec import ESCAPE, MAX_CODES, MAX_ID, check_offsets,
 from tokenforge.data.seit_release import (
     SYNONYM_FILES,
     SeitSet,
+    SeitSplit,
     check_synonyms,
+    open_split,
+    out_of_range,
     read_codebook,
     read_seit,
     read_synonyms,
@@ -58,15 +62,23 @@ from tokenforge.data.seit_release import (
 )
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, require_dir, write_json
+from tokenforge.runtime import progress
 
 # The byte code and the release files live in seit_codec and seit_release; these names stay importable from here.
 __all__ = [
-    "ESCAPE", "MAX_CODES", "MAX_ID", "SPLITS", "SYNONYM_FILES", "SeitSet", "check_offsets", "check_synonyms",
-    "decode_stream", "encode_ids", "export_tokens", "import_release", "read_codebook", "read_seit", "read_synonyms",
-    "read_synonyms_file", "release_name", "square_grid", "synonyms_text", "write_codebook", "write_seit",
+    "ESCAPE", "MAX_CODES", "MAX_ID", "SPLITS", "SYNONYM_FILES", "SeitSet", "SeitSplit", "check_offsets",
+    "check_synonyms", "decode_stream", "encode_ids", "export_tokens", "import_release", "open_split", "read_codebook",
+    "read_seit", "read_synonyms", "read_synonyms_file", "release_name", "square_grid", "synonyms_text",
+    "write_codebook", "write_seit", "write_split",
 ]  # fmt: skip
 
 SPLITS = (("train", "train"), ("test", "val"))  # (ours, SeiT's)
+# `import_release` reads, decodes and packs this many ids at once (1024 images of 32x32): ~8 MiB as int64, ~0.1 GB with
+# the decoder's and the packer's temporaries, whatever the split's size (ImageNet-1k's train split as int64: ~10 GB).
+DECODE_ELEMENTS = 1 << 20
+# ... and writes a row group per this many ids (packed: ~5 MB at 9 bits per id), as `load_tokens` reads a batch;
+# groups of 1 << 20 ids made files ~0.2% bigger, of 1 << 18 ~5% (200k synthetic 16x16 images).
+GROUP_ELEMENTS = 1 << 22
 
 
 def export_tokens(tokens: Path, tokenizer: Path, synonyms: Path | None, out: Path, name: str) -> dict:
@@ -110,46 +122,47 @@ def release_name(src: Path, name: str | None) -> str:
 
 
 def import_release(
-    src: Path, out: Path, grid: tuple[int, int] | None, name: str | None, synonyms_k: int = 5
+    src: Path, out: Path, grid: tuple[int, int] | None, name: str | None, synonyms_k: int = 5, chunk: int | None = None
 ) -> dict:
-    """Write SeiT release `src` as our token layout into `out` (see the module docstring); returns stats."""
-    from safetensors.numpy import save_file
+    """Write SeiT release `src` as our token layout into `out` (see the module docstring); returns stats.
 
-    from tokenforge.data.tokens import TokenSet, save_tokens
+    Each split streams into its token file `chunk` images at a time (default: DECODE_ELEMENTS ids' worth), so memory
+    holds a chunk, not the split; every split is opened and checked before the first file is written."""
+    from safetensors.numpy import save_file
 
     start = time.perf_counter()
     src = require_dir(src, "SeiT release directory")
     name = release_name(src, name)
-    sets = {ours: read_seit(src, f"{name}-{theirs}", grid) for ours, theirs in SPLITS}
-    train = sets["train"]
-    if train.codebook is None:
+    splits = {ours: open_split(src, f"{name}-{theirs}", grid) for ours, theirs in SPLITS}
+    codebook, codebook_path = read_codebook(src)
+    if codebook is None:
         raise TokenforgeError(f"{src / 'codebook.ckpt'}: not found; importing needs the release's codebook")
-    size, dim = train.codebook.shape
-    h, w = train.ids.shape[1:]
-    if sets["test"].ids.shape[1:] != (h, w):
-        raise TokenforgeError(f"{src / (name + '-val-token.data.bin.gz')}: grid {sets['test'].ids.shape[1:]} "
+    size, dim = codebook.shape
+    h, w = splits["train"].grid
+    if splits["test"].grid != (h, w):
+        raise TokenforgeError(f"{src / (name + '-val-token.data.bin.gz')}: grid {splits['test'].grid} "
                               f"differs from the train split's {(h, w)}")
+    synonyms = read_synonyms(src, size)
+    chunk = chunk or max(1, DECODE_ELEMENTS // (h * w))
+    group = max(chunk, GROUP_ELEMENTS // (h * w))
     with atomic_dir(out) as tmp:
-        for split, tokens in sets.items():
-            width = max(6, len(str(len(tokens.labels) - 1)))
-            keys = [f"{split}_{i:0{width}d}" for i in range(len(tokens.labels))]
-            save_tokens(tmp / f"{split}.parquet", TokenSet(keys, tokens.labels, tokens.ids), size)
-        save_file({"codebook": train.codebook}, str(tmp / "codebook.safetensors"))
+        for split, opened in splits.items():
+            write_split(opened, tmp / f"{split}.parquet", split, (size, codebook_path), chunk, group)
+        save_file({"codebook": codebook}, str(tmp / "codebook.safetensors"))
         tokenizer = {"grid": [h, w], "codebook_size": size, "code_dim": dim, "source": "seit"}
         write_json(tmp / "tokenizer.json", tokenizer)
         # The pipeline reads this folder as its tokenizer (codebook.safetensors + config.json); a release
         # says nothing of the image tokenizer behind it, so those keys are null.
         unknown = dict.fromkeys(("image_size", "channels", "downsample", "hidden_dim", "seed"))
         write_json(tmp / "config.json", {**unknown, **tokenizer})
-        labels = np.concatenate([t.labels for t in sets.values()])
+        labels = np.concatenate([opened.labels for opened in splits.values()])
         write_json(tmp / "classes.json", [str(c) for c in range(int(labels.max()) + 1)])
-        synonyms = train.synonyms
         if synonyms is None:  # nearest codebook vectors, as `tokenforge synonyms` computes them
             from tokenforge.tokenizer.synonyms import nearest_codes
 
-            synonyms = {i: row.tolist() for i, row in enumerate(nearest_codes(train.codebook, synonyms_k))}
+            synonyms = {i: row.tolist() for i, row in enumerate(nearest_codes(codebook, synonyms_k))}
         (tmp / "synonyms.json").write_text(synonyms_text(synonyms))
-        counts = {split: len(tokens.labels) for split, tokens in sets.items()}
+        counts = {split: len(opened) for split, opened in splits.items()}
         images = max(sum(counts.values()), 1)
         stats = {
             "grid": [h, w],
@@ -163,6 +176,39 @@ def import_release(
         }
         write_json(tmp / "stats.json", stats)
     return stats
+
+
+def write_split(split: SeitSplit, path: Path, name: str, codebook: tuple[int, Path], images: int, group: int) -> None:
+    """Stream `split` into the token file `path` (keys NAME_000042, ...): `images` images at a time are read, decoded,
+    checked against the codebook (`codebook`: its size and file) and packed; packed chunks are written as one row
+    group once they hold `group` images (the last with the rest): a split of up to `group` images gives save_tokens'
+    very file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tokenforge.data.tokens import PARQUET_OPTIONS, TokenSet, tokens_table
+
+    num_codes, codebook_path = codebook
+    width = max(6, len(str(len(split) - 1)))
+    chunks, tables, writer = split.chunks(images), [], None
+    try:
+        for first, ids in progress(chunks, desc=f"import {name}", total=-(-len(split) // images), unit="chunk"):
+            if ids.size and ids.max() >= num_codes:  # the error names the split's largest id, as a whole read would
+                largest = max([int(ids.max())] + [int(rest.max()) for _, rest in chunks if rest.size])
+                raise TokenforgeError(out_of_range(split, largest, num_codes, codebook_path))
+            keys = [f"{name}_{i:0{width}d}" for i in range(first, first + len(ids))]
+            tables.append(tokens_table(TokenSet(keys, split.labels[first : first + len(ids)], ids), num_codes))
+            if sum(t.num_rows for t in tables) >= group or first + len(ids) == len(split):
+                table = pa.concat_tables(tables).combine_chunks()
+                writer = writer or pq.ParquetWriter(path, table.schema, **PARQUET_OPTIONS)
+                writer.write_table(table)
+                tables = []
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no images: an empty file of the same schema
+        empty = TokenSet([], np.zeros(0, np.int64), np.zeros((0, *split.grid), np.int64))
+        pq.write_table(tokens_table(empty, num_codes), path, **PARQUET_OPTIONS)
 
 
 def _seit_bytes(directory: Path, prefix: str) -> int:

@@ -36,10 +36,11 @@ def encode_ids(ids: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def decode_stream(data: bytes, offsets: np.ndarray, grid: tuple[int, int], source: str) -> np.ndarray:
+def decode_stream(data: bytes, offsets: np.ndarray, grid: tuple[int, int], source: str, first: int = 0) -> np.ndarray:
     """(N, h, w) int64 ids of the N images of a decompressed SeiT stream; image i is data[offsets[i]:offsets[i+1]].
 
-    Vectorised over chunks of images; a bad index, a truncated image or a wrong grid raises naming `source`.
+    Vectorised over chunks of images; a bad index, a truncated image or a wrong grid raises naming `source` and the
+    image by its number in the split: `first` is the split's number of image 0 here (a piece of a longer stream).
     """
     offsets = check_offsets(offsets, len(data), source)
     h, w = (int(s) for s in grid)
@@ -49,12 +50,13 @@ def decode_stream(data: bytes, offsets: np.ndarray, grid: tuple[int, int], sourc
     starts = range(0, n, CHUNK)
     for a in progress(starts, desc="decode") if len(starts) > 1 else starts:
         b = min(a + CHUNK, n)
-        ids, counts = _decode_chunk(stream[offsets[a] : offsets[b]], offsets[a + 1 : b + 1] - offsets[a], source, a)
+        ends = offsets[a + 1 : b + 1] - offsets[a]
+        ids, counts = _decode_chunk(stream[offsets[a] : offsets[b]], ends, source, first + a)
         wrong = np.flatnonzero(counts != h * w)
         if wrong.size:
             i = int(wrong[0])
             raise TokenforgeError(
-                f"{source}: image {a + i} has {int(counts[i])} tokens but the grid {h}x{w} needs {h * w}"
+                f"{source}: image {first + a + i} has {int(counts[i])} tokens but the grid {h}x{w} needs {h * w}"
             )
         out[a:b] = ids.reshape(b - a, h * w)
     return out.reshape(n, h, w)

@@ -4,6 +4,8 @@ index, labels and grid file, and the release's codebook and synonyms.
 Writing checks everything before the first file is written and makes each file appear atomically; the gzip
 files have no name and mtime 0 in their headers, so the same ids give the same bytes. Reading is strict (see
 the module docstring of tokenforge/data/seit.py): every problem is a one-line TokenforgeError naming the file.
+A split is read whole (`read_seit`, ids as int64) or opened and read a chunk of images at a time
+(`open_split(...).chunks(n)`: memory holds n images' ids, whatever the split's size).
 """
 
 from __future__ import annotations
@@ -134,29 +136,95 @@ def synonyms_text(synonyms: dict[int, list[int]]) -> str:
 def read_seit(directory: str | Path, prefix: str, grid: tuple[int, int] | None = None) -> SeitSet:
     """Split `prefix` of the SeiT release in `directory`, with its codebook and synonyms when present.
 
-    The grid is `grid` if given, else the PREFIX-token.grid.json we write, else a square (SeiT's assumption).
+    The grid is `grid` if given, else the PREFIX-token.grid.json we write, else a square (SeiT's assumption). This
+    holds the split as int64; `open_split(...).chunks(n)` reads it n images at a time (what `seit import` does).
     """
-    directory = require_dir(directory, "SeiT release directory")
-    paths = split_paths(directory, prefix)
-    data = _gunzip(require_file(paths["data"], "SeiT token file"))
-    offsets = _read_index(require_file(paths["index"], "SeiT index file"))
-    check_offsets(offsets, len(data), str(paths["data"]))  # a truncated stream first, before guessing a grid from it
-    labels = _read_labels(require_file(paths["labels"], "SeiT label file"), len(offsets) - 1, paths["index"])
-    grid = _resolve_grid(grid, paths["grid"], data, offsets, str(paths["data"]))
-    ids = decode_stream(data, offsets, grid, str(paths["data"]))
+    split = open_split(directory, prefix, grid)
+    ids = np.empty((len(split), *split.grid), dtype=np.int64)
+    for first, chunk in split.chunks(CHUNK):
+        ids[first : first + len(chunk)] = chunk
+    directory = Path(directory)
     codebook, codebook_path = read_codebook(directory)
     if codebook is not None and ids.size and ids.max() >= len(codebook):
-        raise TokenforgeError(f"{paths['data']}: id {int(ids.max())} out of range for the {len(codebook)}-code "
-                              f"codebook in {codebook_path.name}")
-    return SeitSet(ids, labels, codebook, read_synonyms(directory, None if codebook is None else len(codebook)))
+        raise TokenforgeError(out_of_range(split, int(ids.max()), len(codebook), codebook_path))
+    return SeitSet(ids, split.labels, codebook, read_synonyms(directory, None if codebook is None else len(codebook)))
 
 
-def _gunzip(path: Path) -> bytes:
+def out_of_range(split: "SeitSplit", largest: int, num_codes: int, codebook_path: Path) -> str:
+    """The error of a split whose largest id is `largest` but the codebook has `num_codes` codes."""
+    return f"{split.paths['data']}: id {largest} out of range for the {num_codes}-code codebook in {codebook_path.name}"
+
+
+@dataclass
+class SeitSplit:
+    """One split of a release, opened: its index, labels and grid read and checked; the ids are read by `chunks`."""
+
+    paths: dict[str, Path]
+    offsets: np.ndarray  # int64 (N+1,): image i is bytes [offsets[i], offsets[i+1]) of the decompressed stream
+    labels: np.ndarray  # int64 (N,)
+    grid: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def chunks(self, images: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(number of its first image, int64 ids (n, h, w)) for runs of at most `images` images, in order, read from
+        the gzip stream one run at a time: memory holds a run, not the split. After the last run the stream must end
+        where the index does."""
+        if images < 1:
+            raise TokenforgeError(f"chunk: {images} images; must be at least 1")
+        source, data = str(self.paths["data"]), self.paths["data"]
+        with gzip.open(data, "rb") as stream:
+            for a in range(0, len(self), images):
+                b = min(a + images, len(self))
+                start, need = int(self.offsets[a]), int(self.offsets[b] - self.offsets[a])
+                piece = _read(stream, need, data)
+                if len(piece) < need:  # the stream ends inside this run: the error names the first image cut short
+                    check_offsets(self.offsets, start + len(piece), source)
+                yield a, decode_stream(piece, self.offsets[a : b + 1] - start, self.grid, source, first=a)
+            check_offsets(self.offsets, int(self.offsets[-1]) + _drain(stream, data), source)  # no bytes left over
+
+
+def open_split(directory: str | Path, prefix: str, grid: tuple[int, int] | None = None) -> SeitSplit:
+    """Split `prefix` of the release in `directory`, opened for `chunks`; the grid as `read_seit` resolves it.
+
+    With several problems, the first named is the one a whole read names first: a broken gzip stream, a bad index,
+    an index that does not end where the stream does, then the labels and the grid."""
+    directory = require_dir(directory, "SeiT release directory")
+    paths = split_paths(directory, prefix)
+    data = require_file(paths["data"], "SeiT token file")
+    offsets = None
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
+        offsets = _read_index(require_file(paths["index"], "SeiT index file"))
+        with gzip.open(data, "rb") as stream:
+            head = _read(stream, int(offsets[1]) if len(offsets) > 1 else 0, data)  # the first image's bytes
+        if len(offsets) > 1 and len(head) < offsets[1]:
+            check_offsets(offsets, len(head), str(data))  # the stream ends inside image 0
+        labels = _read_labels(require_file(paths["labels"], "SeiT label file"), len(offsets) - 1, paths["index"])
+        grid = _resolve_grid(grid, paths["grid"], head, offsets[:2], str(data))
+    except TokenforgeError:
+        with gzip.open(data, "rb") as stream:
+            length = _drain(stream, data)  # a broken stream first
+        if offsets is not None:
+            check_offsets(offsets, length, str(data))  # then an index that does not end where the stream does
+        raise
+    return SeitSplit(paths, offsets, labels, grid)
+
+
+def _read(stream: gzip.GzipFile, size: int, path: Path) -> bytes:
+    """Up to `size` decompressed bytes (fewer only at the end); a broken gzip file is a one-line error."""
+    try:
+        return stream.read(size)
     except (OSError, EOFError, zlib.error) as exc:
         raise TokenforgeError(f"{path}: not a complete gzip file ({exc})") from None
+
+
+def _drain(stream: gzip.GzipFile, path: Path) -> int:
+    """Read the stream to its end (which checks the gzip trailer); the number of bytes read."""
+    count = 0
+    while piece := _read(stream, 1 << 24, path):
+        count += len(piece)
+    return count
 
 
 def _read_index(path: Path) -> np.ndarray:
@@ -165,7 +233,7 @@ def _read_index(path: Path) -> np.ndarray:
             offsets = np.load(f, allow_pickle=False)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise TokenforgeError(f"{path}: not a gzipped .npy index ({exc})") from None
-    return check_offsets(offsets, None, str(path))  # the end against the stream's length: read_seit checks
+    return check_offsets(offsets, None, str(path))  # the end against the stream's length: open_split, chunks
 
 
 def _read_labels(path: Path, count: int, index: Path) -> np.ndarray:
@@ -185,7 +253,8 @@ def _read_labels(path: Path, count: int, index: Path) -> np.ndarray:
     return labels
 
 
-def _resolve_grid(grid, grid_path: Path, data: bytes, offsets: np.ndarray, source: str) -> tuple[int, int]:
+def _resolve_grid(grid, grid_path: Path, head: bytes, offsets: np.ndarray, source: str) -> tuple[int, int]:
+    """--grid, else the grid file, else a square from the first image (`head`, offsets[:2] into it)."""
     if grid is not None:
         if len(grid) != 2 or min(grid) < 1:
             raise TokenforgeError(f"--grid {' '.join(map(str, grid))}: needs two positive sizes H W")
@@ -196,7 +265,7 @@ def _resolve_grid(grid, grid_path: Path, data: bytes, offsets: np.ndarray, sourc
         if not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(s, int) and s > 0 for s in grid)):
             raise TokenforgeError(f"{grid_path}: expected {{\"grid\": [h, w]}}, got {value!r}")
         return grid[0], grid[1]
-    return square_grid(data, offsets, source)
+    return square_grid(head, offsets, source)
 
 
 def read_codebook(directory: Path) -> tuple[np.ndarray | None, Path | None]:
