@@ -70,6 +70,22 @@ def job_device(name: str = "auto"):
     return device
 
 
+def steady_heap(threshold: int = 1 << 20) -> bool:
+    """Fix glibc's mmap threshold at `threshold` bytes, so a job that allocates and frees large buffers batch after
+    batch (an encoder's activations) returns them to the system instead of leaving a fragmented heap that grows
+    with the number of batches (measured: a tokenize job's peak RSS 1.17 -> 1.46 GiB for 4x the images without
+    it). glibc raises the threshold by itself after each large free unless it is set; False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    M_MMAP_THRESHOLD = -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def job_resources() -> dict:
     """This process's own peak resident memory (MiB) and CPU seconds so far, for a job's stats.json.
 

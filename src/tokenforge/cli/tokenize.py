@@ -54,11 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, tracker) -> None:
     from tokenforge.data.tokens import SPLITS, TokenWriter, id_bits, packed_size
-    from tokenforge.runtime import job_device, job_resources
+    from tokenforge.runtime import job_device, job_resources, steady_heap
     from tokenforge.tokenizer.encode import shard_bytes, stream_split
     from tokenforge.tokenizer.vq import load_tokenizer
 
     start = time.perf_counter()
+    steady_heap()  # batch after batch of encoder activations must not grow a fragmented heap
     if args.gather is not None and args.part is not None:
         raise TokenforgeError("--gather joins --part outputs; pass one or the other")
     bytes_per_image = shard_bytes(args.shards)  # checked before any encoding

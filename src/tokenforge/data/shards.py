@@ -20,6 +20,7 @@ import math
 import re
 import tarfile
 import zlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,14 +242,24 @@ def load_split(shard_dir: str | Path, split: str) -> ImageSet:
 
 
 def sample_split(shard_dir: str | Path, split: str, max_images: int | None, seed: int) -> ImageSet:
-    """A seeded sample of at most `max_images` images of a split, in key order, streamed: memory holds only the
-    sample. The whole split when it has no more than that (or max_images is None)."""
+    """A seeded sample of at most `max_images` images of a split, in key order, streamed into one array allocated
+    up front: memory holds the sample once. The whole split when it has no more than that (or max_images is None)."""
     root = Path(shard_dir)
     count = split_count(root, split)
     keep = None
     if max_images is not None and max_images < count:
         keep = np.sort(np.random.default_rng([seed, count]).choice(count, size=max_images, replace=False))
-    return concat(list(iter_split(root, split, 4096, keep=keep)), root, split)
+    parts, images, filled = [], None, 0
+    for batch in iter_split(root, split, 1024, keep=keep):
+        if images is None:
+            images = np.empty((count if keep is None else len(keep), *batch.images.shape[1:]), dtype=np.uint8)
+        images[filled : filled + len(batch.keys)] = batch.images
+        filled += len(batch.keys)
+        parts.append(dataclasses.replace(batch, images=batch.images[:0]))
+    if images is not None and filled != len(images):
+        raise TokenforgeError(f"{root}: stats.json counts {len(images)} {split} images, the shards hold {filled}")
+    whole = concat(parts, root, split)
+    return whole if images is None else dataclasses.replace(whole, images=images)
 
 
 def split_count(shard_dir: Path, split: str) -> int:
