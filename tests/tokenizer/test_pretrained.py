@@ -285,9 +285,10 @@ def test_dry_run_imports_instead_of_training(workdir, vq_dir):
 
 @pytest.mark.slow
 def test_pipeline_with_a_pretrained_tokenizer(workdir, vq_dir):
-    """shard -> tokenizer (the import) -> tokenize -> synonyms on the tiny digits, 16x16 for the tiny VQModel."""
+    """The whole tiny pipeline, its tokenizer the tiny VQModel (the import in place of training), on the tiny digits
+    at 16x16; shard -> tokenizer -> tokenize -> synonyms -> split -> train, evaluate x 2 -> package."""
     cfg = write_config(workdir, pretrained_config(vq_dir))
-    proc = snakemake(workdir, "tokens", "results/tiny/synonyms/synonyms.json", "--configfile", cfg)
+    proc = snakemake(workdir, "--configfile", cfg)
     assert "MLflow sync failed" not in proc.stdout + proc.stderr  # no param logged twice with two values
     run = workdir / "results" / "tiny"
     config = json.loads((run / "tokenizer" / "config.json").read_text())
@@ -296,3 +297,5 @@ def test_pipeline_with_a_pretrained_tokenizer(workdir, vq_dir):
     assert stats["num_codes"] == config["codebook_size"] <= 32 - len(FAR)
     synonyms = json.loads((run / "synonyms" / "synonyms.json").read_text())
     assert len(synonyms) == config["codebook_size"]
+    matrix = json.loads((run / "package" / "metrics.json").read_text())["accuracy_matrix"]
+    assert len(matrix) == 2 and 0 <= matrix[1][0] <= 1
