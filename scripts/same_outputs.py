@@ -47,7 +47,7 @@ PATTERNS = (
 )
 
 
-TIMINGS = ("wall_s", "samples_per_s", "memory_build_s", "peak_rss_mb")  # JSON keys that measure time, not results
+TIMINGS = ("wall_s", "samples_per_s", "memory_build_s", "peak_rss_mb", "resources")  # JSON keys that measure time or memory, not results
 
 
 def _drop_timings(value):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenforge.families import FAMILIES
 from tokenforge.io import write_json
+from tokenforge.runtime import job_resources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,7 @@ def run(args, tracker) -> None:
     start = time.perf_counter()
     row, scores = FAMILIES.load(args.family).evaluate(args, tracker)
     row["wall_s"] = time.perf_counter() - start
+    row["resources"] = job_resources()  # peak RSS and CPU seconds of the whole job, at its end
     write_json(args.out, row)
     tracker.log_artifact(args.out)
     for name, (values, average) in scores.items():

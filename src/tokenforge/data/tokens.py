@@ -4,7 +4,9 @@
 bits = max(1, ceil(log2(num_codes))) for the (pruned) codebook: token i fills bits i*bits .. (i+1)*bits-1 of
 a little-endian bit stream (bit j of the stream is bit j%8 of byte j//8; lowest bit of an id first). The
 schema metadata holds grid (b"h,w"), num_codes and bits. `save_tokens` writes a `TokenSet`; `load_tokens(path)`
-reads one back, also in the earlier layout (ids as a fixed-size list of uint8/uint16). The `tokenize` stage
+reads one back, also in the earlier layout (ids as a fixed-size list of uint8/uint16), record batch by record batch:
+given `labels` only those classes' rows, with `narrow=True` ids as uint8/uint16 (`narrow_dtype`), so a job holds what
+it uses and not the split as int64; `iter_tokens(path, batch_rows)` streams it in batches. The `tokenize` stage
 (tokenforge/cli/tokenize.py) writes these files with `tokenforge.tokenizer.encode`.
 
 Images of a text-bearing source (tokenforge/data/multimodal.py) add a `text` column (string): each image's
@@ -21,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.io import read_parquet
+from tokenforge.io import require_file
 
 SPLITS = ("train", "test")
 COLUMNS = ("key", "label", "ids")
@@ -32,6 +35,10 @@ TEXT_COLUMN = "text"  # optional: only in files of text-bearing sources
 MAX_BITS = 16  # ids up to 65535: the tokenizer's MAX_CODES
 # Rows packed or unpacked at once: bounds the temporary arrays (rows x tokens x bits bytes) to ~64 MiB.
 CHUNK_ELEMENTS = 1 << 26
+# Ids decoded at once while reading (one record batch): 8 MiB as int64 whatever the grid; 4x more read no faster
+# on 200k 16x16 grids and took ~100 MiB more at the peak.
+READ_ELEMENTS = 1 << 20
+READ_BUFFER = 1 << 20  # bytes of a column read at once
 # Parquet settings, chosen on measurements: benchmarks/results/token_parquet.md.
 ZSTD_LEVEL = 19
 PARQUET_OPTIONS = dict(
@@ -80,7 +87,7 @@ def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
     n, t = ids.shape
     out = np.empty((n, packed_size(t, bits)), dtype=np.uint8)
     weights = np.arange(bits, dtype=np.int64)
-    for rows in _row_blocks(n, t * bits):
+    for rows in _row_blocks(n, t * bits * 8):  # the bit planes are int64 before they become uint8: 8 bytes each
         block = ids[rows].astype(np.int64)
         # (rows, T, bits) bit planes, lowest bit first, flattened token after token: the stream's bit order.
         planes = ((block[:, :, None] >> weights) & 1).astype(np.uint8).reshape(len(block), t * bits)
@@ -146,40 +153,177 @@ def save_tokens(path: Path, tokens: TokenSet, num_codes: int) -> None:
     pq.write_table(tokens_table(tokens, num_codes), path, **PARQUET_OPTIONS)
 
 
-def load_tokens(path: str | Path) -> TokenSet:
-    """Read a token parquet file written by `tokenforge tokenize` (packed, or the earlier list layout).
+def narrow_dtype(num_codes: int) -> np.dtype:
+    """The narrowest unsigned type of ids 0..num_codes-1: uint8 up to 256 codes, uint16 above (MAX_BITS)."""
+    return np.dtype(np.uint8) if num_codes <= 1 << 8 else np.dtype(np.uint16)
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """A token file opened for batch reads, its layout checked: grid, codebook size and bits per packed id (None: the
+    earlier list layout). `open` raises the one-line errors of a missing, unreadable or malformed file."""
+
+    path: Path
+    parquet: pq.ParquetFile
+    grid: tuple[int, int]
+    num_codes: int | None
+    bits: int | None
+    has_text: bool
+
+    @classmethod
+    def open(cls, path: str | Path) -> "TokenFile":
+        path = require_file(path, "token file")
+        try:  # pages read as they are decoded, not a row group's column chunks at once (~60 MiB less at 200k rows)
+            parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
+        except (pa.ArrowException, OSError) as exc:
+            raise TokenforgeError(f"{path}: not a readable parquet file ({exc})") from None
+        schema = parquet.schema_arrow
+        missing = [c for c in COLUMNS if c not in schema.names]
+        if missing:
+            raise TokenforgeError(f"{path}: missing column(s) {', '.join(missing)} in this token file")
+        h, w, num_codes = _read_metadata(path, schema)
+        kind = schema.field("ids").type
+        if pa.types.is_fixed_size_binary(kind):
+            bits = _packed_bits(path, schema, kind.byte_width, h * w)
+        elif pa.types.is_fixed_size_list(kind) and kind.list_size == h * w:
+            bits = None
+        else:
+            raise TokenforgeError(
+                f"{path}: column ids must be packed fixed-size binary or a fixed-size list of {h}*{w} ids, got {kind}"
+            )
+        return cls(path, parquet, (h, w), num_codes, bits, TEXT_COLUMN in schema.names)
+
+    def ids_dtype(self, narrow: bool) -> np.dtype:
+        """int64, or with `narrow` the narrowest type of the codebook (uint16 when an old file does not say)."""
+        return narrow_dtype(self.num_codes or 1 << MAX_BITS) if narrow else np.dtype(np.int64)
+
+    def batches(self, columns: list[str]):
+        """The file's record batches in file order, each of about READ_ELEMENTS ids."""
+        rows = max(1, READ_ELEMENTS // (self.grid[0] * self.grid[1]))
+        try:
+            yield from self.parquet.iter_batches(batch_size=rows, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise TokenforgeError(f"{self.path}: not a readable parquet file ({exc})") from None
+
+    def read(self, dtype: np.dtype, keep=None):
+        """The rows as TokenSets, one per record batch (only the rows `keep(batch)` marks, when given), in file order."""
+        start = 0
+        for batch in self.batches([*COLUMNS, TEXT_COLUMN] if self.has_text else list(COLUMNS)):
+            rows = batch.num_rows
+            if keep is not None:
+                batch = batch.filter(pa.array(keep(batch)))
+            if batch.num_rows:
+                yield _decode(self, batch, dtype, start)
+            start += rows
+
+    def count(self, keep) -> int:
+        """Rows `keep` marks, from the columns it reads alone."""
+        return sum(int(np.count_nonzero(keep(batch))) for batch in self.batches(keep.columns))
+
+
+def _decode(source: TokenFile, batch: pa.RecordBatch, dtype: np.dtype, start: int) -> TokenSet:
+    """A record batch (its first row the file's row `start`) as a TokenSet, ids as `dtype`, checked for the codebook."""
+    path, (h, w) = source.path, source.grid
+    column = batch.column("ids")
+    if column.null_count:
+        raise TokenforgeError(f"{path}: column ids has {column.null_count} null row(s)")
+    if source.bits is not None:
+        ids = _unpack_array(column, h * w, source.bits)
+    else:
+        ids = column.flatten().to_numpy(zero_copy_only=False)
+    ids = ids.reshape(batch.num_rows, h, w)
+    limit = source.num_codes or (None if dtype == np.int64 else 1 << MAX_BITS)  # a narrow type holds the ids
+    if limit is not None and ids.size and (ids.min() < 0 or ids.max() >= limit):
+        raise TokenforgeError(f"{path}: ids out of range for {limit} codes (max {int(ids.max())})")
+    labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+    texts = _read_texts(path, batch.column(TEXT_COLUMN), start) if source.has_text else None
+    return TokenSet(batch.column("key").to_pylist(), labels, ids.astype(dtype, copy=False), texts)
+
+
+def _row_filter(labels, keys):
+    """None, or the function marking a record batch's rows whose label is in `labels` and key in `keys` (each if given)."""
+    if labels is None and keys is None:
+        return None
+    wanted = None if labels is None else np.array(sorted({int(c) for c in labels}), dtype=np.int64)
+    key_set = None if keys is None else pa.array(sorted(set(keys)), pa.string())
+
+    def keep(batch: pa.RecordBatch) -> np.ndarray:
+        mask = np.ones(batch.num_rows, dtype=bool)
+        if wanted is not None:
+            mask &= np.isin(batch.column("label").to_numpy(zero_copy_only=False), wanted)
+        if key_set is not None:
+            mask &= pc.is_in(batch.column("key"), value_set=key_set).to_numpy(zero_copy_only=False)
+        return mask
+
+    keep.columns = [name for name, given in (("key", keys), ("label", labels)) if given is not None]
+    return keep
+
+
+def load_tokens(path: str | Path, labels=None, keys=None, narrow: bool = False) -> TokenSet:
+    """Read a token parquet file written by `tokenforge tokenize` (packed, or the earlier list layout), record batch by
+    record batch: only the rows whose label is in `labels` and whose key is in `keys` (each when given), in file order;
+    ids as int64, or with `narrow` as `narrow_dtype` of the codebook. Memory: the kept rows and one batch.
 
     Bad files raise TokenforgeError naming them.
     """
-    path = Path(path)
-    table = read_parquet(path, COLUMNS, "token file")
-    h, w, num_codes = _read_metadata(path, table.schema)
-    column = table.column("ids")
-    if column.null_count:
-        raise TokenforgeError(f"{path}: column ids has {column.null_count} null row(s)")
-    if pa.types.is_fixed_size_binary(column.type):
-        ids = _unpack_column(path, table.schema, column, h * w)
-    elif pa.types.is_fixed_size_list(column.type) and column.type.list_size == h * w:
-        ids = column.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    else:
-        raise TokenforgeError(
-            f"{path}: column ids must be packed fixed-size binary or a fixed-size list of {h}*{w} ids, "
-            f"got {column.type}"
-        )
-    ids = ids.reshape(table.num_rows, h, w)
-    if num_codes is not None and ids.size and (ids.min() < 0 or ids.max() >= num_codes):
-        raise TokenforgeError(f"{path}: ids out of range for {num_codes} codes (max {int(ids.max())})")
-    labels = table.column("label").to_numpy().astype(np.int64)
-    texts = _read_texts(path, table.column(TEXT_COLUMN)) if TEXT_COLUMN in table.column_names else None
-    return TokenSet(keys=table.column("key").to_pylist(), labels=labels, ids=ids, texts=texts)
+    source = TokenFile.open(path)
+    dtype, keep = source.ids_dtype(narrow), _row_filter(labels, keys)
+    total = source.parquet.metadata.num_rows if keep is None else source.count(keep)
+    out = TokenSet([], np.empty(total, np.int64), np.empty((total, *source.grid), dtype), [] if source.has_text else None)
+    for part in source.read(dtype, keep):
+        at, n = len(out.keys), len(part.keys)
+        if at + n > total:
+            raise TokenforgeError(f"{source.path}: the file changed while it was read")
+        out.labels[at : at + n], out.ids[at : at + n] = part.labels, part.ids
+        out.keys += part.keys
+        if out.texts is not None:
+            out.texts += part.texts
+    if len(out.keys) != total:
+        raise TokenforgeError(f"{source.path}: the file changed while it was read")
+    return out
 
 
-def _read_texts(path: Path, column: pa.ChunkedArray) -> list[dict]:
-    """The text records of a `text` column: one JSON object per row, no nulls."""
+def iter_tokens(path: str | Path, batch_rows: int, narrow: bool = False):
+    """The file's rows as TokenSets of `batch_rows` rows each (the last one shorter), in file order, ids as in
+    `load_tokens`; memory holds about two record batches whatever the file's size. Bad files raise at the call."""
+    if batch_rows < 1:
+        raise TokenforgeError(f"batch_rows {batch_rows}: must be at least 1")
+    source = TokenFile.open(path)
+    return _rechunked(source.read(source.ids_dtype(narrow)), batch_rows)
+
+
+def _rechunked(parts, batch_rows: int):
+    pending, count = [], 0
+    for part in parts:
+        pending.append(part)
+        count += len(part.keys)
+        if count >= batch_rows:
+            whole, full = _joined(pending), count - count % batch_rows
+            yield from (_token_rows(whole, slice(i, i + batch_rows)) for i in range(0, full, batch_rows))
+            pending, count = [_token_rows(whole, slice(full, count))], count - full
+    if count:
+        yield _joined(pending)
+
+
+def _token_rows(tokens: TokenSet, rows: slice) -> TokenSet:
+    texts = None if tokens.texts is None else tokens.texts[rows]
+    return TokenSet(tokens.keys[rows], tokens.labels[rows], tokens.ids[rows], texts)
+
+
+def _joined(parts: list[TokenSet]) -> TokenSet:
+    if len(parts) == 1:
+        return parts[0]
+    texts = None if parts[0].texts is None else [t for p in parts for t in p.texts]
+    keys = [k for p in parts for k in p.keys]
+    return TokenSet(keys, np.concatenate([p.labels for p in parts]), np.concatenate([p.ids for p in parts]), texts)
+
+
+def _read_texts(path: Path, column: pa.Array, start: int = 0) -> list[dict]:
+    """The text records of a `text` column (its first row the file's row `start`): one JSON object per row, no nulls."""
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
         raise TokenforgeError(f"{path}: column {TEXT_COLUMN} must hold strings, got {column.type}")
     texts = []
-    for row, value in enumerate(column.to_pylist()):
+    for row, value in enumerate(column.to_pylist(), start):
         try:
             record = json.loads(value) if value is not None else None
         except json.JSONDecodeError as exc:
@@ -201,8 +345,8 @@ def _read_metadata(path: Path, schema: pa.Schema) -> tuple[int, int, int | None]
     return h, w, num_codes
 
 
-def _unpack_column(path: Path, schema: pa.Schema, column: pa.ChunkedArray, num_tokens: int) -> np.ndarray:
-    """int64 (N, num_tokens) ids of a packed ids column; its width must match the metadata's bits."""
+def _packed_bits(path: Path, schema: pa.Schema, byte_width: int, num_tokens: int) -> int:
+    """Bits per id of a packed ids column, from the metadata; its width must match them."""
     meta = schema.metadata or {}
     try:
         bits, num_codes = int(meta[b"bits"]), int(meta[b"num_codes"])
@@ -211,14 +355,18 @@ def _unpack_column(path: Path, schema: pa.Schema, column: pa.ChunkedArray, num_t
     if not (1 <= num_codes <= 1 << MAX_BITS and id_bits(num_codes) <= bits <= MAX_BITS):
         raise TokenforgeError(f"{path}: bits {bits} cannot hold {num_codes} codes (at most {MAX_BITS} bits)")
     nbytes = packed_size(num_tokens, bits)
-    if column.type.byte_width != nbytes:
+    if byte_width != nbytes:
         raise TokenforgeError(
-            f"{path}: column ids holds {column.type.byte_width} bytes per image, "
-            f"{num_tokens} ids of {bits} bits need {nbytes}"
+            f"{path}: column ids holds {byte_width} bytes per image, {num_tokens} ids of {bits} bits need {nbytes}"
         )
-    array = column.combine_chunks()
+    return bits
+
+
+def _unpack_array(array: pa.FixedSizeBinaryArray, num_tokens: int, bits: int) -> np.ndarray:
+    """int64 (N, num_tokens) ids of a packed ids array (a record batch's column)."""
     if len(array) == 0:
         return np.zeros((0, num_tokens), dtype=np.int64)
+    nbytes = array.type.byte_width
     data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
     packed = data[array.offset * nbytes : (array.offset + len(array)) * nbytes].reshape(len(array), nbytes)
     return unpack_ids(packed, num_tokens, bits)

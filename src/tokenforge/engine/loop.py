@@ -10,7 +10,9 @@ starts (`set_epoch`: token expansion's stages count epochs within the task) and,
 task's training is (`set_progress`: hard routing's temperature follows it), from the state, so also on resume.
 
 Data parallel: each rank trains on its own slice of the task's samples, padded to equal length as
-DistributedSampler does, so every rank takes the same number of steps and no collective waits forever.
+DistributedSampler does, so every rank takes the same number of steps and no collective waits forever. Only that
+slice goes onto the rank's device, code ids at the narrow type they were read in (data/tokens.py `narrow_dtype`);
+a batch becomes long on the device (`widened`), just before the model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -57,13 +60,41 @@ def rank_slice(n: int, rank: int, world: int) -> torch.Tensor:
     return (torch.arange(per_rank * world) % n)[rank::world]
 
 
+def device_units(units: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor of `units` sharing their memory: uint16 code ids as their int16 bits (every device moves and indexes
+    int16; torch's uint16 support is partial), everything else as it is."""
+    if isinstance(units, torch.Tensor):
+        return units.view(torch.int16) if units.dtype == torch.uint16 else units
+    return torch.from_numpy(units.view(np.int16) if units.dtype == np.uint16 else units)
+
+
+def widened(batch: torch.Tensor) -> torch.Tensor:
+    """A batch of `device_units` as the model takes it, where it is: code ids (B, h, w) as long (int16 bits read back
+    as uint16), pixel patches (B, h, w, F) unchanged."""
+    if batch.ndim != 3:
+        return batch
+    return batch.long() & 0xFFFF if batch.dtype == torch.int16 else batch.long()
+
+
+def rank_units(units, local: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This rank's rows of `units` on `device` (all of them, without a copy, when the rank has every row in order)
+    and where sample i of the task sits among them (None: at i)."""
+    units = device_units(units)
+    if torch.equal(local, torch.arange(len(units))):
+        return units.to(device), None
+    slot = torch.zeros(len(units), dtype=torch.long)
+    slot[local] = torch.arange(len(local))
+    return units[local].to(device), slot
+
+
 class TrainLoop:
     def __init__(self, engine, family, replay, units, labels, *, local, epochs, batch_size, generator, augmenter=None, callbacks=()):
         self.engine, self.family, self.replay, self.augmenter = engine, family, replay, augmenter
         self.device = engine.device
-        # all of this task's samples (small: code ids or patches), resident on the compute device, where batches are
-        # indexed (random draws stay on the CPU); labels on the CPU; this rank's indices
-        self.units, self.labels, self.local = units.to(self.device), labels, local
+        # this rank's samples (code ids at their narrow type, or patches), resident on the compute device, where
+        # batches are indexed (random draws stay on the CPU and name the task's samples); labels on the CPU
+        self.units, self.slot = rank_units(units, local, self.device)
+        self.labels, self.local = labels, local
         self.epochs, self.batch_size, self.generator = epochs, batch_size, generator
         self.steps_per_epoch = max(1, math.ceil(len(local) / batch_size))
         self.callbacks = list(callbacks)
@@ -119,10 +150,15 @@ class TrainLoop:
             return (loss * rows + memory_loss * memory_rows) / (rows + memory_rows)
         return loss + memory_loss
 
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The units of the task's samples `idx` (this rank's), on the device, as the model takes them."""
+        at = idx if self.slot is None else self.slot[idx]
+        return widened(self.units[at.to(self.units.device)])
+
     def step_loss(self, idx: torch.Tensor) -> torch.Tensor:
         """The loss of a step: current batch (+ augmentation, maybe as a subset) and a memory batch."""
         family, s = self.family, self.state
-        units, targets = self.units[idx.to(self.units.device)], family.targets(self.labels[idx])
+        units, targets = self.rows(idx), family.targets(self.labels[idx])
         if self.augmenter is not None:  # augmented grids enter as embedding maps, channels last for subsets
             units, targets = self.augmenter.embed(self.augmenter.augment_ids(units), targets)
             units = units.permute(0, 2, 3, 1)

@@ -83,8 +83,7 @@ class Classification:
     @classmethod
     def evaluate(cls, args, tracker) -> tuple[dict, dict]:
         """Accuracy on every task's test samples, predictions among the classes seen up to task `args.task`."""
-        from tokenforge.data.units import load_units
-        from tokenforge.engine.evaluate import accuracy_row
+        from tokenforge.engine.evaluate import evaluate_split
         from tokenforge.models.vit import load_model
         from tokenforge.runtime import compute_device
 
@@ -92,10 +91,9 @@ class Classification:
         if not 0 <= args.task < len(tasks):
             raise TokenforgeError(f"--task {args.task}: the split has tasks 0..{len(tasks) - 1}")
         model = load_model(args.model).to(compute_device())  # a GPU where the job has one
-        _, labels, units = load_units(model.config.input, args.tokens, args.shards, "test", model.config.patch)
+        row, samples = evaluate_split(model, args.tokens, args.shards, tasks, args.task, args.batch_size)  # streamed
         source = args.tokens if model.config.input == "tokens" else args.shards
-        tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "evaluation", {"samples": int(len(labels))})
-        row = accuracy_row(model, units, labels, tasks, args.task, args.batch_size, source=source)
+        tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "evaluation", {"samples": samples})
         return row, {"accuracy": (row["accuracy"], row["average_accuracy"])}
 
     @classmethod

@@ -3,11 +3,16 @@ trainer engine/train.py): the split's training units of the task's classes, the 
 vit_start.py), the loop with the family's cross-entropy over the classes seen so far, token augmentations and the
 replay views, and after training the memory of the buffer policy (continual/policy.py `build_memory`: selection,
 token attribution, the budget fit) and the shortcut probe.
+
+The job holds only the samples it trains on (the task's classes, or the seen ones for a method that `trains_on_seen`),
+code ids at their narrow type (data/units.py); other rows are read when needed and dropped: one sample per class of
+the sequence for the budget check, every sample of it for a method that fits its tokens to all (coretokens), the
+memory's own samples for the shortcut probe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -18,7 +23,7 @@ from tokenforge.continual.methods import memory_method
 from tokenforge.continual.policy import Policy, build_memory, check_minimum, resolve_budget, resolved
 from tokenforge.continual.replay import Replay, ReplayConfig, fill_value
 from tokenforge.continual.scorers import scorer_for
-from tokenforge.data.units import load_units
+from tokenforge.data.units import Units, class_examples, split_units, wide
 from tokenforge.engine.deepspeed import build_engine
 from tokenforge.engine.job import Task, TaskJob, callbacks, check_common, rank_and_world
 from tokenforge.engine.loop import TrainLoop, rank_slice
@@ -27,7 +32,7 @@ from tokenforge.families.vit_start import frozen_backbone, initial_model, plain_
 from tokenforge.models.options.base import model_options
 from tokenforge.models.store import backbone_digest
 from tokenforge.models.vit import TokenViT, save_model
-from tokenforge.runtime import compute_device, task_seed
+from tokenforge.runtime import compute_device, job_resources, task_seed
 
 
 def check_args(args) -> None:
@@ -46,23 +51,11 @@ def check_args(args) -> None:
         option.check(args)
 
 
-@dataclass
-class Units:
-    """Every training sample of the split: keys, labels (N,), units (N, h, w[, F])."""
-
-    keys: list[str]
-    labels: np.ndarray
-    units: np.ndarray
-
-    def where(self, classes: list[int]) -> "Units":
-        mask = np.isin(self.labels, classes)
-        return Units([k for k, m in zip(self.keys, mask) if m], self.labels[mask], self.units[mask])
-
-
-def training_units(args, model: TokenViT, tracker) -> Units:
-    """The split's training units, checked against the model (grid, codebook), logged as the run's dataset."""
+def training_units(args, model: TokenViT, tracker, classes: list[int]) -> Units:
+    """The split's training units of `classes`, checked against the model (grid, codebook), the split logged as the
+    run's dataset."""
     source = args.tokens if args.input == "tokens" else args.shards
-    data = Units(*load_units(args.input, args.tokens, args.shards, "train", model.config.patch))
+    data = split_units(args.input, args.tokens, args.shards, "train", model.config.patch, classes=classes)
     if tuple(data.units.shape[1:3]) != tuple(model.config.grid):
         raise TokenforgeError(
             f"{source}: grids of {data.units.shape[1]}x{data.units.shape[2]} do not match the "
@@ -70,12 +63,20 @@ def training_units(args, model: TokenViT, tracker) -> Units:
         )
     if args.input == "tokens" and data.units.size and data.units.max() >= model.config.codebook_size:
         raise TokenforgeError(f"{source}: code id {int(data.units.max())} is outside the codebook of {model.config.codebook_size} codes")
-    tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "training", {"samples": int(len(data.keys)), "grid": list(model.config.grid)})
+    tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "training", {"samples": int(data.total), "grid": list(model.config.grid)})
     return data
 
 
-def memory_policy(args, model: TokenViT, task: Task, data: Units) -> Policy:
-    """The buffer policy of the `--memory-*` flags, its token count fixed for the task sequence's samples."""
+def sequence_units(args, model: TokenViT, classes: list[int], every_sample: bool) -> Units:
+    """The task sequence's samples (of `classes`): all of them, or only the first of each class."""
+    if every_sample:
+        return split_units(args.input, args.tokens, args.shards, "train", model.config.patch, classes=classes)
+    return class_examples(args.input, args.tokens, args.shards, "train", model.config.patch, classes)
+
+
+def memory_policy(args, model: TokenViT, task: Task) -> Policy:
+    """The buffer policy of the `--memory-*` flags, its token count fixed for the task sequence's samples (read here
+    only when the method fits it to them, then dropped)."""
     policy = Policy(
         method=args.memory_method,
         selection=args.memory_selection,
@@ -87,9 +88,14 @@ def memory_policy(args, model: TokenViT, task: Task, data: Units) -> Policy:
         num_positions=model.num_tokens,
         num_classes=task.num_classes,
     )
-    sequence = data.where(task.every)  # the samples of the task sequence's classes
+    # coretokens: as many tokens as let every sample of the sequence fit the budget (policy.resolve_tokens)
+    fitted = policy.budget is not None and policy.implementation.tokens_per_sample(policy.num_positions, policy.token_fraction) is None
+    checked = policy.keeps_memory and task.index == 0  # fail now, not after the last task's training
+    sequence = Units([], np.zeros(0, np.int64), np.zeros((0, *model.config.grid), np.int64))  # none needed
+    if fitted or checked:
+        sequence = sequence_units(args, model, task.every, every_sample=fitted)
     policy = resolved(policy, sequence.keys, sequence.labels, sequence.units)
-    if policy.keeps_memory and task.index == 0:  # fail now, not after the last task's training
+    if checked:  # one sample per class (policy.first_of_each_class): the same ones from every sample or from the first
         check_minimum(policy, sequence.keys, sequence.labels, sequence.units)
     return policy
 
@@ -145,10 +151,10 @@ class ClassificationJob(TaskJob):
         args = self.args
         self.task = task = Task.read(args.split, args.task)
         self.model = initial_model(args, task.num_classes)
-        self.data = training_units(args, self.model, self.tracker)
-        self.policy = memory_policy(args, self.model, task, self.data)
         # joint (the upper bound) trains on every task so far; the others on this task's classes only.
-        self.train = self.data.where(task.seen if self.policy.trains_on_seen else task.classes)
+        seen = memory_method(args.memory_method, "classification").trains_on_seen
+        self.train = training_units(args, self.model, self.tracker, task.seen if seen else task.classes)
+        self.policy = memory_policy(args, self.model, task)
         if not len(self.train.keys):
             raise TokenforgeError(f"{args.tokens or args.shards}: no training samples for task {args.task}'s classes {task.classes}")
         keeps = args.task > 0 and self.policy.keeps_memory
@@ -160,7 +166,7 @@ class ClassificationJob(TaskJob):
         """The training loop of this task: replay, family, augmentations, DeepSpeed engine and callbacks."""
         args, model, train, policy = self.args, self.model, self.train, self.policy
         rank, world = rank_and_world()
-        ids, labels = torch.from_numpy(train.units), torch.from_numpy(train.labels)
+        ids, labels = train.units, torch.from_numpy(train.labels)  # ids narrow: the loop widens each batch
         local = rank_slice(len(ids), rank, world)
         generator = torch.Generator().manual_seed(task_seed(args.seed, args.task))
         replay_batch = max(1, int(round(args.memory_replay_ratio * args.batch_size)))
@@ -189,22 +195,26 @@ class ClassificationJob(TaskJob):
 
     def build_memory(self, model: TokenViT) -> tuple[Memory, dict]:
         """The memory of all tasks so far: the previous one plus this task's samples (also for joint, which keeps none)."""
-        current, task = self.data.where(self.task.classes), self.task
-        return build_memory(model, self.memory, current.keys, current.labels, current.units, task.index, task.seen,
+        current, task = self.train.where(self.task.classes) if self.policy.trains_on_seen else self.train, self.task
+        units = wide(current.units) if self.policy.keeps_memory else current.units  # scorers index the codebook
+        return build_memory(model, self.memory, current.keys, current.labels, units, task.index, task.seen,
                             self.policy, seed=task_seed(self.args.seed, self.args.task))  # fmt: skip
 
     def probe(self, model: TokenViT, memory: Memory, loop: TrainLoop) -> dict:
         """The shortcut probe: replayed views against the same samples whole (continual/shortcut.py)."""
         from tokenforge.continual.shortcut import shortcut_auc
 
-        seen = self.data.where(self.task.seen)
-        return {"shortcut_auc": shortcut_auc(model, memory, loop.replay, seen.keys, seen.units, seed=self.args.seed)}
+        args, seen = self.args, Units([], np.zeros(0, np.int64), self.train.units[:0])
+        if len(memory):  # the whole grids of the memory's samples (all of seen classes), read for the probe alone
+            seen = split_units(args.input, args.tokens, args.shards, "train", model.config.patch, classes=self.task.seen, keys=memory.keys)
+        return {"shortcut_auc": shortcut_auc(model, memory, loop.replay, seen.keys, wide(seen.units), seed=args.seed)}
 
     def save(self, model: TokenViT, folder) -> None:
         save_model(model, folder)
 
     def stats(self, state) -> dict:
-        return {"classes": self.task.classes, "train_samples": len(self.train.keys), "final_train_accuracy": state.epoch_acc}
+        return {"classes": self.task.classes, "train_samples": len(self.train.keys), "final_train_accuracy": state.epoch_acc,
+                "resources": job_resources()}  # at the end of the job: written with the outputs
 
     def summary(self, state) -> str:
         return f", train accuracy {state.epoch_acc:.3f}"

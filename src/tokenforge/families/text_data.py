@@ -96,7 +96,7 @@ class TextLoop(TrainLoop):
         self.texts, self.memory_texts = texts, memory_texts
 
     def step_loss(self, idx: torch.Tensor) -> torch.Tensor:
-        units, positions = self.replay.current(self.units[idx])
+        units, positions = self.replay.current(self.rows(idx))
         loss = self.objective(units if positions is not None else flat(units), positions, self.texts.rows(idx)).mean()
         memory = self.replay.sample(self.state.epoch, self.state.batch)
         if memory is not None:
