@@ -25,7 +25,7 @@ from tokenforge.engine.callbacks import max_rss_mb
 from tokenforge.engine.job import rank_and_world
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_dir, write_json
-from tokenforge.runtime import seed_everything
+from tokenforge.runtime import job_resources, seed_everything
 
 __all__ = ["Outputs", "agreed", "leave_process_group", "timed_memory", "train_task"]
 
@@ -127,4 +127,5 @@ class Outputs:
             "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "peak_rss_mb": max_rss_mb(), "memory_sha256": digest, "wall_s": time.perf_counter() - self.start,
             **self.job.stats(s),
+            "resources": job_resources(),  # this process's own peak RSS and CPU seconds, at the end of the job
         }  # fmt: skip

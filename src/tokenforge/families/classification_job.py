@@ -32,7 +32,7 @@ from tokenforge.families.vit_start import frozen_backbone, initial_model, plain_
 from tokenforge.models.options.base import model_options
 from tokenforge.models.store import backbone_digest
 from tokenforge.models.vit import TokenViT, save_model
-from tokenforge.runtime import compute_device, job_resources, task_seed
+from tokenforge.runtime import compute_device, task_seed
 
 
 def check_args(args) -> None:
@@ -213,8 +213,7 @@ class ClassificationJob(TaskJob):
         save_model(model, folder)
 
     def stats(self, state) -> dict:
-        return {"classes": self.task.classes, "train_samples": len(self.train.keys), "final_train_accuracy": state.epoch_acc,
-                "resources": job_resources()}  # at the end of the job: written with the outputs
+        return {"classes": self.task.classes, "train_samples": len(self.train.keys), "final_train_accuracy": state.epoch_acc}
 
     def summary(self, state) -> str:
         return f", train accuracy {state.epoch_acc:.3f}"
