@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args, tracker) -> None:
     from tokenforge.data.split import make_tasks, resolve_order
+    from tokenforge.runtime import job_resources
 
     plan = FAMILIES.load(args.family).split(args)
     names = plan.names
@@ -58,6 +59,7 @@ def run(args, tracker) -> None:
         write_json(tmp / "tasks.json", {**plan.fields, "num_classes": len(names), "tasks": manifests})
         if plan.write is not None:
             plan.write(tmp)
+        write_json(tmp / "stats.json", {"resources": job_resources()})  # the job's own peak RSS and CPU seconds
     ordered = [c for t in tasks for c in t]
     tracker.log_params({"order": [names[c] for c in ordered] if plan.logged_by_name else ordered} | plan.params)
     tracker.log_metrics({"tasks": len(tasks), plan.per_task_metric: len(tasks[0])})

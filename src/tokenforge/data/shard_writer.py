@@ -168,7 +168,7 @@ def gather_parts(out: Path, parts: int) -> dict:
     with atomic_file(out / "index.parquet") as tmp:
         with pq.ParquetWriter(tmp, INDEX_SCHEMA, compression="zstd") as writer:
             for d in dirs:  # a row group at a time
-                for batch in pq.ParquetFile(d / "index.parquet").iter_batches():
+                for batch in pq.ParquetFile(d / "index.parquet").iter_batches(batch_size=8192):
                     table = pa.Table.from_batches([batch]).cast(INDEX_SCHEMA)
                     shard = pa.array([f"{d.name}/{v}" for v in table.column("shard").to_pylist()], pa.string())
                     writer.write_table(table.set_column(INDEX_SCHEMA.get_field_index("shard"), "shard", shard))
