@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, tracker) -> None:
     if args.pretrained is not None:
         return run_pretrained(args, tracker)
     from tokenforge.runtime import job_device
-    from tokenforge.tokenizer.train import load_splits, prune_to_used, psnr, reconstruction_mse, train_tokenizer
+    from tokenforge.tokenizer.train import load_splits, prune_to_used, train_tokenizer
     from tokenforge.tokenizer.vq import make_config
 
     start = time.perf_counter()
@@ -99,26 +99,15 @@ def run(args: argparse.Namespace, tracker) -> None:
     model, losses = train_tokenizer(train.images, config, **hyper, tracker=tracker, device=device)
     model.to(device)  # encoding for the pruning and the measurements too
     usage = prune_to_used(model, train.images, args.prune)
-    eval_set = test if test is not None else train
-    mse = reconstruction_mse(model, eval_set.images)  # with the pruned codebook: what later stages get
-    stats = {
-        "mse": mse,
-        "psnr": psnr(mse),
-        "eval_split": "test" if test is not None else "train",
-        **usage,
-        "epochs": args.epochs,
-        "final_loss": losses[-1],
-        "train_images": len(train.keys),
-        "device": str(device),
-    }
-    write_outputs(args, model, eval_set, stats, start, tracker)
+    eval_set, stats = measured(model, train, test, usage, device)
+    write_outputs(args, model, eval_set, {**stats, "epochs": args.epochs, "final_loss": losses[-1]}, start, tracker)
 
 
 def run_pretrained(args: argparse.Namespace, tracker) -> None:
     """--pretrained DIR: its VQModel as the tokenizer, pruned to the codes the train sample uses, then measured."""
     from tokenforge.runtime import job_device
     from tokenforge.tokenizer.pretrained import from_folder
-    from tokenforge.tokenizer.train import load_splits, prune_to_used, psnr, reconstruction_mse
+    from tokenforge.tokenizer.train import load_splits, prune_to_used
     from tokenforge.tokenizer.vq import MAX_CODES
 
     start = time.perf_counter()
@@ -135,18 +124,20 @@ def run_pretrained(args: argparse.Namespace, tracker) -> None:
     if usage["codebook_size"] > MAX_CODES:
         raise TokenforgeError(f"tokenizer.pretrained {args.pretrained}: keeps {usage['codebook_size']} codes, token "
                               f"files hold at most {MAX_CODES} (tokenizer.prune: true keeps only those in use)")
+    eval_set, stats = measured(model, train, test, usage, device)
+    write_outputs(args, model, eval_set, {**stats, "pretrained": model.config["pretrained"]}, start, tracker)
+
+
+def measured(model, train, test, usage: dict, device) -> tuple:
+    """(the images the tokenizer is measured on, its stats): reconstruction on the test sample (the train one where
+    there is no test split) with the pruned codebook, what later stages get, and the codebook's usage."""
+    from tokenforge.tokenizer.train import psnr, reconstruction_mse
+
     eval_set = test if test is not None else train
-    mse = reconstruction_mse(model, eval_set.images)  # with the pruned codebook: what later stages get
-    stats = {
-        "mse": mse,
-        "psnr": psnr(mse),
-        "eval_split": "test" if test is not None else "train",
-        **usage,
-        "pretrained": model.config["pretrained"],
-        "train_images": len(train.keys),
-        "device": str(device),
-    }
-    write_outputs(args, model, eval_set, stats, start, tracker)
+    mse = reconstruction_mse(model, eval_set.images)
+    split = "test" if test is not None else "train"
+    stats = {"mse": mse, "psnr": psnr(mse), "eval_split": split, **usage, "train_images": len(train.keys), "device": str(device)}
+    return eval_set, stats
 
 
 def write_outputs(args: argparse.Namespace, model, eval_set, stats: dict, start: float, tracker) -> None:

@@ -19,3 +19,13 @@ def check_kept_codes(kept, trained: int, where: str) -> None:
     kept = np.asarray(kept)
     if kept.ndim != 1 or not len(kept) or kept[0] < 0 or kept[-1] >= trained or np.any(np.diff(kept) <= 0):
         raise TokenforgeError(f"{where}: expected strictly increasing code ids in [0, {trained}), at least one")
+
+
+def checked_ids(ids, size: int):
+    """`ids` as a LongTensor that `decode` takes: (N, h, w) ids in [0, size), else a one-line error."""
+    import torch
+
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.ndim != 3 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+        raise TokenforgeError(f"ids: expected (N, h, w) ids in [0, {size}), got shape {tuple(ids.shape)}")
+    return ids

@@ -35,7 +35,7 @@ from torch import nn
 
 from tokenforge.errors import TokenforgeError, one_line
 from tokenforge.io import require_file
-from tokenforge.tokenizer.codes import check_kept_codes
+from tokenforge.tokenizer.codes import check_kept_codes, checked_ids
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,7 @@ class PretrainedVQ(nn.Module):
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """LongTensor (N, h, w) of code ids -> CPU float images (N, C, H, W) in [0,1], C the images' channels."""
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        size = self.config["codebook_size"]
-        if ids.ndim != 3 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
-            raise TokenforgeError(f"ids: expected (N, h, w) ids in [0, {size}), got shape {tuple(ids.shape)}")
+        ids = checked_ids(ids, self.config["codebook_size"])
         step = self._chunk()
         parts = [self._decode_chunk(ids[i : i + step]) for i in range(0, len(ids), step)]
         return torch.cat(parts) if parts else torch.zeros((0, self.config["channels"], *self.config["image_size"]))

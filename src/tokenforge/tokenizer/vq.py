@@ -32,7 +32,7 @@ from vector_quantize_pytorch import VectorQuantize
 
 from tokenforge.errors import TokenforgeError, one_line
 from tokenforge.io import read_json, require_file, write_json
-from tokenforge.tokenizer.codes import MAX_CODES, check_kept_codes  # here too: their home before `codes`
+from tokenforge.tokenizer.codes import MAX_CODES, check_kept_codes, checked_ids  # here too: their home before `codes`
 
 CONFIG_KEYS = (
     "image_size", "channels", "downsample", "grid", "codebook_size", "trained_codebook_size", "code_dim",
@@ -163,10 +163,7 @@ class VQTokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """LongTensor (N, h, w) of code ids -> CPU float images (N, C, H, W) in [0,1], computed on the model's device."""
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        size = self.config["codebook_size"]
-        if ids.ndim != 3 or ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
-            raise TokenforgeError(f"ids: expected (N, h, w) ids in [0, {size}), got shape {tuple(ids.shape)}")
+        ids = checked_ids(ids, self.config["codebook_size"])
         vectors = self._kept_vectors()[ids.to(self._device())].permute(0, 3, 1, 2)
         return self.decoder(vectors).cpu()
 
