@@ -180,6 +180,7 @@ def jobs_of(results: Path) -> list[dict]:
             "tokenizer": results / "tokenizer" / "stats.json",
             "tokenize_part": results / "tokens-parts" / tail / "stats.json",
             "tokenize": results / "tokens" / "stats.json",
+            "split": results / "split" / "stats.json",
             "train": results / "train" / tail / "stats.json",
             "evaluate": results / "evaluate" / f"{tail}.json",
         }.get(rule)
