@@ -27,7 +27,11 @@ Output folder:
                             question-answer pairs and captions per split ("qa_pairs", "captions")
 
 The tar files are byte-for-byte reproducible (fixed mtime, owner, order; PNG has no timestamps).
-`load_split(dir, "train")` reads a split back as uint8 arrays for the later stages.
+Several jobs: `--parts P --part K` writes the K-th contiguous run of each split's tars (the same tars, keys and
+bytes one job writes) into its own folder (the pipeline: <shard>/part-KKK); `--parts P --gather` then joins the
+parts' index.parquet, classes.json and stats.json into --out. stats.json records the job's own peak RSS and CPU
+time ("resources"). Later stages stream a split back with `tokenforge.data.shards.iter_split` (uint8 batches in key
+order).
 """
 
 from __future__ import annotations
