@@ -20,7 +20,6 @@ import math
 import re
 import tarfile
 import zlib
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,17 +248,21 @@ def sample_split(shard_dir: str | Path, split: str, max_images: int | None, seed
     keep = None
     if max_images is not None and max_images < count:
         keep = np.sort(np.random.default_rng([seed, count]).choice(count, size=max_images, replace=False))
-    parts, images, filled = [], None, 0
+    size = count if keep is None else len(keep)
+    mode, shape, class_names = _shard_layout(root)
+    out = ImageSet([], np.empty(size, np.int64), np.empty((size, *shape, len(mode)), np.uint8), class_names)
     for batch in iter_split(root, split, 1024, keep=keep):
-        if images is None:
-            images = np.empty((count if keep is None else len(keep), *batch.images.shape[1:]), dtype=np.uint8)
-        images[filled : filled + len(batch.keys)] = batch.images
-        filled += len(batch.keys)
-        parts.append(dataclasses.replace(batch, images=batch.images[:0]))
-    if images is not None and filled != len(images):
-        raise TokenforgeError(f"{root}: stats.json counts {len(images)} {split} images, the shards hold {filled}")
-    whole = concat(parts, root, split)
-    return whole if images is None else dataclasses.replace(whole, images=images)
+        at, n = len(out.keys), len(batch.keys)
+        if at + n > size:
+            raise TokenforgeError(f"{root}: stats.json counts {count} {split} images, the shards hold more")
+        out.images[at : at + n], out.labels[at : at + n] = batch.images, batch.labels
+        out.keys += batch.keys
+        if batch.texts is not None:
+            out.texts = out.texts if out.texts is not None else []
+            out.texts.extend(batch.texts)
+    if len(out.keys) != size:
+        raise TokenforgeError(f"{root}: stats.json counts {count} {split} images, the shards hold {len(out.keys)}")
+    return out
 
 
 def split_count(shard_dir: Path, split: str) -> int:

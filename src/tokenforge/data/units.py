@@ -3,7 +3,7 @@ uint8 pixel patches (N, h, w, F) of the tokenizer's grid from the shards (the pi
 
 A job holds only what it uses: `split_units` keeps the rows of some classes (and keys), token ids at their narrow
 type (uint8/uint16, data/tokens.py `narrow_dtype`; `wide` makes int64 of them where a consumer indexes with them),
-`class_examples` one row per class, and `unit_batches` streams a split in batches. Token files are read record batch
+`class_examples` one row per class, and `UnitBatches` streams a split in batches. Token files are read record batch
 by record batch; the pixel shards are decoded whole and then filtered.
 """
 
