@@ -1,10 +1,14 @@
-"""Print what a finished run achieved and where its report, bundle and MLflow runs are.
+"""Print what a finished run (or experiment) achieved and where its report, bundle and MLflow runs are.
 
 Reads RESULTS_DIR/package/metrics.json (written by `tokenforge package`, the last pipeline stage)
-and, if present, RESULTS_DIR/mlflow/parent.json. Writes nothing. Example:
+and, if present, RESULTS_DIR/mlflow/parent.json. An experiment folder (RESULTS_DIR/experiment.json):
+its name, how many variants finished, the comparison table of `tokenforge compare` (mean ± std over
+seeds) and where its comparison files are. Writes nothing. Examples:
 
     tokenforge summary results/default          # human summary
     tokenforge summary results/default --json   # the metrics.json itself, for scripts
+    tokenforge summary results/coretokens       # an experiment: its comparison table
+    tokenforge summary results/coretokens --json   # the experiment's comparison (groups and variants)
 """
 
 from __future__ import annotations
@@ -15,14 +19,21 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="results folder of one pipeline run")
-    parser.add_argument("--json", action="store_true", help="print metrics.json instead of the summary")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="results folder of one pipeline run or experiment")
+    parser.add_argument(
+        "--json", action="store_true", help="print metrics.json (an experiment: its comparison) instead of the summary"
+    )
 
 
 def run(args: argparse.Namespace, tracker) -> None:
-    from tokenforge.report.summary import load_metrics, load_parent, summary_lines
+    from tokenforge.report.experiment import comparison, is_experiment
+    from tokenforge.report.summary import experiment_lines, load_metrics, load_parent, summary_lines
 
     results = Path(args.results_dir).resolve()
+    if is_experiment(results):
+        comp = comparison(results)
+        print(json.dumps(comp, indent=2) if args.json else "\n".join(experiment_lines(results, comp)))
+        return
     result = load_metrics(results)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

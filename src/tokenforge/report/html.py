@@ -1,6 +1,7 @@
 """The package stage's report.html: one self-contained page (the plots as data URIs, every value escaped) with the
 summary, each score's matrix and examples (VQA, captioning), the accuracy plots and table, the learning curve, the
-storage bytes, the --images, the wall times, the config and the versions.
+storage bytes, the --images, the wall times, the config and the versions; and the pieces an experiment's report
+(tokenforge.report.experiment) reuses: `table`, `img` and `page`.
 
 The report's table leaves the cells above the diagonal empty: row t is measured after training task t, so column
 j > t is a task not learned yet (those accuracies only enter forward transfer).
@@ -33,13 +34,15 @@ def _bytes(value: float) -> str:
     return f"{value:,.0f} B" if value < 10_000 else f"{value:,.0f} B ({value / 2**20:,.2f} MiB)"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table of `header` and `rows`, every cell escaped."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(path: Path, alt: str) -> str:
+def img(path: Path, alt: str) -> str:
+    """The PNG at `path` as an <img> with a data URI."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
@@ -69,7 +72,7 @@ def _tokenizer_rows(tok: dict) -> list[list[Any]]:
 
 
 def _figure_html(path: Path, caption: str) -> str:
-    return f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+    return f"<figure>{img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _bytes_rows(b: dict) -> list[list[Any]]:
@@ -93,10 +96,10 @@ def _score_sections(result: dict) -> list[str]:
         head = f"<h2>{html.escape(name)} (row: after training task, column: evaluated on task)</h2>"
         numbers = f"<p>final average {summary['final_average_accuracy']:.4f}, forgetting {summary['average_forgetting']:.4f}, " \
                   f"backward transfer {summary['backward_transfer']:.4f}</p>"  # fmt: skip
-        out.append(head + _table(["after task"] + [f"task {j}" for j in range(len(M))], rows) + numbers)
+        out.append(head + table(["after task"] + [f"task {j}" for j in range(len(M))], rows) + numbers)
     for t, examples in enumerate(result.get("examples") or []):
         rows = [[e["prompt"], e["prediction"], " | ".join(e["references"])] for e in examples]
-        out.append(f"<h3>Task {t}: examples after the last task</h3>" + _table(["prompt", "prediction", "references"], rows))
+        out.append(f"<h3>Task {t}: examples after the last task</h3>" + table(["prompt", "prediction", "references"], rows))
     return out
 
 
@@ -120,29 +123,36 @@ def render_report(
     figures = "".join(_figure_html(bundle / f"{name}.png", name) for name in images)
     sections = [
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>Summary</h2>" + _table(["metric", "value"], _summary_rows(result)),
+        "<h2>Summary</h2>" + table(["metric", "value"], _summary_rows(result)),
         *_score_sections(result),
-        "<h2>Accuracy</h2>" + _img(bundle / "accuracy_matrix.png", "accuracy matrix")
-        + _img(bundle / "average_accuracy.png", "average accuracy after each task"),
+        "<h2>Accuracy</h2>" + img(bundle / "accuracy_matrix.png", "accuracy matrix")
+        + img(bundle / "average_accuracy.png", "average accuracy after each task"),
         "<h3>Accuracy matrix (row: after training task, column: evaluated on task; empty: not trained yet)</h3>"
-        + _table(["after task"] + [f"task {j}" for j in range(n)], matrix_rows),
+        + table(["after task"] + [f"task {j}" for j in range(n)], matrix_rows),
         "<h3>After each task (shortcut AUC: how well a linear probe tells a replayed view from the whole sample; "
         "0.5 = indistinguishable, near 1 = replay can teach 'this view = an old class')</h3>"
-        + _table(["after task", "average accuracy", "old tasks' accuracy", "shortcut AUC", "memory bytes"], curve_rows),
+        + table(["after task", "average accuracy", "old tasks' accuracy", "shortcut AUC", "memory bytes"], curve_rows),
         f"<h2>Storage ({b['dataset_images']:,} images, train + test)</h2>"
-        + _table(["form", "bytes per image", "dataset", "of raw pixels"], _bytes_rows(b)),
+        + table(["form", "bytes per image", "dataset", "of raw pixels"], _bytes_rows(b)),
         *(["<h2>Images</h2>" + figures] if images else []),
-        "<h2>Wall time per stage (s)</h2>" + _table(["stage", "wall time (s)"], wall_rows),
+        "<h2>Wall time per stage (s)</h2>" + table(["stage", "wall time (s)"], wall_rows),
         "<h2>Config</h2><pre>" + html.escape(config_text) + "</pre>",
-        "<h2>Versions</h2>" + _table(["package", "version"], version_rows),
+        "<h2>Versions</h2>" + table(["package", "version"], version_rows),
     ]
-    style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:48%;margin:.5em 1% 0 0}"
-        "pre{background:#f6f6f6;padding:1em;overflow:auto}"
-        "figure{margin:.5em 0}figure img{max-width:100%;image-rendering:pixelated}figcaption{color:#555}"
-    )
+    return page(title, sections)
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}img{max-width:48%;margin:.5em 1% 0 0}"
+    "pre{background:#f6f6f6;padding:1em;overflow:auto}"
+    "figure{margin:.5em 0}figure img{max-width:100%;image-rendering:pixelated}figcaption{color:#555}"
+)
+
+
+def page(title: str, sections: list[str], style: str = STYLE) -> str:
+    """A whole HTML page: `title` escaped, the `sections` (HTML already escaped) one per line."""
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{style}</style></head>\n<body>\n"

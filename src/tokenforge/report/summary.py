@@ -1,6 +1,7 @@
 """What `tokenforge summary` (tokenforge/cli/summary.py) prints about a finished run: its headline metrics
 from package/metrics.json, its replay memory against the token and pixel bytes, and where its MLflow runs are
-(mlflow/parent.json).
+(mlflow/parent.json); about an experiment folder: how many variants finished, its comparison table
+(tokenforge.report.experiment) and where the comparison files are.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 from tokenforge.report import ACCURACY_HEADLINES
+from tokenforge.report.experiment import FILES, status_line, text_table
 
 ARCHIVE = "tokenforge-results.tar.gz"
 # Every summary line starts with its label padded to this width (the fixed lines below are aligned by hand).
@@ -120,3 +122,15 @@ def summary_lines(results: Path, result: dict, parent: dict | None) -> list[str]
         f"  bundle:                 {archive}" + ("" if archive.is_file() else " (not written yet)"),
     ]
     return lines + mlflow_lines(parent)
+
+
+def experiment_lines(folder: Path, comp: dict) -> list[str]:
+    """An experiment: its name and finished variants, the group table, and where its comparison files are."""
+    lines = [f"tokenforge {status_line(comp)} in {folder}", *("  " + line for line in text_table(comp).splitlines())]
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    for name in FILES:
+        note = " (not written yet)" if name in missing else ""
+        lines.append(f"  {name + ':':<{LABEL_WIDTH}}{folder / name}{note}")
+    if missing:
+        lines.append(f"  write them with:        tokenforge compare {folder} --out {folder}")
+    return lines
