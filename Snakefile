@@ -1,6 +1,10 @@
 # tokenforge: class-incremental ViT training on VQ tokens with core-token replay memories.
 #
-# Results of a run live in <results>/<run>/ (results/default/ for the embedded default):
+# Results of a run live in <results>/<run>/ (results/default/ for the embedded default). An experiment (a config with
+# an `experiment:` grid, config/experiments/*.yaml; tokenforge/experiment.py) runs every variant in this one DAG:
+# <results>/<run>/runs/<variant>/ holds a variant's own stages (train, evaluate, package), shared/<stage>-<hash>/ each
+# stage that variants share (run once for all whose inputs to it are equal), and <results>/<run>/ the comparison
+# (comparison.{csv,md,json}, accuracy_vs_bytes.png, report.html: 80_package.smk) and experiment.json. A single run:
 #   shard/       WebDataset tar shards + index.parquet          (workflow/rules/10_shard.smk; shard.parts > 1:
 #                the tars in part-000/ ... , one shard job each, gathered; tokenize then runs one job per part
 #                into tokens-parts/part-KKK/, gathered into tokens/)
@@ -34,26 +38,32 @@ wildcard_constraints:
 
 
 include: "workflow/rules/common.smk"
+
+
+# Each stage group's folders (common.smk WC): a wildcard matches only the folders this experiment has.
+workflow.global_wildcard_constraints(**WILDCARD_CONSTRAINTS)
+
+
 include: "workflow/rules/warm.smk"
 # MLflow: one parent run per invocation (not on dry runs); every job logs a child run under it. The hooks run in this
 # process, so through this Python's CLI (PYTHON, common.smk) even where a job's is a conda env's.
 onstart:
-    # A new parent MLflow run for this invocation, with the resolved config as params.
-    os.makedirs(R, exist_ok=True)
-    with open(f"{R}/config.resolved.yaml", "w") as fh:
-        yaml.safe_dump(config, fh, sort_keys=False)
-    shell(f"{PYTHON} -m tokenforge track start {R} --config {R}/config.resolved.yaml {tracking_flags()} -q || true")
+    # A new parent MLflow run for this invocation, with the resolved config as params; in an experiment, a child run
+    # per variant with its grid settings (experiment.json), under which the variant's jobs log.
+    write_resolved()
+    variants = f" --variants {E}/experiment.json" if GRID else ""
+    shell(f"{PYTHON} -m tokenforge track start {E} --config {E}/config.resolved.yaml{variants} {tracking_flags()} -q || true")
     warm_start()  # after track start, which would otherwise wait for the server to finish importing
 
 
 onsuccess:
     # Replays the jobs' spool into the store in deferred mode (mlflow.mode), then ends the parent run.
-    shell(f"{PYTHON} -m tokenforge track end {R} --status FINISHED -q || true")
+    shell(f"{PYTHON} -m tokenforge track end {E} --status FINISHED -q || true")
     warm_stop()
 
 
 onerror:
-    shell(f"{PYTHON} -m tokenforge track end {R} --status FAILED -q || true")
+    shell(f"{PYTHON} -m tokenforge track end {E} --status FAILED -q || true")
     warm_stop()
 
 
@@ -72,6 +82,6 @@ include: "workflow/rules/80_package.smk"
 
 rule all:
     input:
-        f"{R}/package/metrics.json",
-        f"{R}/tokenforge-results.tar.gz",
+        [f"{RESULTS}/{v.roots['run']}/{f}" for v in VARIANTS for f in ("package/metrics.json", "tokenforge-results.tar.gz")],
+        COMPARISON if GRID else [],
     default_target: True

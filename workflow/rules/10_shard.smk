@@ -1,20 +1,21 @@
+# Group "data" (tokenforge.experiment.STAGE_KEYS): one shard per data settings and data seed.
 if not SEIT and len(PARTS) == 1:
 
     rule shard:
         output:
-            index=f"{R}/shard/index.parquet",
-            classes=f"{R}/shard/classes.json",
-            stats=f"{R}/shard/stats.json",
+            index=path("data", "shard/index.parquet"),
+            classes=path("data", "shard/classes.json"),
+            stats=path("data", "shard/stats.json"),
         log:
-            f"{R}/logs/shard.log",
+            path("data", "logs/shard.log"),
         benchmark:
-            f"{R}/benchmarks/shard.tsv"
+            path("data", "benchmarks/shard.tsv")
         params:
             tokenforge=TOKENFORGE,
-            args=cli_args(config["shard"]),
+            args=section_args("data", "shard"),
             outdir=dirname("output.index"),
-            seed=config["seed"],
-            track=track(),
+            seed=cfg("data", data_seed),
+            track=track("data"),
         threads: 1
         resources:
             mem_mb=2000,
@@ -30,17 +31,17 @@ if not SEIT and len(PARTS) > 1:
     rule shard_part:
         # shard.parts jobs, each a contiguous run of each split's tars (the same tars one job writes)
         output:
-            stats=f"{R}/shard/part-{{part}}/stats.json",
+            stats=path("data", "shard/part-{part}/stats.json"),
         log:
-            f"{R}/logs/shard/part-{{part}}.log",
+            path("data", "logs/shard/part-{part}.log"),
         benchmark:
-            f"{R}/benchmarks/shard/part-{{part}}.tsv"
+            path("data", "benchmarks/shard/part-{part}.tsv")
         params:
             tokenforge=TOKENFORGE,
-            args=cli_args(config["shard"]),
+            args=section_args("data", "shard"),
             outdir=dirname("output.stats"),
-            seed=config["seed"],
-            track=track(),
+            seed=cfg("data", data_seed),
+            track=track("data"),
         threads: 1
         resources:
             mem_mb=2000,
@@ -54,20 +55,20 @@ if not SEIT and len(PARTS) > 1:
     rule shard:
         # gather: the parts' indexes and stats joined into the shard folder's
         input:
-            parts=expand(f"{R}/shard/part-{{part}}/stats.json", part=PARTS),
+            parts=expand(path("data", "shard/part-{part}/stats.json"), part=PARTS, allow_missing=True),
         output:
-            index=f"{R}/shard/index.parquet",
-            classes=f"{R}/shard/classes.json",
-            stats=f"{R}/shard/stats.json",
+            index=path("data", "shard/index.parquet"),
+            classes=path("data", "shard/classes.json"),
+            stats=path("data", "shard/stats.json"),
         log:
-            f"{R}/logs/shard.log",
+            path("data", "logs/shard.log"),
         benchmark:
-            f"{R}/benchmarks/shard.tsv"
+            path("data", "benchmarks/shard.tsv")
         params:
             tokenforge=TOKENFORGE,
-            args=cli_args(config["shard"]),
+            args=section_args("data", "shard"),
             outdir=dirname("output.index"),
-            track=track(),
+            track=track("data"),
         threads: 1
         resources:
             mem_mb=1000,
@@ -81,6 +82,6 @@ if not SEIT and len(PARTS) > 1:
 if not SEIT:
 
     rule shards:
-        # Named partial target: only the WebDataset shards.
+        # Named partial target: only the WebDataset shards (of every data setting in the experiment).
         input:
-            rules.shard.output,
+            expand(f"{RESULTS}/{{root}}/shard/stats.json", root=OWNER["data"]),

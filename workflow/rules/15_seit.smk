@@ -3,22 +3,22 @@ if SEIT:
     rule seit_import:
         # A SeiT token release (seit:DIR) becomes tokens/: token Parquet, codebook, classes, synonyms.
         output:
-            train=f"{TOKENS}/train.parquet",
-            test=f"{TOKENS}/test.parquet",
-            stats=f"{TOKENS}/stats.json",
-            codebook=CODEBOOK,
-            classes=CLASSES,
-            synonyms=SYNONYMS,
+            train=path("tokens", "tokens/train.parquet"),
+            test=path("tokens", "tokens/test.parquet"),
+            stats=path("tokens", "tokens/stats.json"),
+            codebook=path("tokens", "tokens/codebook.safetensors"),
+            classes=path("tokens", "tokens/classes.json"),
+            synonyms=path("tokens", "tokens/synonyms.json"),
         log:
-            f"{R}/logs/seit_import.log",
+            path("tokens", "logs/seit_import.log"),
         benchmark:
-            f"{R}/benchmarks/seit_import.tsv"
+            path("tokens", "benchmarks/seit_import.tsv")
         params:
             tokenforge=TOKENFORGE,
-            src=config["shard"]["source"].removeprefix("seit:"),
-            k=config["synonyms"]["k"],
+            src=cfg("tokens", lambda c: c["shard"]["source"].removeprefix("seit:")),
+            k=cfg("tokens", lambda c: c["synonyms"]["k"]),
             outdir=dirname("output.train"),
-            track=track(),
+            track=track("tokens"),
         threads: 1
         resources:
             mem_mb=8000,
@@ -32,4 +32,4 @@ if SEIT:
     rule tokens:
         # Named partial target: the imported token datasets.
         input:
-            rules.seit_import.output,
+            expand(f"{RESULTS}/{{root}}/tokens/stats.json", root=OWNER["tokens"]),

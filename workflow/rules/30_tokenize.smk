@@ -1,25 +1,26 @@
+# Group "tokens" (with the tokenizer): the token grids, once per data and tokenizer settings.
 if not SEIT and len(PARTS) == 1:
 
     rule tokenize:
         input:
-            shard=rules.shard.output.stats,
-            tokenizer=rules.tokenizer.output.weights,
+            shard=at("tokens", "data", "shard/stats.json"),
+            tokenizer=path("tokens", "tokenizer/model.safetensors"),
         output:
-            train=f"{R}/tokens/train.parquet",
-            test=f"{R}/tokens/test.parquet",
-            stats=f"{R}/tokens/stats.json",
+            train=path("tokens", "tokens/train.parquet"),
+            test=path("tokens", "tokens/test.parquet"),
+            stats=path("tokens", "tokens/stats.json"),
         log:
-            f"{R}/logs/tokenize.log",
+            path("tokens", "logs/tokenize.log"),
         benchmark:
-            f"{R}/benchmarks/tokenize.tsv"
+            path("tokens", "benchmarks/tokenize.tsv")
         params:
             tokenforge=TOKENFORGE,
-            args=cli_args(config["tokenize"]),
+            args=section_args("tokens", "tokenize"),
             shards=dirname("input.shard"),
             tokenizer=dirname("input.tokenizer"),
             outdir=dirname("output.train"),
-            track=track(),
-        threads: config["threads"]
+            track=track("tokens"),
+        threads: THREADS
         resources:
             mem_mb=4000,
             runtime=120,
@@ -35,22 +36,22 @@ if not SEIT and len(PARTS) > 1:
     rule tokenize_part:
         # one job per shard part: its tars' token files, in tokens-parts/part-KKK/
         input:
-            shard=rules.shard.output.stats,
-            tokenizer=rules.tokenizer.output.weights,
+            shard=at("tokens", "data", "shard/stats.json"),
+            tokenizer=path("tokens", "tokenizer/model.safetensors"),
         output:
-            stats=f"{R}/tokens-parts/part-{{part}}/stats.json",
+            stats=path("tokens", "tokens-parts/part-{part}/stats.json"),
         log:
-            f"{R}/logs/tokenize/part-{{part}}.log",
+            path("tokens", "logs/tokenize/part-{part}.log"),
         benchmark:
-            f"{R}/benchmarks/tokenize/part-{{part}}.tsv"
+            path("tokens", "benchmarks/tokenize/part-{part}.tsv")
         params:
             tokenforge=TOKENFORGE,
-            args=cli_args(config["tokenize"]),
+            args=section_args("tokens", "tokenize"),
             shards=dirname("input.shard"),
             tokenizer=dirname("input.tokenizer"),
             outdir=dirname("output.stats"),
-            track=track(),
-        threads: config["threads"]
+            track=track("tokens"),
+        threads: THREADS
         resources:
             mem_mb=4000,
             runtime=120,
@@ -64,24 +65,24 @@ if not SEIT and len(PARTS) > 1:
     rule tokenize:
         # gather: the parts' token files joined in key order, a row group at a time
         input:
-            shard=rules.shard.output.stats,
-            tokenizer=rules.tokenizer.output.weights,
-            parts=expand(f"{R}/tokens-parts/part-{{part}}/stats.json", part=PARTS),
+            shard=at("tokens", "data", "shard/stats.json"),
+            tokenizer=path("tokens", "tokenizer/model.safetensors"),
+            parts=expand(path("tokens", "tokens-parts/part-{part}/stats.json"), part=PARTS, allow_missing=True),
         output:
-            train=f"{R}/tokens/train.parquet",
-            test=f"{R}/tokens/test.parquet",
-            stats=f"{R}/tokens/stats.json",
+            train=path("tokens", "tokens/train.parquet"),
+            test=path("tokens", "tokens/test.parquet"),
+            stats=path("tokens", "tokens/stats.json"),
         log:
-            f"{R}/logs/tokenize.log",
+            path("tokens", "logs/tokenize.log"),
         benchmark:
-            f"{R}/benchmarks/tokenize.tsv"
+            path("tokens", "benchmarks/tokenize.tsv")
         params:
             tokenforge=TOKENFORGE,
             shards=dirname("input.shard"),
             tokenizer=dirname("input.tokenizer"),
             parts=lambda wildcards, input: " ".join(os.path.dirname(p) for p in input.parts),
             outdir=dirname("output.train"),
-            track=track(),
+            track=track("tokens"),
         threads: 1
         resources:
             mem_mb=2000,
@@ -96,6 +97,6 @@ if not SEIT and len(PARTS) > 1:
 if not SEIT:
 
     rule tokens:
-        # Named partial target: shards, tokenizer and token datasets.
+        # Named partial target: shards, tokenizer and token datasets (of every setting in the experiment).
         input:
-            rules.tokenize.output,
+            expand(f"{RESULTS}/{{root}}/tokens/stats.json", root=OWNER["tokens"]),

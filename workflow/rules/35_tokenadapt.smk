@@ -1,31 +1,31 @@
 # The optional tokenadapt stage (tokenadapt.enabled): SeiT++'s TokenAdapt pair f, g, trained on the shards' train
 # images and the tokenizer, frozen afterwards; training uses it for augment.tokenadapt_p (train --adapter).
-# Its own MLflow child run; outputs in tokenadapt/.
+# Its own MLflow child run; outputs in tokenadapt/ (group "tokenadapt": once per tokens, its settings and seed).
 
-if TOKENADAPT_ON:
+if any(tokenadapt_on(v.config) for v in VARIANTS):
 
     rule tokenadapt:
         input:
-            shard=SHARD_STATS,
-            tokenizer=f"{TOKENIZER}/model.safetensors",
-            tokens=f"{TOKENS}/train.parquet",  # after tokenize: the same tokenizer, pipeline order
+            shard=shard_stats("tokenadapt"),
+            tokenizer=at("tokenadapt", "tokens", f"{TOKENIZER_REL}/model.safetensors"),
+            tokens=at("tokenadapt", "tokens", "tokens/train.parquet"),  # after tokenize: the same tokenizer, pipeline order
         output:
-            weights=f"{TOKENADAPT_DIR}/adapter.safetensors",
-            config=f"{TOKENADAPT_DIR}/config.json",
-            stats=f"{TOKENADAPT_DIR}/stats.json",
+            weights=path("tokenadapt", "tokenadapt/adapter.safetensors"),
+            config=path("tokenadapt", "tokenadapt/config.json"),
+            stats=path("tokenadapt", "tokenadapt/stats.json"),
         log:
-            f"{R}/logs/tokenadapt.log",
+            path("tokenadapt", "logs/tokenadapt.log"),
         benchmark:
-            f"{R}/benchmarks/tokenadapt.tsv"
+            path("tokenadapt", "benchmarks/tokenadapt.tsv")
         params:
             tokenforge=TOKENFORGE,
-            args=cli_args({k: v for k, v in TOKENADAPT.items() if k != "enabled"}),
+            args=section_args("tokenadapt", "tokenadapt", drop=("enabled",)),
             shards=dirname("input.shard"),
             tokenizer=dirname("input.tokenizer"),
             outdir=dirname("output.weights"),
-            seed=config["seed"],
-            track=track(),
-        threads: config["threads"]
+            seed=cfg("tokenadapt", lambda c: c["seed"]),
+            track=track("tokenadapt"),
+        threads: THREADS
         resources:
             mem_mb=8000,
             runtime=240,

@@ -2,18 +2,18 @@ if not SEIT:
 
     rule synonyms:
         input:
-            tokenizer=rules.tokenizer.output.weights,
+            tokenizer=path("tokens", "tokenizer/model.safetensors"),
         output:
-            f"{R}/synonyms/synonyms.json",
+            path("tokens", "synonyms/synonyms.json"),
         log:
-            f"{R}/logs/synonyms.log",
+            path("tokens", "logs/synonyms.log"),
         benchmark:
-            f"{R}/benchmarks/synonyms.tsv"
+            path("tokens", "benchmarks/synonyms.tsv")
         params:
             tokenforge=TOKENFORGE,
-            args=cli_args(config["synonyms"]),
+            args=section_args("tokens", "synonyms"),
             tokenizer=dirname("input.tokenizer"),
-            track=track(),
+            track=track("tokens"),
         threads: 1
         resources:
             mem_mb=2000,

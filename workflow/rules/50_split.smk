@@ -1,21 +1,26 @@
+# Group "split": once per tokens, split settings and seed (classification reads the classes, vqa/captioning the train
+# text: groups, text tokenizer).
+_SAME_TASKS = len({v.config["split"]["tasks"] for v in VARIANTS}) == 1
+
+
 rule split:
     input:
-        # classification: the class names; vqa/captioning: the train text (groups, text tokenizer)
-        classes=f"{TOKENS}/train.parquet" if MULTIMODAL else CLASSES,
+        classes=at("split", "tokens", "tokens/train.parquet") if MULTIMODAL else at("split", *CLASSES_AT),
     output:
-        tasks=f"{R}/split/tasks.json",
-        manifests=expand(f"{R}/split/task-{{task}}.json", task=TASKS),
+        tasks=path("split", "split/tasks.json"),
+        # one manifest per task (declared where every variant has the same number of tasks)
+        manifests=expand(path("split", "split/task-{task}.json"), task=tasks(BASE), allow_missing=True) if _SAME_TASKS else [],
     log:
-        f"{R}/logs/split.log",
+        path("split", "logs/split.log"),
     benchmark:
-        f"{R}/benchmarks/split.tsv"
+        path("split", "benchmarks/split.tsv")
     params:
         tokenforge=TOKENFORGE,
-        args=cli_args(config["split"]),
+        args=section_args("split", "split"),
         outdir=dirname("output.tasks"),
-        seed=config["seed"],
-        family=split_flags(),
-        track=track(),
+        seed=cfg("split", lambda c: c["seed"]),
+        family=split_flags("split"),
+        track=track("split"),
     threads: 1
     resources:
         mem_mb=1000,

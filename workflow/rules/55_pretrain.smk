@@ -1,43 +1,55 @@
 # The optional pretrain stage (pretrain.mode != none): supervised on data disjoint from the task sequence, label-free
 # masked-token modelling, or (input pixels) a local timm checkpoint. Task 0 starts from it (pretrain.init: the ViT's
 # backbone; for vqa and captioning BLIP's vision encoder, with mtm on pretrain.data tasks), and replay's memory.fill
-# mtm predicts the non-kept tokens with it. Its own MLflow child run; outputs in pretrain/.
+# mtm predicts the non-kept tokens with it. Its own MLflow child run; outputs in pretrain/ (group "pretrain": once per
+# its own keys, the architecture's, the split's and the tokens').
+
+
+def pretrain_args(c):
+    # the architecture is train's: task 0 inherits the pretrained model's
+    pretrain = c.get("pretrain") or {}
+    args = cli_args({k: v for k, v in pretrain.items() if k not in ("init", "timm_kwargs")})
+    if pretrain.get("timm_kwargs"):
+        args += f" --timm-kwargs {shlex.quote(json.dumps(pretrain['timm_kwargs']))}"
+    return args + " " + cli_args({k: c["train"][k] for k in ("input", "embed_dim", "depth", "num_heads", "mlp_ratio")})
+
+
+def timm_checkpoint(wildcards):
+    timm = (V("pretrain", wildcards).config.get("pretrain") or {}).get("timm_checkpoint")
+    return [timm] if timm else []
 
 
 rule pretrain:
     input:
-        codebook=CODEBOOK,
-        tokens=f"{TOKENS}/train.parquet",
-        shards=SHARD_STATS,
-        split=rules.split.output.tasks,
-        checkpoint=[PRETRAIN["timm_checkpoint"]] if PRETRAIN.get("timm_checkpoint") else [],
+        codebook=at("pretrain", "tokens", f"{TOKENIZER_REL}/codebook.safetensors"),
+        tokens=at("pretrain", "tokens", "tokens/train.parquet"),
+        shards=shard_stats("pretrain"),
+        split=at("pretrain", "split", "split/tasks.json"),
+        checkpoint=timm_checkpoint,
     output:
-        model=f"{PRETRAIN_DIR}/model.safetensors",
-        model_config=f"{PRETRAIN_DIR}/model.json",
-        stats=f"{PRETRAIN_DIR}/stats.json",
+        model=path("pretrain", "pretrain/model.safetensors"),
+        model_config=path("pretrain", "pretrain/model.json"),
+        stats=path("pretrain", "pretrain/stats.json"),
     log:
-        f"{R}/logs/pretrain.log",
+        path("pretrain", "logs/pretrain.log"),
     benchmark:
-        f"{R}/benchmarks/pretrain.tsv"
+        path("pretrain", "benchmarks/pretrain.tsv")
     params:
         tokenforge=TOKENFORGE,
-        # the architecture is train's: task 0 inherits the pretrained model's
-        args=cli_args({k: v for k, v in PRETRAIN.items() if k not in ("init", "timm_kwargs")}),
-        timm_kwargs=f"--timm-kwargs {shlex.quote(json.dumps(PRETRAIN['timm_kwargs']))}" if PRETRAIN.get("timm_kwargs") else "",
-        arch=cli_args({k: config["train"][k] for k in ("input", "embed_dim", "depth", "num_heads", "mlp_ratio")}),
+        args=cfg("pretrain", pretrain_args),
         tokenizer=dirname("input.codebook"),
-        shards="" if SEIT else f"--shards {R}/shard",
+        shards=shards_flag("pretrain"),
         split=dirname("input.split"),
         outdir=dirname("output.model"),
-        seed=config["seed"],
-        track=track(),
-    threads: config["threads"]
+        seed=cfg("pretrain", lambda c: c["seed"]),
+        track=track("pretrain"),
+    threads: THREADS
     resources:
         mem_mb=8000,
         runtime=240,
     conda:
         "../../envs/tokenforge.yaml"
     shell:
-        "{params.tokenforge} pretrain {params.args} {params.timm_kwargs} {params.arch} --tokens {input.tokens} {params.shards}"
+        "{params.tokenforge} pretrain {params.args} --tokens {input.tokens} {params.shards}"
         " --split {params.split} --tokenizer {params.tokenizer} --out {params.outdir} --seed {params.seed}"
         " --threads {threads} {params.track} > {log} 2>&1"

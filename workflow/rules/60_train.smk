@@ -1,71 +1,86 @@
+# Group "run": every variant's own task sequence, in its folder (a single run's: <results>/<run>/).
+TRAIN_FLAG_SKIP = (*LAUNCH_KEYS, "token_expansion", "prompts", "model_options")
+
+
+def train_settings(c, checkpoints):
+    """The variant's `tokenforge train` flags from its config (the launch keys are resources, not flags)."""
+    memory = cli_args({**c["memory"], "budget": c["memory"]["budget"] or "none"}, prefix="memory-")  # null: no limit
+    return " ".join(
+        [
+            cli_args({k: v for k, v in c["train"].items() if k not in TRAIN_FLAG_SKIP}),
+            memory,
+            f"--checkpoint-dir {checkpoints}",
+            cli_args(c["augment"], prefix="augment-"),
+            cli_args(c["train"].get("token_expansion", {}), prefix="toe-"),
+            cli_args(c["train"].get("prompts", {}), prefix="prompt-"),
+            model_option_flags(c),
+        ]
+    )
+
+
+def train_args(wildcards):
+    v = V("run", wildcards)
+    settings = train_settings(v.config, f"{RESULTS}/{wildcards.run}/checkpoints/train/task-{wildcards.task}")
+    return f"{family_train_flags(v.config)} {previous_flag(wildcards)} {pretrain_flags(wildcards)} {tokenadapt_flag(wildcards)} {settings}"
+
+
 rule train:
     input:
-        tokens=f"{TOKENS}/train.parquet",
-        shards=SHARD_STATS,
-        codebook=CODEBOOK,
-        split=rules.split.output.tasks,
-        deepspeed=config["train"]["deepspeed_config"],
-        synonyms=SYNONYMS,
+        tokens=at("run", "tokens", "tokens/train.parquet"),
+        shards=shard_stats("run"),
+        codebook=at("run", "tokens", f"{TOKENIZER_REL}/codebook.safetensors"),
+        split=at("run", "split", "split/tasks.json"),
+        deepspeed=cfg("run", lambda c: c["train"]["deepspeed_config"]),
+        synonyms=at("run", *SYNONYMS_AT),
         previous=previous_task,
         pretrain=pretrain_inputs,
         adapter=tokenadapt_inputs,
     output:
-        model=f"{R}/train/task-{{task}}/model.safetensors",
-        model_config=f"{R}/train/task-{{task}}/model.json",
-        memory=f"{R}/train/task-{{task}}/memory.arrows.zst",
-        stats=f"{R}/train/task-{{task}}/stats.json",
+        model=path("run", "train/task-{task}/model.safetensors"),
+        model_config=path("run", "train/task-{task}/model.json"),
+        memory=path("run", "train/task-{task}/memory.arrows.zst"),
+        stats=path("run", "train/task-{task}/stats.json"),
     log:
-        f"{R}/logs/train/task-{{task}}.log",
+        path("run", "logs/train/task-{task}.log"),
     benchmark:
-        f"{R}/benchmarks/train/task-{{task}}.tsv"
+        path("run", "benchmarks/train/task-{task}.tsv")
     params:
-        args=cli_args({k: v for k, v in config["train"].items() if k not in LAUNCH_KEYS and k not in ("token_expansion", "prompts", "model_options")}),
         # From the job's resources: one process (CPU or one GPU), one per GPU or train.processes on a node (torchrun
         # or the deepspeed launcher), or srun + torchrun across nodes. Data parallel; rank 0 writes the outputs.
         # Every program but srun is a module of the job's Python (train_launch in common.smk): no PATH needed.
         launch=lambda w, resources: train_launch(resources),
-        # budget null means no limit, which the CLI spells "none" (its own default is 10%)
-        memory=cli_args({**config["memory"], "budget": config["memory"]["budget"] or "none"}, prefix="memory-"),
-        augment=cli_args(config["augment"], prefix="augment-"),
-        toe=cli_args(config["train"].get("token_expansion", {}), prefix="toe-"),
-        prompts=cli_args(config["train"].get("prompts", {}), prefix="prompt-"),
-        model_options=model_option_flags(),
-        previous=previous_flag,
-        pretrain=pretrain_flags,
-        adapter=tokenadapt_flag,
-        family=family_train_flags(),
+        # the variant's settings: family, previous task, pretrained start, adapter, train/memory/augment/ToE/prompt
+        # flags; checkpoints outside the declared outputs, so a killed job's rerun (--rerun-incomplete) resumes
+        args=train_args,
         tokenizer=dirname("input.codebook"),
-        shards="" if SEIT else f"--shards {R}/shard",
+        shards=shards_flag("run"),
         split=dirname("input.split"),
         outdir=dirname("output.model"),
-        # Outside the declared outputs, so a killed job's rerun (--rerun-incomplete) resumes from it.
-        checkpoints=lambda w: f"{R}/checkpoints/train/task-{w.task}",
-        seed=config["seed"],
+        seed=cfg("run", lambda c: c["seed"]),
         threads=lambda w, threads, resources: max(1, threads // train_processes(resources)),
-        track=lambda w: track(f"--tag task={w.task}"),
-    threads: config["threads"]
+        track=track("run", "--tag task={task}"),
+    threads: THREADS
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=config["train"]["gpus"],
-        nodes=config["train"]["nodes"],
+        gpu=TRAIN_GPUS,
+        nodes=TRAIN_NODES,
         # several nodes: one SLURM task per node, and the job's shell calls srun itself (the plugin does not wrap it)
-        **({"tasks": config["train"]["nodes"], "mpi": "srun"} if config["train"]["nodes"] > 1 else {}),
+        **({"tasks": TRAIN_NODES, "mpi": "srun"} if TRAIN_NODES > 1 else {}),
     conda:
         "../../envs/tokenforge.yaml"
     shell:
         "{params.launch} train --tokens {input.tokens} {params.shards} --tokenizer {params.tokenizer} --split {params.split}"
-        " --task {wildcards.task} {params.family} {params.previous} {params.pretrain} --out {params.outdir} {params.args} {params.memory}"
-        " --checkpoint-dir {params.checkpoints}"
-        " --synonyms {input.synonyms} {params.augment} {params.adapter} {params.toe} {params.prompts} {params.model_options}"
-        " --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"
+        " --task {wildcards.task} --out {params.outdir} {params.args}"
+        " --synonyms {input.synonyms} --seed {params.seed} --threads {params.threads} {params.track} > {log} 2>&1"
 
 
-# Named partial targets task_0 ... task_<N-1>: train and evaluate up to task k, e.g. `snakemake task_2`.
-for _t in TASKS:
+# Named partial targets task_0 ... task_<N-1>: train and evaluate up to task k (every variant that has it),
+# e.g. `snakemake task_2`.
+for _t in range(max(v.config["split"]["tasks"] for v in VARIANTS)):
 
     rule:
         name:
             f"task_{_t}"
         input:
-            f"{R}/evaluate/task-{_t}.json",
+            [f"{RESULTS}/{v.roots['run']}/evaluate/task-{_t}.json" for v in VARIANTS if v.config["split"]["tasks"] > _t],

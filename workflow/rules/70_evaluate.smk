@@ -1,23 +1,23 @@
 rule evaluate:
     input:
-        model=rules.train.output.model,
-        tokens=f"{TOKENS}/test.parquet",
-        shards=SHARD_STATS,
-        split=rules.split.output.tasks,
+        model=path("run", "train/task-{task}/model.safetensors"),
+        tokens=at("run", "tokens", "tokens/test.parquet"),
+        shards=shard_stats("run"),
+        split=at("run", "split", "split/tasks.json"),
     output:
-        f"{R}/evaluate/task-{{task}}.json",
+        path("run", "evaluate/task-{task}.json"),
     log:
-        f"{R}/logs/evaluate/task-{{task}}.log",
+        path("run", "logs/evaluate/task-{task}.log"),
     benchmark:
-        f"{R}/benchmarks/evaluate/task-{{task}}.tsv"
+        path("run", "benchmarks/evaluate/task-{task}.tsv")
     params:
         tokenforge=TOKENFORGE,
-        args=cli_args(config["evaluate"]),
+        args=section_args("run", "evaluate"),
         model=dirname("input.model"),
         split=dirname("input.split"),
-        shards="" if SEIT else f"--shards {R}/shard",
-        family=family_evaluate_flags(),
-        track=lambda w: track(f"--tag task={w.task}"),
+        shards=shards_flag("run"),
+        family=cfg("run", family_evaluate_flags),
+        track=track("run", "--tag task={task}"),
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,39 +1,51 @@
-STAGE_STATS = {
-    **({} if SEIT else {"shard": f"{R}/shard/stats.json", "tokenizer": f"{R}/tokenizer/stats.json"}),
-    "tokenize": f"{TOKENS}/stats.json",
-    **({"tokenadapt": f"{TOKENADAPT_DIR}/stats.json"} if TOKENADAPT_ON else {}),
-    **({"pretrain": f"{PRETRAIN_DIR}/stats.json"} if PRETRAIN_MODE != "none" else {}),
-    **{f"train-{t}": f"{R}/train/task-{t}/stats.json" for t in TASKS},
-    **{f"evaluate-{t}": f"{R}/evaluate/task-{t}.json" for t in TASKS},
-}
+def stage_stats(v):
+    """name -> stats file of every stage behind a variant (its shared stages' and its own)."""
+    c, roots, n = v.config, {g: f"{RESULTS}/{r}" for g, r in v.roots.items()}, v.config["split"]["tasks"]
+    return {
+        **({} if SEIT else {"shard": f"{roots['data']}/shard/stats.json", "tokenizer": f"{roots['tokens']}/tokenizer/stats.json"}),
+        "tokenize": f"{roots['tokens']}/tokens/stats.json",
+        **({"tokenadapt": f"{roots['tokenadapt']}/tokenadapt/stats.json"} if tokenadapt_on(c) else {}),
+        **({"pretrain": f"{roots['pretrain']}/pretrain/stats.json"} if pretrain_mode(c) != "none" else {}),
+        **{f"train-{t}": f"{roots['run']}/train/task-{t}/stats.json" for t in range(n)},
+        **{f"evaluate-{t}": f"{roots['run']}/evaluate/task-{t}.json" for t in range(n)},
+    }
+
+
+def package_inputs(wildcards):
+    v = V("run", wildcards)
+    root, last = f"{RESULTS}/{v.roots['run']}", v.config["split"]["tasks"] - 1
+    return dict(
+        evaluations=[f"{root}/evaluate/task-{t}.json" for t in range(last + 1)],
+        stats=list(stage_stats(v).values()),
+        synonyms=f"{RESULTS}/{v.roots[SYNONYMS_AT[0]]}/{SYNONYMS_AT[1]}",
+        model=f"{root}/train/task-{last}/model.safetensors",
+        images=[] if SEIT else f"{RESULTS}/{v.roots['tokens']}/tokenizer/reconstructions.png",
+    )
+
 
 
 rule package:
     input:
-        evaluations=expand(f"{R}/evaluate/task-{{t}}.json", t=TASKS),
-        stats=list(STAGE_STATS.values()),
-        synonyms=SYNONYMS,
-        model=f"{R}/train/task-{LAST}/model.safetensors",
-        images=[] if SEIT else f"{R}/tokenizer/reconstructions.png",
+        unpack(package_inputs),
     output:
-        metrics=f"{R}/package/metrics.json",
-        matrix=report(f"{R}/package/accuracy_matrix.png", caption="../report/accuracy_matrix.rst", category="Results"),
-        curve=report(f"{R}/package/average_accuracy.png", caption="../report/average_accuracy.rst", category="Results"),
-        html=f"{R}/package/report.html",
-        archive=f"{R}/tokenforge-results.tar.gz",
+        metrics=path("run", "package/metrics.json"),
+        matrix=report(path("run", "package/accuracy_matrix.png"), caption="../report/accuracy_matrix.rst", category="Results"),
+        curve=report(path("run", "package/average_accuracy.png"), caption="../report/average_accuracy.rst", category="Results"),
+        html=path("run", "package/report.html"),
+        archive=path("run", "tokenforge-results.tar.gz"),
     log:
-        f"{R}/logs/package.log",
+        path("run", "logs/package.log"),
     benchmark:
-        f"{R}/benchmarks/package.tsv"
+        path("run", "benchmarks/package.tsv")
     params:
         tokenforge=TOKENFORGE,
-        stats=" ".join(f"{name}={path}" for name, path in STAGE_STATS.items()),
+        stats=lambda w: " ".join(f"{name}={p}" for name, p in stage_stats(V("run", w)).items()),
         outdir=dirname("output.metrics"),
-        config=f"{R}/config.resolved.yaml",
-        title=f"tokenforge run '{config['run']}'",
+        config=lambda w: f"{RESULTS}/{w.run}/config.resolved.yaml",
+        title=lambda w: f"tokenforge run '{BASE['run']}'" + (f", variant '{V('run', w).name}'" if GRID else ""),
         images=lambda w, input: f"--images reconstructions={input.images}" if input.images else "",
-        track=track(),
-        registered=config["mlflow"]["registered_model"],
+        track=track("run"),
+        registered=BASE["mlflow"]["registered_model"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -45,3 +57,32 @@ rule package:
         " --config {params.config} --out {params.outdir} --archive {output.archive} --title {params.title:q}"
         " {params.images} --registered-model {params.registered:q}"
         " {params.track} > {log} 2>&1"
+
+
+# An experiment of several variants: one table, one plot and one report comparing them (tokenforge compare).
+COMPARISON = [f"{E}/comparison.{ext}" for ext in ("csv", "md", "json")] + [f"{E}/accuracy_vs_bytes.png", f"{E}/report.html"]
+
+if GRID:
+
+    rule compare:
+        input:
+            metrics=[f"{RESULTS}/{v.roots['run']}/package/metrics.json" for v in VARIANTS],
+        output:
+            table=COMPARISON[0],
+            markdown=COMPARISON[1],
+            summary=COMPARISON[2],
+            plot=report(COMPARISON[3], caption="../report/comparison.rst", category="Comparison"),
+            html=COMPARISON[4],
+        log:
+            f"{E}/logs/compare.log",
+        params:
+            tokenforge=TOKENFORGE,
+            folder=E,
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        conda:
+            "../../envs/tokenforge.yaml"
+        shell:
+            "{params.tokenforge} compare {params.folder} --out {params.folder} -q > {log} 2>&1"

@@ -13,33 +13,81 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 from tokenforge.errors import TokenforgeError
 
-# YAML reads a bare `off` as false: train.compile's "off" either way
-if (config.get("train") or {}).get("compile", "off") is False:
-    config["train"]["compile"] = "off"
-
 # The schema's pluggable keys (x-registry) take their choices from tokenforge's registries, installed plugins included.
 from tokenforge.config_schema import check_choices, read_schema, write_expanded
+from tokenforge.experiment import GROUPS, data_seed, describe, expand_experiment
 from tokenforge.families import FAMILIES
 
 _schema_read = read_schema(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+_schema = write_expanded(_schema_read)
+
+
+def _validated(cfg, name):
+    """A variant's config checked by the schema (defaults filled in); errors name the key (and the variant)."""
+    where = "" if name == config["run"] else f"experiment variant {name}: "
+    # YAML reads a bare `off` as false: train.compile's "off" either way
+    if (cfg.get("train") or {}).get("compile", "off") is False:
+        cfg["train"]["compile"] = "off"
+    try:
+        check_choices(cfg, _schema_read)
+    except TokenforgeError as exc:
+        raise TokenforgeError(f"{where}{exc}") from None
+    try:
+        validate(cfg, schema=str(_schema))
+    except WorkflowError as exc:
+        # One line naming the bad key: "config key train.epochs: 'abc' is not of type 'integer'".
+        text = str(exc)
+        found = re.search(r"ValidationError: (.*?)$", text, re.M)
+        at = re.search(r"On instance((?:\[[^\]]*\])*)", text)
+        key = ".".join(re.findall(r"\['?([^'\]]*)'?\]", at.group(1))) if at else ""
+        raise TokenforgeError(
+            f"{where}config key {key or '(top level)'}: {found.group(1) if found else text.splitlines()[0]}"
+        ) from None
+    return cfg
+
+
+# The experiment (tokenforge/experiment.py): the config's grid expanded into variants, each with its config and the
+# folders of its stages; a config without `experiment:` is one variant in <results>/<run>/ as always.
 try:
-    check_choices(config, _schema_read)
+    VARIANTS = expand_experiment(config, _schema_read, _validated)
 except TokenforgeError as exc:
     raise WorkflowError(str(exc)) from None
-_schema = write_expanded(_schema_read)
-try:
-    validate(config, schema=str(_schema))
-except WorkflowError as exc:
-    # One line naming the bad key: "config key train.epochs: 'abc' is not of type 'integer'".
-    text = str(exc)
-    found = re.search(r"ValidationError: (.*?)$", text, re.M)
-    where = re.search(r"On instance((?:\[[^\]]*\])*)", text)
-    key = ".".join(re.findall(r"\['?([^'\]]*)'?\]", where.group(1))) if where else ""
-    raise WorkflowError(
-        f"config key {key or '(top level)'}: {found.group(1) if found else text.splitlines()[0]}"
-    ) from None
 finally:
     _schema.unlink(missing_ok=True)
+if len(VARIANTS) == 1:
+    config.update(VARIANTS[0].config)  # a single run's config with its defaults, as before
+GRID = len(VARIANTS) > 1
+BASE = VARIANTS[0].config  # the settings every variant shares (tokenforge.experiment.EXPERIMENT_LEVEL)
+RESULTS = BASE["results"]
+E = f"{RESULTS}/{BASE['run']}"  # the experiment's folder: experiment.json and the comparison (a single run's own)
+# Each stage group's wildcard; its values are the groups' folders under RESULTS (a single run: all <run>)
+WC = {"data": "data", "tokens": "tok", "tokenadapt": "adapt", "split": "sp", "pretrain": "pre", "run": "run"}
+OWNER = {g: {} for g in GROUPS}  # group -> folder -> a variant that uses it (all of them agree on its settings)
+for _v in VARIANTS:
+    for _g in GROUPS:
+        OWNER[_g].setdefault(_v.roots[_g], _v)
+WILDCARD_CONSTRAINTS = {WC[g]: "|".join(re.escape(r) for r in OWNER[g]) for g in GROUPS}
+
+
+def V(group, wildcards):
+    """The variant behind a job of this stage group (any of those sharing it)."""
+    return OWNER[group][getattr(wildcards, WC[group])]
+
+
+def path(group, rel):
+    """An output pattern of the group's stage: <results>/{<group wildcard>}/rel."""
+    return f"{RESULTS}/{{{WC[group]}}}/{rel}"
+
+
+def at(group, target, rel):
+    """An input function: rel in the `target` group's folder of this job's variant."""
+    return lambda wildcards: f"{RESULTS}/{V(group, wildcards).roots[target]}/{rel}"
+
+
+def cfg(group, fn):
+    """A params function: fn(the variant's config)."""
+    return lambda wildcards: fn(V(group, wildcards).config)
+
 
 # The CLI is the one of the Python that runs Snakemake (`python -m tokenforge`), not whatever `tokenforge` is on
 # PATH: `.venv/bin/snakemake` works without an activated venv. Under SLURM each job runs `<this python> -m
@@ -51,26 +99,42 @@ _deployment = getattr(workflow, "deployment_settings", None)
 JOB_PYTHON = "python" if _deployment and DeploymentMethod.CONDA in _deployment.deployment_method else PYTHON
 TOKENFORGE = f"{JOB_PYTHON} -m tokenforge"
 
-R = f"{config['results']}/{config['run']}"  # every output of this run lives under here
-TASKS = list(range(config["split"]["tasks"]))
 
+# Settings of the whole invocation (the same in every variant: tokenforge.experiment.EXPERIMENT_LEVEL).
 # A `seit:DIR` source is a SeiT token release: it is imported into tokens/ and replaces the
 # shard, tokenizer and tokenize stages (there are no images, so no pixel baseline either).
-SEIT = config["shard"]["source"].startswith("seit:")
-if SEIT and config["train"]["input"] == "pixels":
-    raise WorkflowError("config key train.input: 'pixels' needs image shards; a seit: source holds tokens only")
-TOKENS = f"{R}/tokens"
-TOKENIZER = TOKENS if SEIT else f"{R}/tokenizer"  # the folder with codebook.safetensors + config.json
-CODEBOOK = f"{TOKENIZER}/codebook.safetensors"
-CLASSES = f"{TOKENS}/classes.json" if SEIT else f"{R}/shard/classes.json"
-SYNONYMS = f"{TOKENS}/synonyms.json" if SEIT else f"{R}/synonyms/synonyms.json"
-SHARD_STATS = [] if SEIT else f"{R}/shard/stats.json"  # inputs of rules that read images (pixels)
-LAST = TASKS[-1]
+SEIT = BASE["shard"]["source"].startswith("seit:")
 # shard.parts > 1: shard and tokenize scatter over this many jobs each (part-000 .. part-<P-1>), gathered after
-PARTS = [f"{k:03d}" for k in range(config["shard"].get("parts", 1))]
-
+PARTS = [f"{k:03d}" for k in range(BASE["shard"].get("parts", 1))]
+THREADS = BASE["threads"]
 # train.* keys that choose how a training job is launched (resources), not `tokenforge train` flags
 LAUNCH_KEYS = ("gpus", "nodes", "processes", "launcher")
+TRAIN_GPUS = BASE["train"]["gpus"]
+TRAIN_NODES = BASE["train"]["nodes"]
+# The task family (families/): classification trains the ViT on class labels; vqa and captioning train BLIP on the
+# text that a text source (scenes, vqa2:, clevr:, coco-captions:) carries beside its images. Same stages, same files,
+# the same launch (train.processes, gpus, nodes); the pretrain stage starts BLIP's vision encoder (families/text_start.py).
+FAMILY = BASE.get("family", "classification")
+# --family for a family other than the CLI's default (classification's commands stay as they were)
+FAMILY_FLAG = "" if FAMILY == "classification" else f"--family {shlex.quote(FAMILY)}"
+MULTIMODAL = bool(getattr(FAMILIES.load(FAMILY), "reads_text", False))  # text beside the images: vqa, captioning
+# Where each stage's outputs are, relative to a group's folder: a seit: source's tokens/ holds codebook, classes, synonyms
+TOKENIZER_REL = "tokens" if SEIT else "tokenizer"  # the folder with codebook.safetensors + config.json
+CLASSES_AT = ("tokens", "tokens/classes.json") if SEIT else ("data", "shard/classes.json")
+SYNONYMS_AT = ("tokens", "tokens/synonyms.json") if SEIT else ("tokens", "synonyms/synonyms.json")
+
+
+def tasks(c):
+    return list(range(c["split"]["tasks"]))
+
+
+def shard_stats(group):
+    """The shards' stats, an input of the rules that read images (pixels, tokenadapt); none for a seit: source."""
+    return [] if SEIT else at(group, "data", "shard/stats.json")
+
+
+def shards_flag(group):
+    return "" if SEIT else lambda w: f"--shards {RESULTS}/{V(group, w).roots['data']}/shard"
 
 
 def _launch(resources):
@@ -78,8 +142,8 @@ def _launch(resources):
     return dict(
         gpu=int(resources.get("gpu", 0) or 0),
         nodes=int(resources.get("nodes", 1) or 1),
-        processes=config["train"]["processes"],
-        launcher=config["train"]["launcher"],
+        processes=BASE["train"]["processes"],
+        launcher=BASE["train"]["launcher"],
         srun=bool(resources.get("mpi")),
     )
 
@@ -102,7 +166,7 @@ def train_launch(resources):
 
 # The configured launch is checked before any job runs (a profile's resources are checked when a job starts).
 try:
-    train_launch({"gpu": config["train"]["gpus"], "nodes": config["train"]["nodes"]})
+    train_launch({"gpu": TRAIN_GPUS, "nodes": TRAIN_NODES})
 except TokenforgeError as exc:
     raise WorkflowError(f"config key {exc}") from None
 
@@ -129,15 +193,30 @@ def cli_args(section, prefix=""):
     return " ".join(out)
 
 
-def model_option_flags():
+def section_args(group, section, prefix="", drop=()):
+    """A params function: the variant's config section as CLI flags, without the `drop` keys."""
+    return cfg(group, lambda c: cli_args({k: v for k, v in (c.get(section) or {}).items() if k not in drop}, prefix))
+
+
+def model_option_flags(c):
     """train.model_options as `--model-option NAME=JSON` flags (models/options/extra.py), in the config's order."""
-    options = config["train"].get("model_options") or {}
+    options = c["train"].get("model_options") or {}
     return " ".join(shlex.quote(f"--model-option={name}={json.dumps(settings, sort_keys=True)}") for name, settings in options.items())
 
 
-def track(rule_tags=""):
-    """The MLflow flags every job passes: attach to this run's parent, with the run name as a tag."""
-    return f"--track {R} --tag run={config['run']} --tag snakemake_version={snakemake.__version__} {rule_tags}"
+def track(group, rule_tags=""):
+    """The MLflow flags every job passes: a variant's own jobs attach to its run, shared ones to the experiment's
+    parent; the run (experiment) name, and in a grid the variant's, as tags."""
+
+    def flags(wildcards):
+        v = V(group, wildcards)
+        own = group == "run" and GRID
+        where = f"{RESULTS}/{v.roots['run']}" if own else E
+        tags = rule_tags.format(**dict(wildcards.items())) if rule_tags else ""
+        variant = f" --tag variant={shlex.quote(v.name)}" if own else ""
+        return f"--track {where} --tag run={BASE['run']}{variant} --tag snakemake_version={snakemake.__version__} {tags}"
+
+    return flags
 
 
 def previous_task(wildcards):
@@ -145,111 +224,150 @@ def previous_task(wildcards):
     t = int(wildcards.task)
     if t == 0:
         return []
-    return expand(f"{R}/train/task-{{t}}/{{f}}", t=t - 1, f=["model.safetensors", "memory.arrows.zst"])
+    return expand(f"{RESULTS}/{wildcards.run}/train/task-{{t}}/{{f}}", t=t - 1, f=["model.safetensors", "memory.arrows.zst"])
 
 
 def previous_flag(wildcards):
     t = int(wildcards.task)
-    return f"--previous {R}/train/task-{t - 1}" if t > 0 else ""
+    return f"--previous {RESULTS}/{wildcards.run}/train/task-{t - 1}" if t > 0 else ""
 
 
 def tracking_flags():
-    uri = config["mlflow"].get("tracking_uri")
-    mode = config["mlflow"].get("mode", "auto")  # tokenforge track --help: live, deferred, auto
-    return f"--experiment {shlex.quote(config['mlflow']['experiment'])} --mode {mode}" + (
+    uri = BASE["mlflow"].get("tracking_uri")
+    mode = BASE["mlflow"].get("mode", "auto")  # tokenforge track --help: live, deferred, auto
+    return f"--experiment {shlex.quote(BASE['mlflow']['experiment'])} --mode {mode}" + (
         f" --tracking-uri {shlex.quote(uri)}" if uri else ""
     )
 
 
-# The optional pretrain stage (55_pretrain.smk): a start for task 0 and/or the masked-token model of replay's
-# `memory.fill: mtm`. Settings that cannot work are caught here, before any job runs.
-PRETRAIN = config.get("pretrain", {}) or {}
-PRETRAIN_MODE = PRETRAIN.get("mode", "none")
-PRETRAIN_DIR = f"{R}/pretrain"
-FILL_MTM = config["memory"].get("view") == "fill" and config["memory"].get("fill") == "mtm"
-if FILL_MTM and PRETRAIN_MODE != "mtm":
-    raise WorkflowError("config key memory.fill: mtm needs a masked-token model: set pretrain.mode to mtm")
-if PRETRAIN_MODE != "none" and SEIT and PRETRAIN.get("data", "heldout") not in ("heldout", "tasks"):
-    raise WorkflowError("config key pretrain.data: a seit: source has no tokenizer to encode another source with")
-if (config["train"].get("prompts") or {}).get("tokens", 0) and (PRETRAIN_MODE == "none" or not PRETRAIN.get("init", True)):
-    raise WorkflowError("config key train.prompts: prompt tuning needs a backbone for task 0: set pretrain.mode (and pretrain.init)")
+def pretrain_mode(c):
+    return (c.get("pretrain") or {}).get("mode", "none")
+
+
+def fill_mtm(c):
+    return c["memory"].get("view") == "fill" and c["memory"].get("fill") == "mtm"
+
+
+def tokenadapt_on(c):
+    return bool((c.get("tokenadapt") or {}).get("enabled", False))
+
+
+def check_variant(c):
+    """Settings that cannot work together, caught before any job runs (one line naming the key)."""
+    pretrain = c.get("pretrain") or {}
+    mode = pretrain_mode(c)
+    if SEIT and c["train"]["input"] == "pixels":
+        return "config key train.input: 'pixels' needs image shards; a seit: source holds tokens only"
+    if fill_mtm(c) and mode != "mtm":
+        return "config key memory.fill: mtm needs a masked-token model: set pretrain.mode to mtm"
+    if mode != "none" and SEIT and pretrain.get("data", "heldout") not in ("heldout", "tasks"):
+        return "config key pretrain.data: a seit: source has no tokenizer to encode another source with"
+    if (c["train"].get("prompts") or {}).get("tokens", 0) and (mode == "none" or not pretrain.get("init", True)):
+        return "config key train.prompts: prompt tuning needs a backbone for task 0: set pretrain.mode (and pretrain.init)"
+    if tokenadapt_on(c) and SEIT:
+        return "config key tokenadapt.enabled: a seit: source has no images or tokenizer model to train it on"
+    if c.get("augment", {}).get("tokenadapt_p", 0) > 0 and not tokenadapt_on(c):
+        return "config key augment.tokenadapt_p: > 0 needs the adapter: set tokenadapt.enabled to true"
+    if MULTIMODAL:
+        return check_multimodal(c)
+    return None
+
+
+def check_multimodal(c):
+    pretrain, mm = c.get("pretrain") or {}, c.get("multimodal") or {}
+    if SEIT:
+        return f"config key family: {FAMILY} needs text beside the images; a seit: source has tokens only"
+    if tokenadapt_on(c):
+        return f"config key family: {FAMILY} has no tokenadapt stage (its augmentations are the ViT's); set tokenadapt.enabled false"
+    if pretrain_mode(c) in ("supervised", "mtm") and pretrain.get("data", "heldout") == "heldout":
+        return (f"config key pretrain.data: heldout needs classes the split leaves out; a {FAMILY} split has none "
+                "(use tasks, the sequence's own images, for mtm, or a source)")
+    if mm.get("pretrained") and pretrain_mode(c) != "none" and pretrain.get("init", True):
+        return "config key multimodal.pretrained: task 0 starts from it or from the pretrain stage, not both (pretrain.init false)"
+    return None
+
+
+for _v in VARIANTS:
+    _problem = check_variant(_v.config)
+    if _problem:
+        raise WorkflowError(f"experiment variant {_v.name}: {_problem}" if GRID else _problem)
 
 
 def pretrain_inputs(wildcards):
     """What a training job reads from the pretrain stage: task 0 its start (pretrain.init), every task the MTM fill."""
-    used = (PRETRAIN_MODE != "none" and PRETRAIN.get("init", True) and int(wildcards.task) == 0) or FILL_MTM
-    return [f"{PRETRAIN_DIR}/model.safetensors"] if used else []
+    v = V("run", wildcards)
+    c = v.config
+    init = pretrain_mode(c) != "none" and c["pretrain"].get("init", True) and int(wildcards.task) == 0
+    return [f"{RESULTS}/{v.roots['pretrain']}/pretrain/model.safetensors"] if init or fill_mtm(c) else []
 
 
 def pretrain_flags(wildcards):
+    v = V("run", wildcards)
+    c, folder = v.config, f"{RESULTS}/{v.roots['pretrain']}/pretrain"
     flags = []
-    if PRETRAIN_MODE != "none" and PRETRAIN.get("init", True) and int(wildcards.task) == 0:
-        flags.append(f"--init {PRETRAIN_DIR}")
-    if FILL_MTM:
-        flags.append(f"--fill-model {PRETRAIN_DIR}")
+    if pretrain_mode(c) != "none" and c["pretrain"].get("init", True) and int(wildcards.task) == 0:
+        flags.append(f"--init {folder}")
+    if fill_mtm(c):
+        flags.append(f"--fill-model {folder}")
     return " ".join(flags)
 
 
-# The optional tokenadapt stage (35_tokenadapt.smk): the frozen TokenAdapt pair of augment.tokenadapt_p, trained on the
-# shards and the tokenizer. Every training job reads it when the stage is on.
-TOKENADAPT = config.get("tokenadapt", {}) or {}
-TOKENADAPT_ON = bool(TOKENADAPT.get("enabled", False))
-TOKENADAPT_DIR = f"{R}/tokenadapt"
-if TOKENADAPT_ON and SEIT:
-    raise WorkflowError("config key tokenadapt.enabled: a seit: source has no images or tokenizer model to train it on")
-if config.get("augment", {}).get("tokenadapt_p", 0) > 0 and not TOKENADAPT_ON:
-    raise WorkflowError("config key augment.tokenadapt_p: > 0 needs the adapter: set tokenadapt.enabled to true")
-
-
 def tokenadapt_inputs(wildcards):
-    return [f"{TOKENADAPT_DIR}/adapter.safetensors"] if TOKENADAPT_ON else []
+    v = V("run", wildcards)
+    return [f"{RESULTS}/{v.roots['tokenadapt']}/tokenadapt/adapter.safetensors"] if tokenadapt_on(v.config) else []
 
 
 def tokenadapt_flag(wildcards):
-    return f"--adapter {TOKENADAPT_DIR}" if TOKENADAPT_ON else ""
+    v = V("run", wildcards)
+    return f"--adapter {RESULTS}/{v.roots['tokenadapt']}/tokenadapt" if tokenadapt_on(v.config) else ""
 
 
-# The task family (families/): classification trains the ViT on class labels; vqa and captioning train BLIP on the
-# text that a text source (scenes, vqa2:, clevr:, coco-captions:) carries beside its images. Same stages, same files,
-# the same launch (train.processes, gpus, nodes); the pretrain stage starts BLIP's vision encoder (families/text_start.py).
-FAMILY = config.get("family", "classification")
-# --family for a family other than the CLI's default (classification's commands stay as they were)
-FAMILY_FLAG = "" if FAMILY == "classification" else f"--family {shlex.quote(FAMILY)}"
-MULTIMODAL = bool(getattr(FAMILIES.load(FAMILY), "reads_text", False))  # text beside the images: vqa, captioning
-MM = config.get("multimodal", {}) or {}
-if MULTIMODAL:
-    if SEIT:
-        raise WorkflowError(f"config key family: {FAMILY} needs text beside the images; a seit: source has tokens only")
-    if TOKENADAPT_ON:
-        raise WorkflowError(f"config key family: {FAMILY} has no tokenadapt stage (its augmentations are the ViT's); set tokenadapt.enabled false")
-    if PRETRAIN_MODE in ("supervised", "mtm") and PRETRAIN.get("data", "heldout") == "heldout":
-        raise WorkflowError(f"config key pretrain.data: heldout needs classes the split leaves out; a {FAMILY} split has none "
-                            "(use tasks, the sequence's own images, for mtm, or a source)")
-    if MM.get("pretrained") and PRETRAIN_MODE != "none" and PRETRAIN.get("init", True):
-        raise WorkflowError("config key multimodal.pretrained: task 0 starts from it or from the pretrain stage, not both (pretrain.init false)")
-
-
-def split_flags():
+def split_flags(group):
     """`tokenforge split` flags beyond the split: section: the family's groups and text tokenizer."""
-    if not MULTIMODAL:
-        return f"--classes {CLASSES} {FAMILY_FLAG}".strip()
-    flags = f"{FAMILY_FLAG} --tokens {TOKENS}/train.parquet --caption-prompt {shlex.quote(MM.get('caption_prompt', 'a picture of'))}"
-    if MM.get("split_by"):
-        flags += f" --by {MM['split_by']}"
-    if MM.get("text_tokenizer"):
-        flags += f" --text-tokenizer {shlex.quote(MM['text_tokenizer'])}"
+
+    def flags(wildcards):
+        v = V(group, wildcards)
+        if not MULTIMODAL:
+            return f"--classes {RESULTS}/{v.roots[CLASSES_AT[0]]}/{CLASSES_AT[1]} {FAMILY_FLAG}".strip()
+        mm = v.config.get("multimodal") or {}
+        out = f"{FAMILY_FLAG} --tokens {RESULTS}/{v.roots['tokens']}/tokens/train.parquet"
+        out += f" --caption-prompt {shlex.quote(mm.get('caption_prompt', 'a picture of'))}"
+        if mm.get("split_by"):
+            out += f" --by {mm['split_by']}"
+        if mm.get("text_tokenizer"):
+            out += f" --text-tokenizer {shlex.quote(mm['text_tokenizer'])}"
+        return out
+
     return flags
 
 
-def family_train_flags():
+def family_train_flags(c):
     """`tokenforge train` flags of the family: none for classification."""
     if not MULTIMODAL:
         return FAMILY_FLAG
-    flags = f"{FAMILY_FLAG} --text-max-len {MM.get('text_max_len', 24)}"
-    return flags + (f" --pretrained {shlex.quote(MM['pretrained'])}" if MM.get("pretrained") else "")
+    mm = c.get("multimodal") or {}
+    flags = f"{FAMILY_FLAG} --text-max-len {mm.get('text_max_len', 24)}"
+    return flags + (f" --pretrained {shlex.quote(mm['pretrained'])}" if mm.get("pretrained") else "")
 
 
-def family_evaluate_flags():
+def family_evaluate_flags(c):
     if not MULTIMODAL:
         return FAMILY_FLAG
-    return FAMILY_FLAG + (f" --generate-tokens {MM['generate_tokens']}" if MM.get("generate_tokens") else "")
+    mm = c.get("multimodal") or {}
+    return FAMILY_FLAG + (f" --generate-tokens {mm['generate_tokens']}" if mm.get("generate_tokens") else "")
+
+
+def write_resolved():
+    """Each variant's resolved config in its folder (package logs it), the experiment's base in E, and
+    experiment.json (what the comparison and MLflow read)."""
+    os.makedirs(E, exist_ok=True)
+    for v in VARIANTS:
+        os.makedirs(f"{RESULTS}/{v.roots['run']}", exist_ok=True)
+        with open(f"{RESULTS}/{v.roots['run']}/config.resolved.yaml", "w") as fh:
+            yaml.safe_dump(v.config, fh, sort_keys=False)
+    if GRID:
+        with open(f"{E}/config.resolved.yaml", "w") as fh:
+            yaml.safe_dump(config, fh, sort_keys=False)
+        with open(f"{E}/experiment.json", "w") as fh:
+            json.dump(describe(VARIANTS, BASE["run"]), fh, indent=2)
+            fh.write("\n")

@@ -15,12 +15,12 @@ def warm_start():
     from tokenforge.warm import ENV, TEXT_PRELOAD, socket_path
 
     try:
-        path = socket_path(R)
+        path = socket_path(E)
     except OSError as exc:
         print(f"warm start off: {exc}", file=sys.stderr)
         return
-    os.makedirs(f"{R}/logs", exist_ok=True)
-    with open(f"{R}/logs/warm.log", "w") as log:
+    os.makedirs(f"{E}/logs", exist_ok=True)
+    with open(f"{E}/logs/warm.log", "w") as log:
         subprocess.Popen(
             [sys.executable, "-m", "tokenforge.warm", "serve", "--socket", str(path), "--parent-pid", str(os.getpid()),
              *(["--with", *TEXT_PRELOAD] if MULTIMODAL else [])],
