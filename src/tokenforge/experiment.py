@@ -189,8 +189,10 @@ def combinations(spec: dict, schema: dict) -> list[dict[str, Any]]:
     out = [_merge(choice) for choice in itertools.product(*axes.values())] if axes else []
     out = [c for c in out if not any(all(c.get(k, _MISSING) == v for k, v in e.items()) for e in exclude)]
     for entry in include:
-        free = [values for axis, values in axes.items() if not _sets(entry, axis)]
-        out += [{**_merge(choice), **entry} for choice in itertools.product(*free)]
+        # the entry's settings stand in for the axes they set, in the grid's order
+        options = [[{k: v for k, v in entry.items() if k == axis or k.startswith(axis + ".")}] if _sets(entry, axis)
+                   else values for axis, values in axes.items()]
+        out += [{**_merge(choice), **entry} for choice in itertools.product(*options)]
     return out
 
 
