@@ -1,10 +1,16 @@
 """Start, sync or end the pipeline's parent MLflow run (Snakemake's onstart/onsuccess/onerror call this).
 
   tokenforge track start RESULTS_DIR --experiment NAME --config config.yaml [--mode auto|live|deferred]
+                                     [--variants RESULTS_DIR/experiment.json]
   tokenforge track sync RESULTS_DIR      # write what the jobs spooled so far into the store
   tokenforge track end RESULTS_DIR --status FINISHED
 
 Every job run with `--track RESULTS_DIR` is a child run of the parent kept in RESULTS_DIR/mlflow/parent.json.
+An experiment's grid (--variants: its experiment.json) adds one child run of the parent per variant (named after
+it; params: the variant's grid params, and its RESULTS_DIR/<dir>/config.resolved.yaml flattened when there; tags
+variant, variant_group, grid.<key>); a job run with `--track RESULTS_DIR/<dir>` is a child of its variant's run, in
+the same store. `sync` and `end` of RESULTS_DIR cover the variants: `end` ends them with the parent's status, each
+with the headline metrics of its RESULTS_DIR/<dir>/package/metrics.json.
 How a job logs is the mode `start` chose (config key mlflow.mode):
 
   live      each job opens the store and logs as it goes (importing MLflow costs a job about 2 s);
@@ -47,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode", default="auto", choices=MODES, help="for `start`: how jobs log (live, deferred, or auto: deferred for the default store)"
     )
+    parser.add_argument(
+        "--variants", type=Path, default=None, metavar="EXPERIMENT_JSON",
+        help="for `start`: the experiment.json of a grid; one child run per variant, the parent of the jobs in its folder",
+    )  # fmt: skip
 
 
 def run(args, tracker) -> None:
@@ -68,8 +78,14 @@ def _start(args) -> None:
     import yaml
 
     from tokenforge.tracking.runs import flatten, start_parent
+    from tokenforge.tracking.variants import CONFIG_FILE, read_variants
 
     config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    variants = read_variants(args.variants) if args.variants else []
+    for variant in variants:  # its resolved config, when written, then its grid params
+        path = args.results_dir / variant["dir"] / CONFIG_FILE
+        if path.is_file():
+            variant["params"] = {**flatten(yaml.safe_load(path.read_text()) or {}), **variant["params"]}
     info = start_parent(
         args.results_dir,
         experiment=args.experiment,
@@ -78,11 +94,14 @@ def _start(args) -> None:
         params=flatten(config or {}),
         mode=args.mode,
         config=args.config,
+        variants=variants,
     )
+    with_variants = f" with {len(variants)} variant runs" if variants else ""
     if info["mode"] == "deferred":
-        print(f"MLflow tracking deferred: `tokenforge track sync {args.results_dir}` writes the runs to {info['tracking_uri']}")
+        sync = f"`tokenforge track sync {args.results_dir}`"
+        print(f"MLflow tracking deferred{with_variants}: {sync} writes the runs to {info['tracking_uri']}")
     else:
-        print(f"MLflow parent run {info['parent_run_id']} in {info['tracking_uri']}")
+        print(f"MLflow parent run {info['parent_run_id']}{with_variants} in {info['tracking_uri']}")
 
 
 def _end(results_dir: Path, status: str) -> None:
@@ -103,7 +122,7 @@ def _end(results_dir: Path, status: str) -> None:
 
 
 def _sync(results_dir: Path) -> None:
-    """Replay the spool; any failure is a one-line TokenforgeError (exit status 2)."""
+    """Replay the spool (a variant's folder: its experiment's); any failure is a one-line TokenforgeError (exit status 2)."""
     from tokenforge.errors import TokenforgeError
     from tokenforge.io import read_json
     from tokenforge.tracking.base import PARENT_FILE
@@ -112,6 +131,7 @@ def _sync(results_dir: Path) -> None:
 
     if not (results_dir / PARENT_FILE).is_file():
         raise TokenforgeError(f"{results_dir}: not tracked (no {PARENT_FILE}; `tokenforge track start` writes it)")
+    results_dir = results_dir / read_json(results_dir / PARENT_FILE).get("experiment_dir", ".")  # a variant's: E's spool
     try:
         replayed = sync(results_dir)
     except TokenforgeError:

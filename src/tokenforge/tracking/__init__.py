@@ -1,6 +1,7 @@
-"""MLflow: one parent run per pipeline run and a child run per job, live or deferred (`runs`); deferred tracking,
-spooled by jobs (`spool`) and replayed into the store (`sync`); comparing runs (`compare`); logging a results bundle
-after an outage (`bundle`); and what they all share, the client, its retries and the store calls of the tools (`base`).
+"""MLflow: one parent run per pipeline run and a child run per job, live or deferred (`runs`), with a run per variant
+of an experiment's grid between them (`variants`); deferred tracking, spooled by jobs (`spool`) and replayed into the
+store (`sync`); comparing runs (`compare`); logging a results bundle after an outage (`bundle`); and what they all
+share, the client, its retries and the store calls of the tools (`base`).
 """
 
 # mlflow.mode: `live` logs each call of a job to the store as it happens; `deferred` appends it to a spool file

@@ -1,4 +1,5 @@
-"""MLflow tracking: one parent run per pipeline run, one child run per job.
+"""MLflow tracking: one parent run per pipeline run, one child run per job (with an experiment's grid, one run per
+variant between them: tracking/variants.py).
 
 The parent run's identity lives in `RESULTS_DIR/mlflow/parent.json`, so every job (also on other
 machines) attaches its child run to it. The default store is a SQLite file inside the results
@@ -27,6 +28,7 @@ from typing import Any, Iterator
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json, write_json
 from tokenforge.tracking import MODES
+from tokenforge.tracking import variants as variant_runs
 from tokenforge.tracking.base import (
     PARENT_FILE,
     SECRET,
@@ -41,7 +43,7 @@ from tokenforge.tracking.base import (
     register_torch_model,
     retry_locked,
 )
-from tokenforge.tracking.spool import SPOOL, SpoolTracker, start_deferred
+from tokenforge.tracking.spool import SpoolTracker, spool_folder, start_deferred
 from tokenforge.tracking.sync import end_deferred
 
 log = logging.getLogger(__name__)
@@ -183,16 +185,23 @@ def start_parent(
     tags: dict | None = None,
     mode: str = "auto",
     config: str | os.PathLike | None = None,
+    variants: list[dict] | None = None,
 ) -> dict:
     """A new parent run (with `params`, tags and the `config` file as artifact), recorded in
     RESULTS_DIR/mlflow/parent.json. Live: created in the store now. Deferred: only described there (and in a new
-    spool folder), without importing MLflow; `tokenforge track sync` creates it (tracking/spool.py)."""
+    spool folder), without importing MLflow; `tokenforge track sync` creates it (tracking/spool.py). With the
+    `variants` of an experiment (tracking/variants.py): one child run per variant, its folder's jobs nested under it."""
     results_dir = Path(results_dir)
     uri = tracking_uri_for(results_dir, tracking_uri)
     run_name = run_name or results_dir.name
     if tracking_mode(mode, tracking_uri) == "deferred":
         spec = {"tracking_uri": uri, "experiment": experiment, "run_name": run_name, "tags": {**base_tags(), **(tags or {})}}
-        return start_deferred(results_dir, {**spec, "params": params or {}}, Path(config) if config else None)
+        if variants:
+            spec["variants"] = variants
+        info = start_deferred(results_dir, {**spec, "params": params or {}}, Path(config) if config else None)
+        if variants:
+            variant_runs.write_parent_files(results_dir, info, variants)
+        return info
     client = mlflow_client(uri)
     experiment_id = experiment_id_for(client, experiment, uri, results_dir)
     run = client.create_run(experiment_id, run_name=run_name, tags={**base_tags(), **(tags or {})})
@@ -202,18 +211,23 @@ def start_parent(
         tracker.log_params(params)
     if config:
         tracker.log_artifact(config)
+    if variants:
+        info["variants"] = variant_runs.start_live(client, results_dir, info, variants)
     write_json(results_dir / PARENT_FILE, info)
     return info
 
 
 def end_parent(results_dir: str | os.PathLike, status: str = "FINISHED") -> None:
-    """Log every job's log file to the parent run (under logs/), then close it with `status`. Deferred: after
-    replaying the spool, its runs without an end marked KILLED (tracking/sync.py)."""
+    """Log every job's log file to the parent run (under logs/), then close it with `status`, and its variants'
+    runs too (tracking/variants.py). Deferred: after replaying the spool, its runs without an end marked KILLED
+    (tracking/sync.py)."""
     info = read_json(Path(results_dir) / PARENT_FILE)
     if info.get("mode") == "deferred":
         end_deferred(results_dir, status)
         return
     client = mlflow_client(info["tracking_uri"])
+    if info.get("variants"):
+        variant_runs.end_live(client, results_dir, info["variants"], status)
     logs = Path(results_dir) / "logs"
     if logs.is_dir():
         client.log_artifacts(info["parent_run_id"], str(logs), "logs")
@@ -244,14 +258,16 @@ def _open_child(results_dir, rule: str, tags: dict):
     try:
         info = parent_info(results_dir)
         name = "-".join([rule] + [f"{v}" for k, v in sorted(tags.items()) if k in ("task", "split")])
+        variant = {"variant": info["variant"]} if info.get("variant") else {}  # a job of an experiment's variant
         if info.get("mode") == "deferred":
-            return SpoolTracker(Path(results_dir) / SPOOL / info["spool"], name, rule, {**base_tags(), **tags})
+            folder = spool_folder(results_dir, info)
+            return SpoolTracker(folder, name, rule, {**base_tags(), **variant, **tags}, info.get("variant"))
         client = mlflow_client(info["tracking_uri"])
         run = retry_locked(
             client.create_run,
             info["experiment_id"],
             run_name=name,
-            tags={"mlflow.parentRunId": info["parent_run_id"], "rule": rule, **base_tags(), **tags},
+            tags={"mlflow.parentRunId": info["parent_run_id"], "rule": rule, **base_tags(), **variant, **tags},
         )
         return MlflowTracker(client, run.info.run_id)
     except Exception as exc:

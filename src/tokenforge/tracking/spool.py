@@ -7,10 +7,12 @@ Each job appends one JSON line per tracking call to its own file in that folder,
 `<ms since epoch>-<run name>-<host>-<pid>-<random>.jsonl`, and keeps copies of what it logs (artifacts, the
 registered model) in the folder `<same name>.files/`. Every line is {"op", "t": wall-clock ms, ...}:
 
-  start {run_name, rule, tags}   params {params}   metrics {step, metrics}   tags {tags}   artifact {file, artifact_path}
+  start {run_name, rule, tags[, variant]}   params {params}   metrics {step, metrics}   tags {tags}   artifact {file, artifact_path}
   dataset {name, digest, source, profile, context}   model {model, example, name, alias}   end {status}
 
 A job killed before its end leaves no `end` line. `tokenforge track sync` (tracking/sync.py) replays the lines.
+A job of an experiment's variant (tracking/variants.py) spools into the experiment's folder, its start naming the
+variant whose run is its parent.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _safe(text: str) -> str:
 
 
 def start_deferred(results_dir: Path, spec: dict, config: Path | None = None) -> dict:
-    """A new spool folder described by `spec` (tracking_uri, experiment, run_name, params, tags): its parent.json,
+    """A new spool folder described by `spec` (tracking_uri, experiment, run_name, params, tags[, variants]): its parent.json,
     the config copied beside it, and RESULTS_DIR/mlflow/parent.json pointing at it. An earlier invocation's
     folder that was never ended (Snakemake killed before its onerror hook) is marked to end KILLED on its sync."""
     results_dir = Path(results_dir)
@@ -57,8 +59,17 @@ def start_deferred(results_dir: Path, spec: dict, config: Path | None = None) ->
         info["artifacts"].append(f"parent/{Path(config).name}")
     write_json(folder / "parent.json", info)
     _end_earlier(results_dir, key)
-    write_json(results_dir / PARENT_FILE, info)
+    if "variants" in info:  # their params and tags are for the sync: the jobs only need where they are
+        write_json(results_dir / PARENT_FILE, {**info, "variants": [{"name": v["name"], "dir": v["dir"]} for v in info["variants"]]})
+    else:
+        write_json(results_dir / PARENT_FILE, info)
     return info
+
+
+def spool_folder(results_dir: str | os.PathLike, info: dict) -> Path:
+    """The spool folder a job tracked with `--track RESULTS_DIR` appends to: RESULTS_DIR's own, or for a variant's
+    folder the experiment's (parent.json's experiment_dir, relative to RESULTS_DIR)."""
+    return Path(results_dir) / info.get("experiment_dir", ".") / SPOOL / info["spool"]
 
 
 def _end_earlier(results_dir: Path, key: str) -> None:
@@ -79,7 +90,7 @@ class SpoolTracker(Guarded):
 
     run_id: str | None = None  # known after `tokenforge track sync` (tracking.sync.run_id_of)
 
-    def __init__(self, folder: Path, run_name: str, rule: str, tags: dict):
+    def __init__(self, folder: Path, run_name: str, rule: str, tags: dict, variant: str | None = None):
         host = _safe(socket.gethostname().split(".")[0])
         stem = f"{now_ms():013d}-{_safe(run_name)}-{host}-{os.getpid()}-{secrets.token_hex(3)}"
         self.path = Path(folder) / f"{stem}.jsonl"
@@ -87,7 +98,8 @@ class SpoolTracker(Guarded):
         self._count = 0
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)  # a name nobody else has
         self._handle = os.fdopen(fd, "a", encoding="utf-8")
-        self._write("start", run_name=run_name, rule=rule, tags={k: str(v) for k, v in tags.items()})
+        nested = {"variant": variant} if variant else {}  # the sync makes the run a child of the variant's run
+        self._write("start", run_name=run_name, rule=rule, tags={k: str(v) for k, v in tags.items()}, **nested)
 
     def _write(self, op: str, **fields) -> None:
         line = json.dumps({"op": op, "t": now_ms(), **fields}, separators=(",", ":"), default=str)

@@ -6,6 +6,8 @@ run id, how many bytes of it are replayed and whether its run ended; it is saved
 a file lock, so a sync can run while jobs still write and a second one logs nothing twice. Only whole lines are
 replayed (a job may be writing the next one). A spool file without an `end` line keeps its run RUNNING, until the
 parent ends: then it is KILLED. A failure stops the sync with the spool and what was done kept: the next resumes.
+An experiment's variants (tracking/variants.py), described in the folder's parent.json, are created with the parent;
+their jobs' runs nest under them, and they end with the parent, with the headline metrics `end` found.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 
 from tokenforge.io import read_json, write_json
+from tokenforge.tracking import variants as variant_runs
 from tokenforge.tracking.base import (
     PARENT_FILE,
     dataset_input,
@@ -51,11 +54,14 @@ def end_deferred(results_dir: str | os.PathLike, status: str = "FINISHED") -> in
     """`tokenforge track end` of a deferred parent: record the end (status, now, with logs/) in its spool folder,
     then sync, which replays what is left, marks runs without an end KILLED and ends the parent."""
     results_dir = Path(results_dir)
-    folder = results_dir / SPOOL / read_json(results_dir / PARENT_FILE)["spool"]
+    info = read_json(results_dir / PARENT_FILE)
+    folder = results_dir / SPOOL / info["spool"]
     with locked(folder.parent / ".lock"):
         state = _state(folder)
         if not state.get("ended"):
             state["end"] = {"status": status, "time": now_ms(), "logs": True}
+            if info.get("variants"):  # their headline metrics as they are now
+                state["end"]["metrics"] = variant_runs.headlines(results_dir, info["variants"])
             write_json(folder / STATE, state)
     return sync(results_dir)
 
@@ -118,8 +124,23 @@ def _ensure_parent(ctx: _Folder) -> None:
             ctx.call("log_batch", state["parent_run_id"], params=batch)
         for name in spec.get("artifacts", []):
             ctx.call("log_artifact", state["parent_run_id"], str(ctx.folder / name))
+        if spec.get("variants"):
+            _ensure_variants(ctx)
         state["parent_logged"] = True
         ctx.save()
+
+
+def _ensure_variants(ctx: _Folder) -> None:
+    """The variants' runs under the parent (with the time `track start` ran), each id saved once it exists."""
+    state = ctx.state
+    ids = state.setdefault("variants", {})
+    for variant in ctx.spec["variants"]:
+        if variant["name"] not in ids:
+            ids[variant["name"]] = variant_runs.create_run(
+                ctx.call, state["experiment_id"], state["parent_run_id"], variant, start_time=ctx.spec["start_time"]
+            )
+            ctx.save()
+    variant_runs.note_synced(ctx.results_dir, ctx.folder.name, ids, state["experiment_id"], state["parent_run_id"])
 
 
 def _replay(ctx: _Folder, path: Path) -> int:
@@ -164,7 +185,8 @@ def _apply(ctx: _Folder, path: Path, entry: dict, record: dict) -> None:
     """One spooled call (other than metrics) into the store."""
     op, run_id = record["op"], entry.get("run_id")
     if op == "start":
-        tags = {"mlflow.parentRunId": ctx.state["parent_run_id"], "rule": record["rule"], **record["tags"]}
+        parent = ctx.state.get("variants", {}).get(record.get("variant"), ctx.state["parent_run_id"])
+        tags = {"mlflow.parentRunId": parent, "rule": record["rule"], **record["tags"]}
         run = ctx.call("create_run", ctx.state["experiment_id"], start_time=record["t"], run_name=record["run_name"], tags=tags)
         entry["run_id"] = run.info.run_id
         return
@@ -211,13 +233,17 @@ def _model(ctx: _Folder, run_id: str, record: dict, ended: bool) -> None:
 
 
 def _finish(ctx: _Folder) -> None:
-    """End the parent as `track end` asked: runs without an end KILLED, every job's log under logs/, its status."""
+    """End the parent as `track end` asked: runs without an end KILLED, the variants' runs with its status (and
+their metrics), every job's log under logs/, its status."""
     end, state = ctx.state["end"], ctx.state
     for entry in state["files"].values():
         if entry.get("run_id") and not entry.get("ended"):
             ctx.call("set_terminated", entry["run_id"], status="KILLED", end_time=end["time"])
             entry["ended"] = entry["killed"] = True
             ctx.save()
+    if state.get("variants"):
+        done = state.setdefault("variants_ended", [])
+        variant_runs.end_runs(ctx.call, state["variants"], end["status"], end["time"], end.get("metrics", {}), done, ctx.save)
     logs = ctx.results_dir / "logs"
     if end.get("logs") and logs.is_dir():
         ctx.call("log_artifacts", state["parent_run_id"], str(logs), "logs")
