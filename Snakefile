@@ -38,6 +38,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/stage_args.smk"
 
 
 # Each stage group's folders (common.smk WC): a wildcard matches only the folders this experiment has.

@@ -25,7 +25,7 @@ def test_dry_run_shows_the_task_chain(workdir):
     assert "train" in out and "evaluate" in out
     dag = snakemake(workdir, "--dag").stdout
     # task t's training takes task t-1's model and memory: the DAG has the edge train t-1 -> train t
-    train = dict(re.findall(r'(\d+)\[label = "train\\ntask: (\d+)"', dag))
+    train = dict(re.findall(r'(\d+)\[label = "train\\n(?:run: \w+\\n)?task: (\d+)"', dag))
     node = {int(task): job for job, task in train.items()}
     edges = set(re.findall(r"(\d+) -> (\d+)", dag))
     assert sorted(node) == [0, 1, 2, 3, 4]

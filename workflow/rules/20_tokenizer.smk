@@ -1,30 +1,4 @@
 # Group "tokens": the tokenizer, tokens and synonyms, once per data and tokenizer settings.
-# tokenizer.pretrained: a local diffusers VQModel folder used instead of training one (`tokenforge tokenizer
-# --pretrained DIR`); the rule writes the same folder either way, so tokenize and synonyms do not know the difference.
-# The flags the import reads; passing the training ones (epochs, lr, ...) would only rerun it when they change.
-PRETRAINED_FLAGS = ("pretrained", "max_images", "prune", "device")
-for _v in VARIANTS:
-    _pretrained = _v.config["tokenizer"].get("pretrained")
-    if not SEIT and _pretrained and not Path(_pretrained, "config.json").is_file():
-        raise WorkflowError(
-            ("" if not GRID else f"experiment variant {_v.name}: ")
-            + f"config key tokenizer.pretrained: {_pretrained}: no config.json; expected a local diffusers VQModel "
-            "folder written by save_pretrained"
-        )
-
-
-def tokenizer_flags(c):
-    """The tokenizer section's keys that become `tokenforge tokenizer` flags: all of them to train, PRETRAINED_FLAGS
-    to import."""
-    pretrained = c["tokenizer"].get("pretrained")
-    return cli_args({k: v for k, v in c["tokenizer"].items() if not pretrained or k in PRETRAINED_FLAGS})
-
-
-def pretrained_vq(wildcards):
-    pretrained = V("tokens", wildcards).config["tokenizer"].get("pretrained")
-    return [f"{pretrained}/config.json"] if pretrained else []  # a new model there reruns it
-
-
 if not SEIT:
 
     rule tokenizer:

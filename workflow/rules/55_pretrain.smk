@@ -5,20 +5,6 @@
 # its own keys, the architecture's, the split's and the tokens').
 
 
-def pretrain_args(c):
-    # the architecture is train's: task 0 inherits the pretrained model's
-    pretrain = c.get("pretrain") or {}
-    args = cli_args({k: v for k, v in pretrain.items() if k not in ("init", "timm_kwargs")})
-    if pretrain.get("timm_kwargs"):
-        args += f" --timm-kwargs {shlex.quote(json.dumps(pretrain['timm_kwargs']))}"
-    return args + " " + cli_args({k: c["train"][k] for k in ("input", "embed_dim", "depth", "num_heads", "mlp_ratio")})
-
-
-def timm_checkpoint(wildcards):
-    timm = (V("pretrain", wildcards).config.get("pretrain") or {}).get("timm_checkpoint")
-    return [timm] if timm else []
-
-
 rule pretrain:
     input:
         codebook=at("pretrain", "tokens", f"{TOKENIZER_REL}/codebook.safetensors"),

@@ -1,29 +1,4 @@
 # Group "run": every variant's own task sequence, in its folder (a single run's: <results>/<run>/).
-TRAIN_FLAG_SKIP = (*LAUNCH_KEYS, "token_expansion", "prompts", "model_options")
-
-
-def train_settings(c, checkpoints):
-    """The variant's `tokenforge train` flags from its config (the launch keys are resources, not flags)."""
-    memory = cli_args({**c["memory"], "budget": c["memory"]["budget"] or "none"}, prefix="memory-")  # null: no limit
-    return " ".join(
-        [
-            cli_args({k: v for k, v in c["train"].items() if k not in TRAIN_FLAG_SKIP}),
-            memory,
-            f"--checkpoint-dir {checkpoints}",
-            cli_args(c["augment"], prefix="augment-"),
-            cli_args(c["train"].get("token_expansion", {}), prefix="toe-"),
-            cli_args(c["train"].get("prompts", {}), prefix="prompt-"),
-            model_option_flags(c),
-        ]
-    )
-
-
-def train_args(wildcards):
-    v = V("run", wildcards)
-    settings = train_settings(v.config, f"{RESULTS}/{wildcards.run}/checkpoints/train/task-{wildcards.task}")
-    return f"{family_train_flags(v.config)} {previous_flag(wildcards)} {pretrain_flags(wildcards)} {tokenadapt_flag(wildcards)} {settings}"
-
-
 rule train:
     input:
         tokens=at("run", "tokens", "tokens/train.parquet"),

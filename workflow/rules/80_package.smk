@@ -1,29 +1,3 @@
-def stage_stats(v):
-    """name -> stats file of every stage behind a variant (its shared stages' and its own)."""
-    c, roots, n = v.config, {g: f"{RESULTS}/{r}" for g, r in v.roots.items()}, v.config["split"]["tasks"]
-    return {
-        **({} if SEIT else {"shard": f"{roots['data']}/shard/stats.json", "tokenizer": f"{roots['tokens']}/tokenizer/stats.json"}),
-        "tokenize": f"{roots['tokens']}/tokens/stats.json",
-        **({"tokenadapt": f"{roots['tokenadapt']}/tokenadapt/stats.json"} if tokenadapt_on(c) else {}),
-        **({"pretrain": f"{roots['pretrain']}/pretrain/stats.json"} if pretrain_mode(c) != "none" else {}),
-        **{f"train-{t}": f"{roots['run']}/train/task-{t}/stats.json" for t in range(n)},
-        **{f"evaluate-{t}": f"{roots['run']}/evaluate/task-{t}.json" for t in range(n)},
-    }
-
-
-def package_inputs(wildcards):
-    v = V("run", wildcards)
-    root, last = f"{RESULTS}/{v.roots['run']}", v.config["split"]["tasks"] - 1
-    return dict(
-        evaluations=[f"{root}/evaluate/task-{t}.json" for t in range(last + 1)],
-        stats=list(stage_stats(v).values()),
-        synonyms=f"{RESULTS}/{v.roots[SYNONYMS_AT[0]]}/{SYNONYMS_AT[1]}",
-        model=f"{root}/train/task-{last}/model.safetensors",
-        images=[] if SEIT else f"{RESULTS}/{v.roots['tokens']}/tokenizer/reconstructions.png",
-    )
-
-
-
 rule package:
     input:
         unpack(package_inputs),
