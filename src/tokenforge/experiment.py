@@ -48,7 +48,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "tokens": ("@data", "tokenizer", "tokenize", "synonyms"),
     "tokenadapt": ("@tokens", "tokenadapt", "seed"),
     "split": ("@tokens", "split", "seed", "family", "multimodal"),
-    "pretrain": ("@split", "pretrain", "train.input", "train.embed_dim", "train.depth", "train.num_heads",
+    "pretrain": ("@split", *(f"pretrain.{k}" for k in ("mode", "data", "max_per_class", "epochs", "batch_size", "lr",
+                                                       "timm_model", "timm_checkpoint", "timm_kwargs")), "train.input", "train.embed_dim", "train.depth", "train.num_heads",
                  "train.mlp_ratio"),
 }
 GROUPS = (*STAGE_KEYS, "run")

@@ -46,7 +46,7 @@ NUMBERS = {h.name: h for h in HEADLINE_METRICS}
 GROUPED = tuple(name for name in NUMBERS if name != "dataset_tokens_bytes")
 ACCURACIES = tuple(h.name for h in HEADLINE_METRICS if h.unit == "fraction")
 LABELS = {"final_average_accuracy": "accuracy", "average_forgetting": "forgetting", "backward_transfer": "BWT",
-          "memory_bytes": "memory bytes", "dataset_tokens_bytes": "token bytes", "total_wall_s": "wall s"}  # fmt: skip
+          "memory_bytes": "memory bytes", "dataset_tokens_bytes": "token bytes", "total_wall_s": "own wall s"}  # fmt: skip
 # CIDEr-D runs from 0 to 10 (tokenforge.report.inputs); every other score is a share.
 NOT_SHARES = ("cider",)
 
@@ -118,9 +118,9 @@ def _read_metrics(path: Path) -> tuple[str, dict]:
 def variant_rows(folder: str | Path, experiment: dict) -> list[dict]:
     """One row per variant: name, group, seed, family, dir, status ("finished", "missing", "unreadable"), params,
     metric (the headline score: "accuracy", "vqa_accuracy", "cider"), numbers ({headline: value or None}) and
-    scores (VQA, captioning: each score's final average). `total_wall_s` is metrics.json's wall_time_s.total: the
-    sum of the wall times of the jobs whose stats the variant's package stage read (a job shared by several
-    variants counts in each)."""
+    scores (VQA, captioning: each score's final average). `total_wall_s` is the wall time of the variant's own
+    jobs (its train and evaluate jobs in metrics.json's wall_time_s): the stages it shares with other variants
+    (shard, tokenizer, split, pretrain, ...) ran once for all of them and are left out."""
     rows = []
     for v in experiment["variants"]:
         status, result = _read_metrics(Path(folder) / v["dir"] / "package" / "metrics.json")
@@ -130,9 +130,17 @@ def variant_rows(folder: str | Path, experiment: dict) -> list[dict]:
             "name": v["name"], "group": v["group"], "seed": v.get("seed", (v.get("params") or {}).get(SEED_KEY)),
             "family": v.get("family") or result.get("family"), "dir": v["dir"], "status": status,
             "params": dict(v.get("params") or {}), "metric": result.get("metric") or "accuracy",
-            "numbers": {name: _number(_at(result, h.path)) for name, h in NUMBERS.items()}, "scores": scores,
+            "numbers": {**{name: _number(_at(result, h.path)) for name, h in NUMBERS.items()},
+                        "total_wall_s": _own_wall(result)}, "scores": scores,
         })  # fmt: skip
     return rows
+
+
+def _own_wall(result: dict) -> float | None:
+    """Seconds of the variant's own jobs: train-<t> and evaluate-<t> of metrics.json's wall_time_s."""
+    walls = result.get("wall_time_s") or {}
+    own = [v for k, v in walls.items() if k.startswith(("train-", "evaluate-")) and isinstance(v, (int, float))]
+    return float(sum(own)) if own else None
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
