@@ -1,10 +1,13 @@
 # Two commands do everything on a fresh machine:
-#   make run    create .venv, install tokenforge, run the whole pipeline on the embedded default
+#   make run    create .venv, install tokenforge, run the default experiment on the embedded default data
+#               (config/experiments/default.yaml: no memory, a coreset and core tokensets at the same bytes) and
+#               print its comparison
 #   make test   the same set-up with test extras, then the test suite
 VENV ?= .venv
-# CONFIG=config/vqa.yaml (or captioning.yaml): a config laid over config/config.yaml; its run is named after the file
-CONFIG ?=
-RUN ?= $(if $(CONFIG),$(basename $(notdir $(CONFIG))),default)
+# CONFIG=config/vqa.yaml, config/experiments/coretokens.yaml, ...: a config laid over config/config.yaml (one run, or an
+# experiment's grid); its results folder is named after the file: results/<name>/
+CONFIG ?= config/experiments/default.yaml
+RUN ?= $(basename $(notdir $(CONFIG)))
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -20,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	snakemake --workflow-profile workflow/profiles/default $(if $(CONFIG),--configfile $(CONFIG)) --config run=$(RUN)
+	snakemake --workflow-profile workflow/profiles/default --configfile $(CONFIG) --config run=$(RUN)
 	tokenforge summary results/$(RUN)
 
 test: install
@@ -33,10 +36,10 @@ lint: install
 	snakemake --lint
 
 dag: install
-	snakemake --dag | tee results/dag.dot
+	mkdir -p results && snakemake --configfile $(CONFIG) --config run=$(RUN) --dag | tee results/dag.dot
 
 report: install
-	snakemake --report results/$(RUN)/snakemake-report.html --config run=$(RUN)
+	snakemake --report results/$(RUN)/snakemake-report.html --configfile $(CONFIG) --config run=$(RUN)
 
 # wheels for a lent GPU machine without a package registry (benchmarks/device_throughput.sh runs there)
 device-wheels: install

@@ -12,7 +12,7 @@ Datasets:
     split with the seed.
   - fashion: Fashion-MNIST from the IDX files in /usr/share/datasets/fashion-mnist, the first
     --train-per-class training and --test-per-class test images of each class (default 300 and 300, as
-    benchmarks/coretokens.py's fashion entry).
+    config/experiments/coretokens_fashion.yaml).
   The class order is np.random.default_rng(seed).permutation(10), two classes per task.
 
 Bytes: one stored sample costs H*W bytes (uint8 pixels; digits' 0..16 fits a byte) plus 1 byte of label,
@@ -39,7 +39,8 @@ Run (about 2 minutes on 2 CPU cores for both datasets and 3 seeds, one process, 
     /tmp/ava-venv/bin/python benchmarks/replay_baseline.py                     # both datasets, seeds 0 1 2
     /tmp/ava-venv/bin/python benchmarks/replay_baseline.py --only digits --seeds 0
     /tmp/ava-venv/bin/python benchmarks/replay_baseline.py --fashion-token-bytes 400637   # budgets as shares of
-        # benchmarks/work/coretokens/fashion/tokens/train.parquet's bytes (the README's run)
+        # the Fashion-MNIST train token file's bytes (results/coretokens_fashion/shared/tokens-*/tokens/train.parquet
+        # of config/experiments/coretokens_fashion.yaml; the README's run had 400,637)
 
 Writes benchmarks/results/replay_baseline.json (every run and the meta: versions, machine, settings) and
 benchmarks/results/replay_baseline.md (one table per dataset).

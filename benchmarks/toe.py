@@ -5,9 +5,9 @@
     python benchmarks/toe.py --preset gpu                    # on a GPU machine: wider model, more epochs
 
 What it measures (issue 13's goal: at least 1.3x faster, the paper's figure): one 10-class task (no continual
-part: ToE changes how a task is trained) on the token grids of `benchmarks/coretokens.py`'s `fashion` entry
-(Fashion-MNIST, 300 train and 300 test images per class, 14x14 = 196 tokens; made by its `prepare` when
-missing), with a TokenViT of at least 4 blocks. Each seed trains the plain model and the same model with
+part: ToE changes how a task is trained) on the Fashion-MNIST token grids of
+config/experiments/coretokens_fashion.yaml (300 train and 300 test images per class, 14x14 = 196 tokens; made by
+`prepare` in --work when missing), with a TokenViT of at least 4 blocks. Each seed trains the plain model and the same model with
 `train.token_expansion` on (ToE's DeiT schedule scaled to the epochs: stages at 0, 1/3 and 2/3 of them keeping
 0.5, 0.75 and 1.0 of the tokens, r0 0.25, 2 chunks, after block 0), with the same initialisation, data order,
 AdamW and warm-up + cosine schedule as `tokenforge train`, in one process, the test set evaluated after
@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,27 @@ PRESETS = {
 }
 
 
-def load_data(work: Path):
-    sys.path.insert(0, str(HERE))
-    import coretokens
+# The Fashion-MNIST tokens of config/experiments/coretokens_fashion.yaml (its shard and tokenizer settings, seed 0).
+FASHION_SHARD = ["--source", "idx:/usr/share/datasets/fashion-mnist", "--max-per-class", "300"]
+FASHION_TOKENIZER = ["--codebook-size", "128", "--code-dim", "16", "--downsample", "2", "--epochs", "10"]
 
-    d = coretokens.prepare("fashion", work, [0])
+
+def prepare(work: Path) -> Path:
+    """Shards, tokenizer and tokens of the Fashion-MNIST subset in work/fashion (`tokenforge shard/tokenizer/tokenize`),
+    made once and reused."""
+    d = work / "fashion"
+    if not (d / "tokens" / "train.parquet").is_file():
+        tokenforge = [sys.executable, "-m", "tokenforge"]
+        subprocess.run([*tokenforge, "shard", *FASHION_SHARD, "--out", str(d / "shard"), "-q"], check=True)
+        subprocess.run([*tokenforge, "tokenizer", "--shards", str(d / "shard"), "--out", str(d / "tokenizer"),
+                        *FASHION_TOKENIZER, "--threads", "2", "-q"], check=True)  # fmt: skip
+        subprocess.run([*tokenforge, "tokenize", "--shards", str(d / "shard"), "--tokenizer", str(d / "tokenizer"),
+                        "--out", str(d / "tokens"), "-q"], check=True)  # fmt: skip
+    return d
+
+
+def load_data(work: Path):
+    d = prepare(work)
     from tokenforge.data.tokens import load_tokens
 
     return d, load_tokens(d / "tokens" / "train.parquet"), load_tokens(d / "tokens" / "test.parquet")
