@@ -90,6 +90,23 @@ def test_a_grid_killed_mid_way_resumes_compares_over_seeds_and_grows_by_a_seed(w
                              capture_output=True, text=True)
     assert "4 finished" in summary.stdout, summary.stdout + summary.stderr
 
+    # MLflow: the invocation's parent run has a child per variant with the grid's settings as params and tags, and
+    # the variant's jobs (those this invocation ran) nested under it
+    from mlflow import MlflowClient
+
+    info = json.loads((exp / "mlflow" / "parent.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    under = lambda run_id: client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{run_id}'")  # noqa: E731
+    variants = {r.data.tags["variant"]: r for r in under(info["parent_run_id"]) if "grid.seed" in r.data.tags}
+    assert sorted(variants) == sorted(VARIANTS)
+    for name, run in variants.items():
+        method = "coreset" if name.startswith("coreset") else "coretokenset"
+        assert run.data.params["memory.method"] == method and run.data.tags["grid.memory.method"] == method
+        assert run.data.tags["grid.seed"] == name[-1] and run.info.status == "FINISHED"
+        assert "final_average_accuracy" in run.data.metrics
+    nested = [r.data.tags.get("rule") for v in variants.values() for r in under(v.info.run_id)]
+    assert "package" in nested and "train" in nested and "shard" not in nested
+
     # a third seed: only its variants (and its split) run; the rest is up to date
     grown = write_config(workdir, GRID.replace("seed: [0, 1]", "seed: [0, 1, 2]"))
     counts = job_counts(snakemake(workdir, "-n", "--configfile", grown).stdout)
