@@ -23,8 +23,11 @@ SMALL_NODE = [f"{rule}:{key}={value}" for rule in ("train", "tokenizer", "tokeni
 SRUN = ["train:mpi=srun", "train:tasks=2", "train:cpus_per_task=1"]
 # Every job of the tiny pipeline with shard.parts 2 (the scattered shard and tokenize jobs and their gathers); each
 # runs as its own SLURM job.
-JOBS = ["shard_part", "shard_part", "shard", "tokenizer", "tokenize_part", "tokenize_part", "tokenize", "synonyms",
-        "split", "train", "train", "evaluate", "evaluate", "package"]
+# a 2-variant experiment: the shared stages once, each variant's 2 tasks and package, and the comparison
+VARIANTS = ["coreset", "coretokenset"]
+SHARED = ["shard_part", "shard_part", "shard", "tokenizer", "tokenize_part", "tokenize_part", "tokenize", "synonyms", "split"]
+OWN = ["train", "train", "evaluate", "evaluate", "package"]
+JOBS = [*SHARED, *OWN * len(VARIANTS), "compare"]
 
 
 def start_cluster() -> str:
@@ -49,7 +52,8 @@ def test_tiny_pipeline_runs_through_slurm(workdir, monkeypatch):
     cfg = write_config(
         workdir,
         TINY + "train: {epochs: 2, embed_dim: 32, depth: 2, log_every: 2, processes: 2}\n"
-        "shard: {source: digits, shard_size: 500, parts: 2}\n",
+        "shard: {source: digits, shard_size: 500, parts: 2}\n"
+        "experiment: {grid: {memory.method: [coreset, coretokenset]}}\n",
     )
     snakemake(
         workdir, "--configfile", cfg, "--workflow-profile", str(PROFILE),
@@ -59,34 +63,41 @@ def test_tiny_pipeline_runs_through_slurm(workdir, monkeypatch):
         "--slurm-keep-successful-logs",  # the per-job SLURM logs are the evidence below
         "--latency-wait", "10",
     )
-    run = workdir / "results" / "tiny"
-    assert len(json.loads((run / "package" / "metrics.json").read_text())["accuracy_matrix"]) == 2
+    exp = workdir / "results" / "tiny"
+    for variant in VARIANTS:
+        assert len(json.loads((exp / "runs" / variant / "package" / "metrics.json").read_text())["accuracy_matrix"]) == 2
+    assert "coretokenset" in (exp / "comparison.md").read_text()
 
     # Every job went through sbatch: one SLURM log per job, under <rule>/<wildcards>/<SLURM job id>.log
     logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
     rule_of = {p.stem: p.relative_to(workdir / ".snakemake" / "slurm_logs").parts[0] for p in logs}
     assert sorted(rule_of.values()) == sorted(f"rule_{rule}" for rule in JOBS), logs
-    assert {p.parent.name for p in logs if p.parts[-3] == "rule_train"} == {"0", "1"}
+    # (the wildcards' values joined by "_": a variant's train job's are its folder's and its task's)
+    assert {p.parent.name for p in logs if p.parts[-3] == "rule_train"} == {f"tiny_runs_{v}_{t}" for v in VARIANTS for t in (0, 1)}
     for scattered in ("rule_shard_part", "rule_tokenize_part"):  # one SLURM job per part
-        assert {p.parent.name for p in logs if p.parts[-3] == scattered} == {"000", "001"}, logs
+        assert {p.parent.name.rsplit("_", 1)[-1] for p in logs if p.parts[-3] == scattered} == {"000", "001"}, logs
 
     # ... and ran inside its allocation: each job's MLflow child run carries that job's SLURM id
-    info = json.loads((run / "mlflow" / "parent.json").read_text())
+    # (shared jobs under the invocation's parent run, a variant's own under that variant's run; compare logs none)
+    info = json.loads((exp / "mlflow" / "parent.json").read_text())
     client = MlflowClient(info["tracking_uri"])
     assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
-    children = client.search_runs(
-        [info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'"
-    )
+    under = lambda run_id: client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{run_id}'")  # noqa: E731
+    top = under(info["parent_run_id"])
+    variants = [c for c in top if "variant" in c.data.tags and "rule" not in c.data.tags]
+    assert sorted(v.data.tags["variant"] for v in variants) == VARIANTS
+    children = [c for c in top if "rule" in c.data.tags] + [c for v in variants for c in under(v.info.run_id)]
     # a scattered job's child run is its command's (shard, tokenize), tagged with its part
     tagged = {c.data.tags.get("slurm_job_id"): c.data.tags["rule"] + ("_part" if "part" in c.data.tags else "") for c in children}
-    assert len(children) == len(JOBS) and all(c.info.status == "FINISHED" for c in children)
-    assert {job_id: f"rule_{rule}" for job_id, rule in tagged.items()} == rule_of
+    assert len(children) == len(JOBS) - 1 and all(c.info.status == "FINISHED" for c in children)
+    assert {job_id: f"rule_{rule}" for job_id, rule in tagged.items()} == {k: v for k, v in rule_of.items() if v != "rule_compare"}
     # The training jobs ran 2 ranks under srun + torchrun, whose rendezvous id is the SLURM job's id
     for child in children:
         if child.data.tags["rule"] == "train":
             assert child.data.tags.get("world_size") == "2", child.data.tags
             assert child.data.tags.get("torchelastic_run_id") == child.data.tags["slurm_job_id"], child.data.tags
-    assert all(json.loads((run / "train" / f"task-{t}" / "stats.json").read_text())["world_size"] == 2 for t in (0, 1))
+    assert all(json.loads((exp / "runs" / v / "train" / f"task-{t}" / "stats.json").read_text())["world_size"] == 2
+               for v in VARIANTS for t in (0, 1))
 
     # SLURM's own record of the last job (squeue keeps finished jobs for MinJobAge = 10 minutes): the partition from
     # the environment, no account (the profile gives none when SLURM_ACCOUNT is unset), completed
