@@ -27,12 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, tracker) -> None:
     from tokenforge.report.experiment import comparison, is_experiment
-    from tokenforge.report.summary import experiment_lines, load_metrics, load_parent, summary_lines
+    from tokenforge.report.summary import experiment_lines, load_metrics, load_parent, mlflow_lines, summary_lines
 
     results = Path(args.results_dir).resolve()
     if is_experiment(results):
         comp = comparison(results)
-        print(json.dumps(comp, indent=2) if args.json else "\n".join(experiment_lines(results, comp)))
+        lines = [*experiment_lines(results, comp), *mlflow_lines(load_parent(results))]  # a child run per variant
+        print(json.dumps(comp, indent=2) if args.json else "\n".join(lines))
         return
     result = load_metrics(results)
     if args.json:
