@@ -1,6 +1,6 @@
 """Continual-learning metrics of an accuracy matrix (pure NumPy, no I/O), and a run's headline numbers.
 
-R[i][j] is the accuracy (in [0, 1]) on task j's test set after training task i, for N tasks, so R
+`R[i][j]` is the accuracy (in [0, 1]) on task j's test set after training task i, for N tasks, so R
 is N x N. Entries with j > i are the model's accuracy on tasks it has not learned yet: they only
 enter forward transfer. The definitions follow METHODS.md ("Metrics") and Lopez-Paz & Ranzato
 (GEM, 2017) / Chaudhry et al. (RWalk, 2018):
