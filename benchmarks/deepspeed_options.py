@@ -8,7 +8,7 @@ Each setting runs the real `tokenforge train` (one task, every class, no memory)
 same synthetic token grids (a step's speed and memory do not depend on what the tokens mean). It reads
 the job's stats.json: samples/s over the training loop, peak GPU memory as torch counts it (GPU) or peak
 RSS (CPU), and the final train loss (only a check that no setting diverged: two epochs are too few to
-learn these grids). Writes benchmarks/results/deepspeed_options-<preset>.json and .md (the README's table).
+learn these grids). Writes benchmarks/results/deepspeed_options-<preset>.json and .md (the table of docs/benchmarks/deepspeed-options.md).
 
     python benchmarks/deepspeed_options.py --render benchmarks/results/deepspeed_options-gpu.json   # the table again
 """

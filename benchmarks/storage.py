@@ -12,7 +12,7 @@ pixel patches of the same grid, for the same epochs (one task with all classes: 
 --variants adds token models trained with SeiT's augmentations (augment: Token-EDA synonyms and square
 swap, random resized crop, embedding noise, CutMix, ColorAdapt) and with those plus TokenAdapt (tokenadapt:
 the `tokenforge tokenadapt` stage, then half of every batch through it), same epochs and model.
-Writes benchmarks/results/storage.json and storage.md (the table in the README; variants in a second table).
+Writes benchmarks/results/storage.json and storage.md (docs/benchmarks/storage.md renders both tables from the JSON).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ target is that minus 1 point), each run's training seconds until its test accura
 target (time to accuracy), the total training seconds, the final accuracies; the speed-up is plain time
 to target / ToE time to target. It calls the model and the ToE code of the package (TokenViT.set_expansion,
 set_epoch), not `tokenforge train`: the DeepSpeed engine and the memory are the same for both and would
-only add a constant. Writes benchmarks/results/toe-<preset>.json and .md (the README's table).
+only add a constant. Writes benchmarks/results/toe-<preset>.json and .md (docs/benchmarks/model-options.md renders it from the JSON).
 """
 
 from __future__ import annotations
