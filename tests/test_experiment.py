@@ -103,3 +103,11 @@ def test_a_value_the_schema_refuses_names_the_variant_and_key():
 
     with pytest.raises(TokenforgeError, match="experiment variant epochs0: config key train.epochs"):
         expand_experiment(base(grid={"train.epochs": [2, 0]}), SCHEMA, validate)
+
+
+def test_a_fill_only_start_shares_the_pretraining_and_other_pretrain_settings_do_not():
+    grid = {"pretrain.init": [True, False], "pretrain.epochs": [5, 10]}
+    variants = expand_experiment(base(grid=grid) | {"pretrain": {"mode": "mtm", "data": "tasks"}}, SCHEMA)
+    folders = {(v.params["pretrain.init"], v.params["pretrain.epochs"]): v.roots["pretrain"] for v in variants}
+    assert folders[(True, 5)] == folders[(False, 5)] != folders[(True, 10)] == folders[(False, 10)]
+    assert len({v.roots["split"] for v in variants}) == 1

@@ -48,10 +48,12 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "tokens": ("@data", "tokenizer", "tokenize", "synonyms"),
     "tokenadapt": ("@tokens", "tokenadapt", "seed"),
     "split": ("@tokens", "split", "seed", "family", "multimodal"),
-    "pretrain": ("@split", *(f"pretrain.{k}" for k in ("mode", "data", "max_per_class", "epochs", "batch_size", "lr",
-                                                       "timm_model", "timm_checkpoint", "timm_kwargs")), "train.input", "train.embed_dim", "train.depth", "train.num_heads",
+    "pretrain": ("@split", "pretrain", "train.input", "train.embed_dim", "train.depth", "train.num_heads",
                  "train.mlp_ratio"),
 }
+# Settings inside those that a stage does not read: pretrain.init says whether task 0 starts from the pretraining
+# (train reads it), so a fill-only start shares the pretraining of the same settings.
+NOT_READ = {"pretrain": ("init",)}
 GROUPS = (*STAGE_KEYS, "run")
 
 _MISSING = object()
@@ -214,6 +216,9 @@ def stage_key(config: dict, group: str) -> str:
             values[key] = stage_key(config, key[1:])
         else:
             values[key] = get(config, key, None)
+    for section, keys in NOT_READ.items():
+        if isinstance(values.get(section), dict):
+            values[section] = {k: v for k, v in values[section].items() if k not in keys}
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
