@@ -52,8 +52,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
                  "train.mlp_ratio"),
 }
 # Settings inside those that a stage does not read: pretrain.init says whether task 0 starts from the pretraining
-# (train reads it), so a fill-only start shares the pretraining of the same settings.
-NOT_READ = {"pretrain": ("init",)}
+# (train reads it), so a fill-only start shares the pretraining of the same settings; the split reads only the
+# multimodal settings that group and tokenize the text.
+NOT_READ = {"pretrain": ("init",), "multimodal": ("blind", "generate_tokens", "text_max_len", "pretrained")}
 GROUPS = (*STAGE_KEYS, "run")
 
 _MISSING = object()
@@ -122,8 +123,8 @@ def _value_label(key: str, value: Any) -> str:
         return f"s{value}"
     if isinstance(value, str):
         return value
-    if value is None:
-        return f"{key.rsplit('.', 1)[-1]}-none"
+    if value is None or isinstance(value, bool):
+        return f"{key.rsplit('.', 1)[-1]}-{str(value).lower()}"
     return f"{key.rsplit('.', 1)[-1]}{json.dumps(value, separators=(',', ':'))}"
 
 

@@ -380,3 +380,22 @@ def test_errors():
         build_blip(settings("retrieval"), codebook(), 0)
     with pytest.raises(TokenforgeError):
         build_blip(settings("vqa"), torch.randn(8, 4), 0)  # codebook shape
+
+
+@pytest.mark.parametrize("task", ["vqa", "captioning"])
+def test_a_blind_model_answers_without_the_image(task, tmp_path):
+    """The question-only control (settings.blind): the loss and the generated text are the same for any image units;
+    the model that sees the image gives other losses for other images. The setting survives save/load."""
+    units, prompt, pmask, target, tmask = batch(task)
+    other = (units + 5) % 16
+    with torch.no_grad():
+        blind = tiny(task, blind=True).eval()
+        assert torch.equal(blind.loss(units, None, prompt, pmask, target, tmask),
+                           blind.loss(other, None, prompt, pmask, target, tmask))
+        assert torch.equal(blind.generate(units, None, prompt, pmask, max_new_tokens=3),
+                           blind.generate(other, None, prompt, pmask, max_new_tokens=3))
+        seeing = tiny(task).eval()
+        assert not torch.equal(seeing.loss(units, None, prompt, pmask, target, tmask),
+                               seeing.loss(other, None, prompt, pmask, target, tmask))
+    blind.save(tmp_path / "blind")
+    assert BlipModel.load(tmp_path / "blind").settings.blind

@@ -38,6 +38,16 @@ def test_vqa_runs_in_several_processes_from_the_pretrain_stage(workdir):
     assert [("--init results/vqa/pretrain" in line) for line in train] == [True] + [False] * 4
 
 
+def test_the_blind_experiment_shares_its_data_and_split_and_trains_one_variant_blind(workdir):
+    """config/experiments/vqa_blind.yaml: joint training with the image and without (train --blind), one shard,
+    tokenizer and split for both."""
+    lines = commands(workdir, str(workdir / "config" / "experiments" / "vqa_blind.yaml"))
+    train = [line for line in lines if " train --tokens " in line]
+    assert len([line for line in lines if " split " in line]) == 1 and len(train) == 10
+    assert sorted("--blind" in line for line in train) == [False] * 5 + [True] * 5
+    assert all(("--blind" in line) == ("runs/blind-true/" in line) for line in train)
+
+
 def test_classification_commands_carry_no_family_flags(workdir):
     lines = commands(workdir, write_config(workdir, "{}"))
     assert any(" split --classes results/default/shard/classes.json" in line for line in lines)
@@ -50,6 +60,7 @@ def test_classification_commands_carry_no_family_flags(workdir):
         ("family: vqa\npretrain: {mode: supervised}", "pretrain.data"),  # heldout: a vqa split leaves no classes out
         ("family: captioning\ntokenadapt: {enabled: true}", "family"),
         ("family: vqa\nmultimodal: {pretrained: /blip}\npretrain: {mode: mtm, data: tasks}", "multimodal.pretrained"),
+        ("family: vqa\nmultimodal: {blind: true}\nmemory: {method: coretokenset}", "multimodal.blind"),  # no image tokens
         ("family: chat", "family"),
     ],
 )

@@ -282,6 +282,8 @@ def check_multimodal(c):
     if pretrain_mode(c) in ("supervised", "mtm") and pretrain.get("data", "heldout") == "heldout":
         return (f"config key pretrain.data: heldout needs classes the split leaves out; a {FAMILY} split has none "
                 "(use tasks, the sequence's own images, for mtm, or a source)")
+    if mm.get("blind") and c["memory"]["method"] in ("coretokens", "coretokenset"):
+        return "config key multimodal.blind: a blind model has no image tokens to keep; use memory.method none, coreset or joint"
     if mm.get("pretrained") and pretrain_mode(c) != "none" and pretrain.get("init", True):
         return "config key multimodal.pretrained: task 0 starts from it or from the pretrain stage, not both (pretrain.init false)"
     return None
@@ -346,7 +348,7 @@ def family_train_flags(c):
     if not MULTIMODAL:
         return FAMILY_FLAG
     mm = c.get("multimodal") or {}
-    flags = f"{FAMILY_FLAG} --text-max-len {mm.get('text_max_len', 24)}"
+    flags = f"{FAMILY_FLAG} --text-max-len {mm.get('text_max_len', 24)}" + (" --blind" if mm.get("blind") else "")
     return flags + (f" --pretrained {shlex.quote(mm['pretrained'])}" if mm.get("pretrained") else "")
 
 

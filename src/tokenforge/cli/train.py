@@ -47,6 +47,12 @@ def _multimodal(parser: argparse.ArgumentParser) -> None:
     )
     mm.add_argument("--text-max-len", type=int, default=24, help="text ids per question, answer or caption (longer ones are cut)")
     mm.add_argument(
+        "--blind",
+        action="store_true",
+        help="vqa/captioning, task 0: the question-only control, the same BLIP given no image units (its vision model "
+        "sees its class token alone); later tasks inherit it. Answers it gets right need no image",
+    )
+    mm.add_argument(
         "--pretrained",
         type=Path,
         default=None,

@@ -69,6 +69,7 @@ def initial_model(args, tok: dict, tokenizer):
         eos_id=ids["eos"], sep_id=ids["eos"], max_text_len=args.text_max_len, grid=list(tok["grid"]),
         num_codes=int(codebook.shape[0]) if codebook is not None else 0, code_dim=int(codebook.shape[1]) if codebook is not None else 0,
         patch_features=tok["downsample"] ** 2 * tok["channels"], pretrained=str(args.pretrained) if args.pretrained else None,
+        blind=bool(getattr(args, "blind", False)),
     )  # fmt: skip
     if args.pretrained is not None:  # its text side expects its own tokenizer: multimodal.text_tokenizer
         return BlipModel.from_pretrained(args.pretrained, settings, codebook)

@@ -87,10 +87,12 @@ class BlipModel(nn.Module):
                 raise TokenforgeError(f"blip: input tokens takes integer code ids, got {units.dtype}")
             if n and (int(units.min()) < 0 or int(units.max()) >= s.num_codes):
                 raise TokenforgeError(f"blip: code ids must lie in 0..{s.num_codes - 1}")
-            return torch.stack([units.to(self.device, torch.long), positions], dim=-1)
-        if units.shape[-1] != s.patch_features:
-            raise TokenforgeError(f"blip: patches have {units.shape[-1]} values, the settings say {s.patch_features}")
-        return torch.cat([units.to(self.device, torch.float32), positions[..., None].float()], dim=-1)
+            packed = torch.stack([units.to(self.device, torch.long), positions], dim=-1)
+        else:
+            if units.shape[-1] != s.patch_features:
+                raise TokenforgeError(f"blip: patches have {units.shape[-1]} values, the settings say {s.patch_features}")
+            packed = torch.cat([units.to(self.device, torch.float32), positions[..., None].float()], dim=-1)
+        return packed[:, :0] if s.blind else packed  # blind: no unit reaches the vision model, its class token alone
 
     def text_batch(self, prompt_ids: torch.Tensor | None, prompt_mask: torch.Tensor | None, target_ids: torch.Tensor,
                    target_mask: torch.Tensor | None, batch: int) -> TextBatch:

@@ -66,6 +66,7 @@ class BlipSettings:
     code_dim: int = 0  # tokens: codebook vector size
     patch_features: int = 0  # pixels: values per unit, p * p * C
     pretrained: str | None = None  # a local HF BLIP checkpoint folder the model started from (build_blip loads it)
+    blind: bool = False  # the question-only control: the vision model sees no image units, only its class token
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(g) for g in self.grid)  # JSON gives a list
