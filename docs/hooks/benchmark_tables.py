@@ -19,12 +19,17 @@ import json
 import posixpath
 import re
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
+# The benchmark scripts' own formatting where it is importable without torch (their top-level imports are light)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import scale as scale_script  # noqa: E402
+import throughput as throughput_script  # noqa: E402
 FIGURE_DIR = "benchmarks"  # where the figures' files lie in the site (the docs folder of the benchmark pages)
 
 PLACEHOLDER = re.compile(r"^<!--[ \t]*(table|figure):[ \t]*([A-Za-z0-9_.-]+)[ \t]*-->[ \t]*$", re.MULTILINE)
@@ -152,20 +157,8 @@ def mean_sd(values: list[float], population: bool = True) -> tuple[float, float]
 # benchmarks/throughput.py's markdown()
 
 
-def _flops(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x / 1e12:.3g} T" if x >= 1e12 else f"{x / 1e9:.3g} G"
-
-
-def _tp_mb(x: float) -> str:
-    return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
-
-
-def _tp_mem(r: dict, cuda: bool) -> str:
-    if "step_memory_mb" not in r:
-        return "-"
-    return f"{_tp_mb(r['peak_memory_mb'])} ({_tp_mb(r['step_memory_mb'])})" if cuda else _tp_mb(r["step_memory_mb"])
+_flops = throughput_script._flops  # FLOP/s as "1.2 T" / "340 G"
+_tp_mem = throughput_script._mem  # the step's memory (a GPU's peak and step)
 
 
 def _tp_ops(r: dict) -> str:
@@ -791,17 +784,7 @@ def deepspeed_cpu(data: dict) -> str:
 # --- scale ------------------------------------------------------------------------------------------------------------
 # benchmarks/scale.py's render()
 
-SCALE_STAGES = {
-    "shard_part": "shard (each part)",
-    "shard": "shard gather",
-    "tokenizer": "tokenizer",
-    "tokenize_part": "tokenize (each part)",
-    "tokenize": "tokenize gather",
-    "split": "split",
-    "synonyms": "synonyms",
-    "train": "train task 0",
-    "evaluate": "evaluate task 0",
-}
+SCALE_STAGES = scale_script.STAGES  # the table's order, with what each stage is called there
 
 
 def _sc_mb(value) -> str:
