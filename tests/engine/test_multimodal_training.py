@@ -71,6 +71,11 @@ def test_vqa_chain_keeps_core_tokens_with_their_text_within_the_budget(vqa, tmp_
         assert memory.tokens_per_sample == 8  # half of the 4x4 grid
         assert set(memory.extra) == {"prompt", "target"} and all(memory.extra["prompt"]) and all(memory.extra["target"])
         assert sorted(set(memory.tasks.tolist())) == list(range(task + 1))
+        # scenes: where this task's kept tokens fall, on the objects their questions name vs those objects' area
+        assert 0 <= stats["named_object_share"] <= 1 and 0 < stats["named_object_area"] < 1
+        assert 0 < stats["named_object_rows"] <= int((memory.tasks == task).sum())
+    tokenizer = json.loads((vqa / "tokenizer" / "stats.json").read_text())  # scenes: the colour check ran
+    assert tokenizer["scene_color_recovery_original"] > 0.95 and 0 <= tokenizer["scene_color_recovery"] <= 1
     # The shared budget fit (continual.policy.fit_budget): every group (here 2 per task) the same number of rows, one
     # more for the first groups while the leftover bytes allow.
     counts = list(stats["memory_samples_per_class"].values())

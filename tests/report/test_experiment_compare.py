@@ -231,3 +231,30 @@ def test_plot_lines_and_text_families(tmp_path):
     header, row = experiment.text_table(comp).splitlines()
     assert header.endswith("bleu4 (%)  cider") and "accuracy" in header and "accuracy (%)" not in header
     assert row.split()[-2:] == ["20.00", "1.250"] and "1.250 cider" in row
+
+
+def test_named_object_columns_when_a_variant_has_them(tmp_path):
+    """VQA on scenes: metrics.json's memory holds the share of the kept tokens on the named objects and those objects'
+    area; each is a column (%, mean ± std over seeds) after the scores, "-" for a group without it."""
+    folder = tmp_path / "vqa"
+    variants = [variant(m, "1%", s, family="vqa") for m in ("coreset", "coretokenset") for s in SEEDS]
+    shares = {("coretokenset", 0): (0.5, 0.2), ("coretokenset", 1): (0.7, 0.25)}
+    for v in variants:
+        method, seed = v["params"]["memory.method"], v["seed"]
+        result = {**metrics_json(numbers(method, "1%", seed), method), "metric": "vqa_accuracy",
+                  "score_matrices": {"vqa_accuracy": {"final_average_accuracy": 0.6}}}  # fmt: skip
+        if (method, seed) in shares:
+            result["memory"].update(zip(("named_object_share", "named_object_area"), shares[method, seed]))
+        (folder / v["dir"] / "package").mkdir(parents=True)
+        (folder / v["dir"] / "package" / "metrics.json").write_text(json.dumps(result))
+    (folder / "experiment.json").write_text(json.dumps({"experiment": "vqa", "variants": variants}))
+    comp = experiment.write_comparison(folder, folder)
+    assert comp["variants"][2]["scores"] == {"vqa_accuracy": 0.6, "named_object_share": 0.5, "named_object_area": 0.2}
+    assert comp["variants"][0]["scores"] == {"vqa_accuracy": 0.6}
+    header, (coreset, tokens), _ = experiment.table_cells(comp)
+    assert header[-3:] == ["vqa_accuracy (%)", "named-object share (%)", "named-object area (%)"]
+    assert coreset[-2:] == ["-", "-"]
+    assert tokens[-2:] == [pct(0.6, statistics.stdev([0.5, 0.7])), pct(0.225, statistics.stdev([0.2, 0.25]))]
+    groups = {r["group"]: r for r in csv.DictReader((folder / "comparison.csv").open())}
+    assert float(groups["method-coretokenset_budget-1%"]["named_object_share_mean"]) == pytest.approx(0.6)
+    assert list(csv.DictReader((folder / "variants.csv").open()))[2]["named_object_area"] == "0.2"

@@ -404,6 +404,23 @@ def test_cli_trains_and_writes(tokenforge, monkeypatch, tmp_path, with_test):
     assert training.code_stats(ids.numpy(), used)["perplexity"] == pytest.approx(stats["perplexity"])
     assert torch.equal(tokenizer.load_codebook(out), model.codebook) and model.codebook.shape == (used, 4)
     assert (out / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not any(key.startswith("scene_color") for key in stats)  # no scenes: no colour check
+
+
+def test_cli_scene_color_recovery(tokenforge, monkeypatch, tmp_path):
+    """On scenes (images with their scene records) stats.json has the share of objects whose colour survives
+    decode(encode(image)), beside the same check on the images themselves."""
+    from tokenforge.data.sources.scenes import scenes_source
+
+    source = scenes_source(24, 16, seed=0)
+    train = image_set(np.stack([np.asarray(source.image(i)) for i in range(len(source))]))
+    train.texts = source.texts
+    fake_shards(monkeypatch, tmp_path, {"train": train})
+    out = tmp_path / "tok"
+    assert tokenforge(["tokenizer", "--shards", str(tmp_path), "--out", str(out), *TINY_ARGS, "-q"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["scene_color_objects"] == sum(len(r["scene"]) for r in source.texts)
+    assert stats["scene_color_recovery_original"] > 0.95 and 0 <= stats["scene_color_recovery"] <= 1
 
 
 def test_cli_no_prune(tokenforge, monkeypatch, tmp_path):

@@ -15,7 +15,9 @@ Writes into --out: model.safetensors (weights, with the kept codes' trained ids 
 config.json (shape of the model; "codebook_size" is the pruned K' every later stage sees,
 "trained_codebook_size" the K it was trained with), codebook.safetensors ({"codebook": (K', code_dim)
 float32}, read by `load_codebook`), reconstructions.png (up to 16 test images by key above their
-reconstructions) and stats.json (mse, psnr, codebook usage, used codes, perplexity, wall_s). Later stages call
+reconstructions) and stats.json (mse, psnr, codebook usage, used codes, perplexity, wall_s; on scenes also
+scene_color_recovery: the share of the objects whose colour the reconstruction keeps, beside
+scene_color_recovery_original, the same check on the images themselves). Later stages call
 `load_tokenizer(dir)` and its `encode`/`decode`, or just `load_codebook(dir)`.
 
 --pretrained DIR takes a local diffusers VQModel folder (save_pretrained layout: LDM's VQ-f4/f8/f16, VQGAN
@@ -129,14 +131,16 @@ def run_pretrained(args: argparse.Namespace, tracker) -> None:
 
 
 def measured(model, train, test, usage: dict, device) -> tuple:
-    """(the images the tokenizer is measured on, its stats): reconstruction on the test sample (the train one where
-    there is no test split) with the pruned codebook, what later stages get, and the codebook's usage."""
-    from tokenforge.tokenizer.train import psnr, reconstruction_mse
+    """(the images the tokenizer is measured on, its stats): reconstruction (and on scenes colour recovery) on the
+    test sample (the train one where there is no test split) with the pruned codebook, what later stages get, and
+    the codebook's usage."""
+    from tokenforge.tokenizer.train import psnr, reconstruction_mse, scene_color_recovery
 
     eval_set = test if test is not None else train
     mse = reconstruction_mse(model, eval_set.images)
     split = "test" if test is not None else "train"
-    stats = {"mse": mse, "psnr": psnr(mse), "eval_split": split, **usage, "train_images": len(train.keys), "device": str(device)}
+    stats = {"mse": mse, "psnr": psnr(mse), "eval_split": split, **scene_color_recovery(model, eval_set), **usage,
+             "train_images": len(train.keys), "device": str(device)}  # fmt: skip
     return eval_set, stats
 
 

@@ -89,7 +89,8 @@ def agreed(digest: str, task: int) -> bool:
 class Outputs:
     """The job's outputs: model, memory file and stats, written by rank 0 once every rank built the same memory."""
 
-    LOGGED = ("final_loss", "memory_bytes", "memory_samples", "memory_build_s", "shortcut_auc")
+    LOGGED = ("final_loss", "memory_bytes", "memory_samples", "memory_build_s", "shortcut_auc", "named_object_share",
+              "named_object_area")
 
     def __init__(self, args, job, loop, state, start: float):
         self.args, self.job, self.loop, self.state, self.start = args, job, loop, state, start
@@ -120,6 +121,8 @@ class Outputs:
             "memory_bytes": memory_bytes, "memory_samples": len(memory), "memory_tokens_per_sample": memory.tokens_per_sample,
             "memory_method": policy.method, "memory_scorer": policy.scorer, "memory_budget_bytes": policy.budget,
             "memory_samples_per_class": info.get("samples_per_class", {}), "memory_build_s": memory_s,
+            # the memory builder's other numbers, when it has any (text families on scenes: named_object_*)
+            **{key: value for key, value in info.items() if key != "samples_per_class"},
             "world_size": rank_and_world()[1], "device": str(device),
             "deepspeed": {"zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
                           "gradient_accumulation": engine.gradient_accumulation_steps(),

@@ -2,6 +2,10 @@
 tokens of their image and their text as the extra columns `prompt` and `target`; labels are the items' groups (a
 question family, a dataset, an object), so the buffer policy balances groups as it balances classes.
 
+On scenes (records with a "scene" whose qa entries list the objects they name), the memory builder also reports
+where this task's kept tokens fall (`named_object_stats`): the share on the objects their question names, and the
+share of the grid those objects cover (what randomly kept tokens get in expectation).
+
 What is shared with classification (continual/): the method and its token count (`Policy`), the selection order
 (`rank_samples`: random or class_balanced; herding and gradient need the ViT's features), the scorer
 (`scorer_for(name, family)`: BLIP's atman, gradient, random) and the whole refit (`policy.refit`: the candidate
@@ -17,6 +21,7 @@ import torch
 
 from tokenforge.continual.memory import Memory, kept_units
 from tokenforge.continual.policy import Policy, refit
+from tokenforge.errors import TokenforgeError
 from tokenforge.families.items import Items
 from tokenforge.families.text_data import TextData, Texts, flat
 from tokenforge.runtime import progress
@@ -53,8 +58,9 @@ class TextMemory:
         if not policy.keeps_memory or not len(items):
             return Memory.empty(), {}
         order = rank_samples(model, data.units[np.asarray(items.image, dtype=np.int64)], labels, policy.selection, self.seed)
-        return refit(policy, previous, order, labels, lambda idx, pos: item_rows(items, idx, data, pos, task, labels),
-                     lambda idx: self.positions(model, items, idx, data), task, seen, unit=("item", "group", "groups"))
+        memory, info = refit(policy, previous, order, labels, lambda idx, pos: item_rows(items, idx, data, pos, task, labels),
+                             lambda idx: self.positions(model, items, idx, data), task, seen, unit=("item", "group", "groups"))
+        return memory, {**info, **named_object_stats(memory, items, data, task)}
 
     def positions(self, model, items: Items, chosen: np.ndarray, data: TextData) -> np.ndarray:
         """The kept positions (n, k) of each chosen item, ascending: all of them, or its top k by relevance for its
@@ -78,3 +84,42 @@ class TextMemory:
             scores = score(model, flat(units[index]), texts.rows(index), generator=generator)
             out.append(np.sort(top_positions(scores.float().cpu(), k), axis=1))
         return np.concatenate(out).astype(np.int64) if out else np.zeros((0, k), np.int64)
+
+
+def named_object_stats(memory: Memory, items: Items, data: TextData, task: int) -> dict:
+    """Where the kept tokens of the rows of `task` (made from `items`) fall, over the rows whose question names at
+    least one object of a scene: named_object_share, the mean share of a row's kept positions on the cells its named
+    objects cover (data.sources.scenes.object_positions, on the units' grid); named_object_area, the mean share of
+    the grid those cells are (what randomly kept tokens get in expectation; a coreset's share equals it); and
+    named_object_rows, how many rows were counted. {} when none is (no scene layouts, e.g. VQA v2; captions)."""
+    from tokenforge.data.sources.scenes import object_positions
+
+    grid = tuple(int(n) for n in data.units.shape[1:3])
+    shares, areas = [], []
+    for row in np.flatnonzero(memory.tasks == task).tolist():
+        named = named_objects(memory.keys[row], memory.extra["prompt"][row], items, data)
+        if not named:
+            continue
+        cells = np.unique(np.concatenate([object_positions(obj, grid) for obj in named]))
+        shares.append(float(np.isin(memory.positions[row], cells).mean()))
+        areas.append(len(cells) / (grid[0] * grid[1]))
+    if not shares:
+        return {}
+    return {"named_object_share": float(np.mean(shares)), "named_object_area": float(np.mean(areas)),
+            "named_object_rows": len(shares)}  # fmt: skip
+
+
+def named_objects(key: str, prompt: str, items: Items, data: TextData) -> list[dict]:
+    """The scene objects that the question of a memory row (key "<image key>#<item>", `item_rows`) names: its qa
+    entry is the one of its record whose question is the row's prompt (a scene record asks one question per family,
+    so the text is unique; an ambiguous or missing match, or a record without "scene", names none)."""
+    image_key, _, item = key.rpartition("#")
+    image = int(items.image[int(item)])
+    if data.keys[image] != image_key or items.prompt[int(item)] != prompt:
+        raise TokenforgeError(f"memory row {key}: not an item of this task's ({data.keys[image]}, {items.prompt[int(item)]!r})")
+    record = data.records[image] or {}
+    scene = record.get("scene")
+    asked = [qa for qa in record.get("qa", []) if qa.get("question") == prompt]
+    if not scene or len(asked) != 1:
+        return []
+    return [scene[k] for k in asked[0].get("objects", [])]

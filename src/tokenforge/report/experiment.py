@@ -2,7 +2,8 @@
 experiment.json, read by `tokenforge compare RESULTS_DIR` and `tokenforge summary RESULTS_DIR`.
 
 - `variant_rows`: one row per variant: its grid settings (params) and the headline numbers of its
-  package/metrics.json (for VQA and captioning also each score's final average, e.g. vqa_accuracy, bleu4, cider);
+  package/metrics.json (for VQA and captioning also each score's final average, e.g. vqa_accuracy, bleu4, cider;
+  for VQA on scenes also where its memory kept tokens: named_object_share and named_object_area);
 - `group_rows`: one row per group (variants that differ only in seed): mean and std over seeds (std with ddof=1,
   None for a single seed);
 - `write_comparison`: comparison.csv (groups), variants.csv, comparison.md, comparison.json, accuracy_vs_bytes.png
@@ -46,9 +47,14 @@ NUMBERS = {h.name: h for h in HEADLINE_METRICS}
 GROUPED = tuple(name for name in NUMBERS if name != "dataset_tokens_bytes")
 ACCURACIES = tuple(h.name for h in HEADLINE_METRICS if h.unit == "fraction")
 LABELS = {"final_average_accuracy": "accuracy", "average_forgetting": "forgetting", "backward_transfer": "BWT",
-          "memory_bytes": "memory bytes", "dataset_tokens_bytes": "token bytes", "total_wall_s": "own wall s"}  # fmt: skip
+          "memory_bytes": "memory bytes", "dataset_tokens_bytes": "token bytes", "total_wall_s": "own wall s",
+          "named_object_share": "named-object share", "named_object_area": "named-object area"}  # fmt: skip
 # CIDEr-D runs from 0 to 10 (tokenforge.report.inputs); every other score is a share.
 NOT_SHARES = ("cider",)
+# VQA on scenes: the share of the memory's kept tokens on the objects their questions name, and those objects' share
+# of the grid (what random tokens get); means over tasks in metrics.json's memory. Shown after the scores, as shares,
+# when a variant has them.
+MEMORY_SHARES = ("named_object_share", "named_object_area")
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -118,14 +124,17 @@ def _read_metrics(path: Path) -> tuple[str, dict]:
 def variant_rows(folder: str | Path, experiment: dict) -> list[dict]:
     """One row per variant: name, group, seed, family, dir, status ("finished", "missing", "unreadable"), params,
     metric (the headline score: "accuracy", "vqa_accuracy", "cider"), numbers ({headline: value or None}) and
-    scores (VQA, captioning: each score's final average). `total_wall_s` is the wall time of the variant's own
-    jobs (its train and evaluate jobs in metrics.json's wall_time_s): the stages it shares with other variants
-    (shard, tokenizer, split, pretrain, ...) ran once for all of them and are left out."""
+    scores (VQA, captioning: each score's final average; and each of MEMORY_SHARES that metrics.json's memory
+    has). `total_wall_s` is the wall time of the variant's own jobs (its train and evaluate jobs in metrics.json's
+    wall_time_s): the stages it shares with other variants (shard, tokenizer, split, pretrain, ...) ran once for
+    all of them and are left out."""
     rows = []
     for v in experiment["variants"]:
         status, result = _read_metrics(Path(folder) / v["dir"] / "package" / "metrics.json")
         scores = {name: _number(_at(s, ("final_average_accuracy",)))
                   for name, s in sorted((result.get("score_matrices") or {}).items())}  # fmt: skip
+        shares = {name: _number(_at(result, ("memory", name))) for name in MEMORY_SHARES}
+        scores.update({name: value for name, value in shares.items() if value is not None})
         rows.append({
             "name": v["name"], "group": v["group"], "seed": v.get("seed", (v.get("params") or {}).get(SEED_KEY)),
             "family": v.get("family") or result.get("family"), "dir": v["dir"], "status": status,
@@ -143,6 +152,12 @@ def _own_wall(result: dict) -> float | None:
     return float(sum(own)) if own else None
 
 
+def _score_names(names) -> list[str]:
+    """Score columns in order: the scores by name, then MEMORY_SHARES."""
+    found = set(names)
+    return sorted(found - set(MEMORY_SHARES)) + [name for name in MEMORY_SHARES if name in found]
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -157,7 +172,7 @@ def group_rows(variants: list[dict]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for row in variants:
         groups.setdefault(row["group"], []).append(row)
-    score_names = sorted({name for row in variants for name in row["scores"]})
+    score_names = _score_names(name for row in variants for name in row["scores"])
     out = []
     for name, members in groups.items():
         done = [m for m in members if m["status"] == "finished"]
@@ -224,7 +239,7 @@ def table_cells(comp: dict) -> tuple[list[str], list[list[str]], int]:
     keys = _param_keys([{"params": g["params"]} for g in groups], [a for a in comp["axes"] if a != SEED_KEY])
     keys = [k for k in keys if any(k in g["params"] for g in groups)]
     shorts = _short_names(keys)
-    scores = sorted({name for g in groups for name in g["mean"] if name not in GROUPED})
+    scores = _score_names(name for g in groups for name in g["mean"] if name not in GROUPED)
     numbers = [*GROUPED, *scores]
     share = all(_is_share(g["metric"]) for g in groups)
     header = [shorts[k] for k in keys] or ["group"]
@@ -304,7 +319,7 @@ def write_variant_csv(comp: dict, path: Path) -> None:
     """variants.csv: one row per variant with its params, status and numbers at full precision (empty: none)."""
     variants = comp["variants"]
     keys = [k for k in _param_keys(variants, comp["axes"]) if k != SEED_KEY]  # the seed has its own column
-    scores = sorted({name for v in variants for name in v["scores"]})
+    scores = _score_names(name for v in variants for name in v["scores"])
     header = ["name", "group", "seed", "family", "status", "dir", *keys, "metric", *NUMBERS, *scores]
     rows = [[v["name"], v["group"], v["seed"], v["family"], v["status"], v["dir"], *(v["params"].get(k) for k in keys),
              v["metric"], *(v["numbers"][n] for n in NUMBERS), *(v["scores"].get(s) for s in scores)]

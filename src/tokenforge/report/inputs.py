@@ -27,6 +27,9 @@ OWN_PLOTS = ("accuracy_matrix", "average_accuracy")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Optional tokenizer numbers shown when its stats.json has them (tokenizers with codebook pruning do).
 TOKENIZER_EXTRAS = ("used_codes", "codebook_size", "trained_codebook_size", "perplexity")
+# Where a text family's memory kept its tokens on scenes (families/text_memory.py): metrics.json's memory holds
+# their means over tasks when the train stats have them.
+NAMED_OBJECT_STATS = ("named_object_share", "named_object_area")
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -177,10 +180,24 @@ def build_metrics(R: np.ndarray, stats: dict[str, dict]) -> dict:
     last = stats[f"train-{result['num_tasks'] - 1}"]["data"]
     # What the memory was, for comparing runs (older train stats lack these keys: None).
     result["memory"] = {key: last.get(f"memory_{key}") for key in ("method", "budget_bytes", "samples", "tokens_per_sample")}
+    result["memory"].update(named_object_numbers(stats, result["num_tasks"]))
     # The shortcut probe after each task (continual/shortcut.py), beside the old tasks' accuracy it explains.
     result["shortcut_auc"] = [stats[f"train-{t}"]["data"].get("shortcut_auc") for t in range(result["num_tasks"])]
     result["old_tasks_accuracy"] = [float(np.mean(R[t][:t])) if t else None for t in range(result["num_tasks"])]
     return result
+
+
+def named_object_numbers(stats: dict[str, dict], num_tasks: int) -> dict[str, float]:
+    """VQA on scenes: the mean over the tasks whose train stats have them of named_object_share (the share of a
+    task's kept tokens on the objects their questions name) and named_object_area (those objects' share of the grid,
+    what random tokens get); {} when no task has them (other data, other families, older stats)."""
+    numbers = {}
+    for key in NAMED_OBJECT_STATS:
+        values = [stats[f"train-{t}"]["data"].get(key) for t in range(num_tasks)]
+        values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if values:
+            numbers[key] = float(np.mean(values))
+    return numbers
 
 
 def tokenizer_numbers(stats: dict[str, dict]) -> dict[str, float]:

@@ -2,9 +2,9 @@
 
 `train_tokenizer` fits a `VQTokenizer` (pixel MSE plus the VQ commitment loss) on uint8 NHWC images;
 `prune_to_used` keeps only the codes that encoding the train images uses (SeiT pruned 8192 -> 391);
-`reconstruction_mse`/`psnr` and `code_stats` are the numbers of the tokenizer's stats.json, and
-`save_reconstruction_grid` writes reconstructions.png. The `tokenizer` stage (tokenforge/cli/tokenizer.py)
-runs them in that order.
+`reconstruction_mse`/`psnr` and `code_stats` are the numbers of the tokenizer's stats.json (with
+`scene_color_recovery` on scenes), and `save_reconstruction_grid` writes reconstructions.png. The `tokenizer`
+stage (tokenforge/cli/tokenizer.py) runs them in that order.
 """
 
 from __future__ import annotations
@@ -132,6 +132,30 @@ def reconstruction_mse(model: VQTokenizer, images: np.ndarray, batch_size: int =
     if count == 0:
         raise TokenforgeError("images: no images to evaluate the tokenizer on")
     return total / count
+
+
+def scene_color_recovery(model: VQTokenizer, image_set, batch_size: int = 512) -> dict[str, float]:
+    """Whether the objects' colours survive tokenization, on images that carry scene records (the `scenes`
+    source): scene_color_recovery, the share of their objects whose colour decode(encode(image)) shows
+    (data.sources.scenes.scene_color_hits); scene_color_recovery_original, the same on the images themselves
+    (about 1: it checks the check); scene_color_objects, how many objects. {} without scenes or RGB images."""
+    from tokenforge.data.sources.scenes import scene_color_hits
+
+    records, images = getattr(image_set, "texts", None), image_set.images  # an ImageSet; stand-ins may lack texts
+    if records is None or len(records) != len(images) or images.shape[-1] != 3:
+        return {}
+    if not any((r or {}).get("scene") for r in records):
+        return {}
+    recovered = original = total = 0
+    for i in range(0, len(images), batch_size):
+        batch, texts = images[i : i + batch_size], records[i : i + batch_size]
+        recon = model.decode(model.encode(batch)).permute(0, 2, 3, 1).numpy()
+        right, n = scene_color_hits(texts, recon)
+        recovered, original, total = recovered + right, original + scene_color_hits(texts, batch / 255.0)[0], total + n
+    if total == 0:
+        return {}
+    return {"scene_color_recovery": recovered / total, "scene_color_recovery_original": original / total,
+            "scene_color_objects": total}  # fmt: skip
 
 
 def psnr(mse: float) -> float:

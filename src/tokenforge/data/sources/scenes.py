@@ -5,6 +5,10 @@ grid (so they never overlap); its text record (format: tokenforge/data/multimoda
 family where one can be asked (color, shape, count, exists, position) and two captions. Scene i (its objects,
 questions and captions) comes from `np.random.default_rng([seed, i])` alone. The source has no split of its
 own (the shard stage splits it by seed); every image has label 0, class "scenes".
+
+Each qa entry also lists the objects its question names ("objects": indices into "scene"); `object_positions`
+gives the token cells an object covers (what a memory's kept tokens are checked against), and
+`scene_color_hits` whether the objects' colours can be read back from (reconstructed) images.
 """
 
 from __future__ import annotations
@@ -94,9 +98,10 @@ def scene_record(rng: np.random.Generator, min_objects: int = 2, max_objects: in
     objects = scene_layout(rng, min_objects, max_objects)
     qa = []
     for family in QA_FAMILIES:
-        pair = _SCENE_QUESTIONS[family](objects, rng)
-        if pair is not None:
-            qa.append({"question": pair[0], "answers": [pair[1]], "family": family})
+        asked = _SCENE_QUESTIONS[family](objects, rng)
+        if asked is not None:
+            question, answer, named = asked
+            qa.append({"question": question, "answers": [answer], "family": family, "objects": named})
     record = text_record("scenes", qa, scene_captions(objects), sorted({o["shape"] for o in objects}))
     record["scene"] = objects
     return record
@@ -125,6 +130,54 @@ def draw_scene(objects: list[dict], size: int) -> Image.Image:
     return img.reduce(SUPERSAMPLE)
 
 
+def object_positions(obj: dict, grid: tuple[int, int]) -> np.ndarray:
+    """The row-major positions (ascending, int64) of the cells of an (h, w) token grid over the whole image that an
+    object covers: its extent is its drawn bounding square, centre ± SCENE_SIZES half extent (every shape lies
+    inside it); a cell counts when that square covers more than a quarter of the cell's area, and the cell holding
+    the centre always counts (a small object at a corner of four coarse cells covers none of them by a quarter).
+    Works in fractions of the image side, so it holds at any image size whose patch tiles it."""
+    h, w = grid
+    half = SCENE_SIZES[obj["size"]]
+
+    def overlap(centre: float, n: int) -> np.ndarray:  # (n,): the square's overlap with each cell, in cell widths
+        lo, hi = (centre - half) * n, (centre + half) * n
+        edges = np.arange(n, dtype=np.float64)
+        return np.clip(np.minimum(hi, edges + 1) - np.maximum(lo, edges), 0.0, None)
+
+    covered = np.outer(overlap(obj["y"], h), overlap(obj["x"], w)) > 0.25
+    covered[min(int(obj["y"] * h), h - 1), min(int(obj["x"] * w), w - 1)] = True
+    return np.flatnonzero(covered).astype(np.int64)
+
+
+INTERIOR = 0.4  # the colour check reads an object within this share of its half extent of its centre (below)
+
+
+def scene_color_hits(records: list[dict | None], images: np.ndarray) -> tuple[int, int]:
+    """(objects whose colour is read back right, objects) over the scenes of `records` in `images` (float
+    (N, H, W, 3) in [0, 1], image i drawn from records[i]; records without a "scene" are skipped).
+
+    An object's colour is read as the mean colour of the pixels whose centres lie within INTERIOR x its half
+    extent of its centre (a disc inside every drawn shape: the cone's sides pass 0.447 half extents from its
+    centre), or of the pixel holding its centre when none do, classified as the nearest SCENE_COLORS colour
+    (RGB distance)."""
+    palette = np.asarray(list(SCENE_COLORS.values()), dtype=np.float64) / 255.0
+    names = list(SCENE_COLORS)
+    right = total = 0
+    for record, image in zip(records, images):
+        image = np.asarray(image, dtype=np.float64)
+        height, width = image.shape[:2]
+        ys, xs = (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width
+        for obj in (record or {}).get("scene", []):
+            radius = INTERIOR * SCENE_SIZES[obj["size"]]
+            inside = (ys[:, None] - obj["y"]) ** 2 + (xs[None, :] - obj["x"]) ** 2 <= radius**2
+            if not inside.any():
+                inside[min(int(obj["y"] * height), height - 1), min(int(obj["x"] * width), width - 1)] = True
+            mean = image[inside].mean(axis=0)
+            nearest = int(np.argmin(((palette - mean) ** 2).sum(axis=1)))
+            right, total = right + (names[nearest] == obj["color"]), total + 1
+    return right, total
+
+
 def _matching(objects: list[dict], **attrs: str) -> list[int]:
     return [k for k, o in enumerate(objects) if all(o[a] == v for a, v in attrs.items())]
 
@@ -146,45 +199,53 @@ def _pick(rng: np.random.Generator, items: list) -> Any:
     return items[int(rng.integers(len(items)))]
 
 
-def _color_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, str] | None:
+# A question maker returns (question, answer, the indices of the objects it names) or None (none can be asked).
+Asked = tuple[str, str, list[int]]
+
+
+def _color_question(objects: list[dict], rng: np.random.Generator) -> Asked | None:
     for attrs in (("size", "shape"), ("shape",)):
         candidates = _unique(objects, *attrs)
         if candidates:
-            o = objects[_pick(rng, candidates)]
-            return f"what color is the {' '.join(o[a] for a in attrs)}?", o["color"]
+            k = _pick(rng, candidates)
+            o = objects[k]
+            return f"what color is the {' '.join(o[a] for a in attrs)}?", o["color"], [k]
     return None
 
 
-def _shape_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, str] | None:
+def _shape_question(objects: list[dict], rng: np.random.Generator) -> Asked | None:
     for attrs in (("color",), ("size", "color")):
         candidates = _unique(objects, *attrs)
         if candidates:
-            o = objects[_pick(rng, candidates)]
-            return f"what shape is the {' '.join(o[a] for a in attrs)} object?", o["shape"]
+            k = _pick(rng, candidates)
+            o = objects[k]
+            return f"what shape is the {' '.join(o[a] for a in attrs)} object?", o["shape"], [k]
     return None
 
 
-def _count_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, str]:
+def _count_question(objects: list[dict], rng: np.random.Generator) -> Asked:
     """How many of a colour or shape: 3 in 4 times one that is present, else any (so "0" occurs too)."""
     attr = "color" if rng.random() < 0.5 else "shape"
     values = list(SCENE_COLORS) if attr == "color" else list(SCENE_SHAPES)
     present = [v for v in values if any(o[attr] == v for o in objects)]
     value = _pick(rng, present) if rng.random() < 0.75 else _pick(rng, values)
     question = f"how many {value} objects are there?" if attr == "color" else f"how many {value}s are there?"
-    return question, str(len(_matching(objects, **{attr: value})))
+    counted = _matching(objects, **{attr: value})
+    return question, str(len(counted)), counted
 
 
-def _exists_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, str]:
-    """Is there a <color> <shape>: "yes" half the time (an object's pair), else a pair that is absent."""
+def _exists_question(objects: list[dict], rng: np.random.Generator) -> Asked:
+    """Is there a <color> <shape>: "yes" half the time (an object's pair; it names every object of that pair),
+    else a pair that is absent (it names none)."""
     if rng.random() < 0.5:
         o = _pick(rng, objects)
-        return f"is there a {o['color']} {o['shape']}?", "yes"
+        return f"is there a {o['color']} {o['shape']}?", "yes", _matching(objects, color=o["color"], shape=o["shape"])
     absent = [(c, s) for c in SCENE_COLORS for s in SCENE_SHAPES if not _matching(objects, color=c, shape=s)]
     color, shape = _pick(rng, absent)
-    return f"is there a {color} {shape}?", "no"
+    return f"is there a {color} {shape}?", "no", []
 
 
-def _position_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, str] | None:
+def _position_question(objects: list[dict], rng: np.random.Generator) -> Asked | None:
     """Is the <A> left of the <B>, for two uniquely described objects in different grid columns."""
     names = [_describe(objects, k) for k in range(len(objects))]
     pairs = [
@@ -198,7 +259,8 @@ def _position_question(objects: list[dict], rng: np.random.Generator) -> tuple[s
     a, b = _pick(rng, pairs)
     if rng.random() < 0.5:
         a, b = b, a
-    return f"is the {names[a]} left of the {names[b]}?", "yes" if objects[a]["x"] < objects[b]["x"] else "no"
+    answer = "yes" if objects[a]["x"] < objects[b]["x"] else "no"
+    return f"is the {names[a]} left of the {names[b]}?", answer, [a, b]
 
 
 _SCENE_QUESTIONS = {
