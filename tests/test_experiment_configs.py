@@ -23,6 +23,7 @@ EXPECTED = {
     "trar_sequence": (12, 0),
     "trar_sequence_fashion": (6, 0),
     "vqa_sequence": (15, 0),
+    "vqa_kept_tokens": (9, 0),
 }
 
 

@@ -753,6 +753,44 @@ def vqa_sequence_table(data: dict) -> str:
             f"in %. Measured on {meta['platform']} (Python {meta['python']}); the last command: `{meta['command']}`.")
 
 
+# benchmarks/vqa_curves.py's markdown()
+VQA_FAMILIES = ("color", "shape", "count", "exists", "position")
+
+
+@table("vqa-curves", "vqa-curves.json")
+def vqa_curves_table(data: dict) -> str:
+    p, s, tok = data["preset"], data["summary"], data["tokenizer"]
+    caption = (f"Scene VQA in joint training, {data['train_items']:,} training and {data['test_items']:,} test questions "
+               f"({p['scenes']:,} scenes of {p['size']} px, {data['grid'][0]}x{data['grid'][1]} tokens of {tok['used_codes']} "
+               f"codes, tokenizer PSNR {tok['psnr']:.1f} dB, colour kept for {100 * tok['scene_color_recovery']:.0f}% of "
+               f"objects); BLIP width {p['width']}, depth {p['depth']}, {p['epochs']} epochs of batch {p['batch']}, lr "
+               f"{p['lr']:g}, seed {data['seed']}; accuracy after the last epoch, in %. Measured on {data['device']}.")
+    body = [[f, f"{100 * s['image'][f]:.1f}", f"{100 * s['blind'][f]:.1f}", f"{100 * s['gap'][f]:+.1f}"] for f in VQA_FAMILIES]
+    goal = "met" if s["goal_met"] else "not met"
+    return (caption + "\n\n" + md_table(["family", "image", "blind", "image − blind"], body, "lrrr")
+            + f"\n\nGoal (every family at least 20 points above blind, colour and shape at 80% or more): {goal}.")
+
+
+def plot_vqa_curves(data: dict) -> bytes:
+    """Test accuracy per question family after each epoch: the model that sees the scene (solid) and the blind one
+    (dashed), one colour per family."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for i, f in enumerate(VQA_FAMILIES):
+        for run in data["runs"]:
+            curve = run["curve"]
+            ax.plot([c["epoch"] for c in curve], [100 * c["accuracy"][f] for c in curve], "--" if run["blind"] else "-",
+                    marker="o", ms=2.5, color=plt.cm.tab10(i), alpha=0.9, label=f"{f}, {'blind' if run['blind'] else 'image'}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Scene VQA, joint training: with the image (solid) and blind (dashed)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return _png(fig)
+
+
 # --- DeepSpeed options ------------------------------------------------------------------------------------------------
 # benchmarks/deepspeed_options.py's table()
 
@@ -1139,6 +1177,8 @@ FIGURES.update({
                       plot=plot_toe),
     "trar-cpu": Figure(("trar-cpu.json",), "trar-cpu-curves.png", "TRAR: test accuracy against training time",
                        plot=plot_trar),
+    "vqa-curves": Figure(("vqa-curves.json",), "vqa-curves.png", "scene VQA test accuracy per family after each epoch, "
+                         "with the image and blind", plot=plot_vqa_curves),
     "replay_baseline": Figure(("replay_baseline.json", "coretokens.json", "coretokens-subset-replay.json"),
                               "replay-baseline.png", "experience replay and tokenforge's memories: final average "
                               "accuracy against memory bytes", plot=plot_replay_baseline),

@@ -358,6 +358,20 @@ def check_vqa_sequence():
         assert row["memory bytes"] == f"{m:,.0f} ± {s:,.0f}"
 
 
+def check_vqa_curves():
+    d = data("vqa-curves.json")
+    _, rows = only_table("vqa-curves")
+    assert [row["family"] for row in rows] == list(bt.VQA_FAMILIES)
+    last = {r["blind"]: r["curve"][-1]["accuracy"] for r in d["runs"]}
+    for row in rows:
+        f = row["family"]
+        assert row["image"] == f"{100 * last[False][f]:.1f}" and row["blind"] == f"{100 * last[True][f]:.1f}"
+        assert row["image − blind"] == f"{100 * (last[False][f] - last[True][f]):+.1f}"
+    met = all(last[False][f] - last[True][f] >= 0.2 for f in bt.VQA_FAMILIES) and min(last[False]["color"], last[False]["shape"]) >= 0.8
+    assert ("Goal (every family at least 20 points above blind, colour and shape at 80% or more): "
+            + ("met." if met else "not met.")) in bt.render_table("vqa-curves", RESULTS)
+
+
 def _check_deepspeed(name: str):
     d = data(f"{name}.json")
     (header, rows), = tables_of(bt.render_table(name, RESULTS))
@@ -447,6 +461,7 @@ CHECKS = {
     "replay-comparison-fashion": check_replay_comparison_fashion,
     "trar-sequence": check_trar_sequence,
     "vqa-sequence": check_vqa_sequence,
+    "vqa-curves": check_vqa_curves,
     "deepspeed_options-gpu": lambda: _check_deepspeed("deepspeed_options-gpu"),
     "deepspeed_options-cpu": lambda: _check_deepspeed("deepspeed_options-cpu"),
     "scale": check_scale,
