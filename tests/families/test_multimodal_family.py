@@ -66,6 +66,27 @@ def test_captioning_assigns_each_image_to_one_task_the_smallest_so_far():
     assert evaluation.image == [1] and evaluation.references == [["a cube and a sphere"]]
 
 
+def test_captioning_scores_object_recall_only_where_records_have_scene_layouts():
+    cap = families.get("captioning", by="object")
+    scene = [{"color": "red", "shape": "cube", "size": "large", "x": 0.2, "y": 0.5},
+             {"color": "blue", "shape": "sphere", "size": "small", "x": 0.8, "y": 0.5}]  # fmt: skip
+    records = [
+        {**record(captions=["a large red cube and a small blue sphere"], objects=["cube", "sphere"]), "scene": scene},
+        record(captions=["a cube"], objects=["cube"]),  # no layout: left out of the recall
+    ]
+    items = cap.items(records, ["cube"], tasks=[["cube"]], evaluation=True)
+    predictions = ["a large red cube and a small green sphere", "a cube"]
+    with_records = cap.score(predictions, items, records=records)
+    assert set(with_records) == {"bleu4", "cider", "object_recall", "shape_recall"}
+    assert with_records["object_recall"] == 0.5 and with_records["shape_recall"] == 1.0
+    assert set(cap.score(predictions, items)) == {"bleu4", "cider"}
+    plain = [{k: v for k, v in r.items() if k != "scene"} for r in records]
+    assert set(cap.score(predictions, items, records=plain)) == {"bleu4", "cider"}
+    vqa = families.get("vqa", by="family")
+    questions = vqa.items(RECORDS, ["color"])
+    assert vqa.score(["red"], questions, records=RECORDS) == {"vqa_accuracy": 1.0}
+
+
 def test_task_items_reads_the_groups_of_a_manifest():
     vqa = families.get("vqa", by="family")
     split = {"tasks": [{"task": 0, "class_names": ["color"]}, {"task": 1, "class_names": ["count", "exists"]}]}

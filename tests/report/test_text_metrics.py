@@ -1,11 +1,18 @@
-"""VQA accuracy, BLEU-4 and CIDEr-D on cases small enough to check by hand."""
+"""VQA accuracy, BLEU-4, CIDEr-D and object mention recall on cases small enough to check by hand."""
 
 import math
 
 import pytest
 
 from tokenforge.errors import TokenforgeError
-from tokenforge.report.text_metrics import caption_scores, caption_tokens, vqa_accuracy, vqa_normalize, vqa_score
+from tokenforge.report.text_metrics import (
+    caption_scores,
+    caption_tokens,
+    object_mention_recall,
+    vqa_accuracy,
+    vqa_normalize,
+    vqa_score,
+)
 
 
 @pytest.mark.parametrize(
@@ -136,3 +143,39 @@ def test_cider_d_by_hand():
     image1 = 10 * (2 / math.sqrt(6) + 1 / math.sqrt(2)) / 4 * math.exp(-1 / 72)
     scores = caption_scores(["a b d", "e f"], [["a b c"], ["e f g"]])
     assert scores["cider"] == pytest.approx((image0 + image1) / 2, rel=1e-9)  # = 3.33657
+
+
+def obj(color, shape, size="small"):
+    return {"color": color, "shape": shape, "size": size, "x": 0.5, "y": 0.5}
+
+
+def test_object_recall_all_objects_named():
+    scenes = [[obj("red", "cube", "large"), obj("blue", "sphere")], [obj("green", "cone")]]
+    predictions = ["A large red cube and a small Blue Sphere.", "a small green cone"]
+    assert object_mention_recall(predictions, scenes) == {"object_recall": 1.0, "shape_recall": 1.0}
+
+
+def test_object_recall_needs_colour_and_shape_together():
+    scenes = [[obj("red", "cube"), obj("blue", "sphere")]]
+    wrong_colours = object_mention_recall(["a small green cube and a small red sphere"], scenes)
+    assert wrong_colours == {"object_recall": 0.0, "shape_recall": 1.0}
+    # the right words apart ("red" before "small", not before "cube") are no mention of a red cube
+    assert object_mention_recall(["a red small cube"], [[obj("red", "cube")]])["object_recall"] == 0.0
+    # one of two objects named, the other's shape not at all
+    assert object_mention_recall(["a red cube"], scenes) == {"object_recall": 0.5, "shape_recall": 0.5}
+
+
+def test_object_recall_accepts_plurals_and_is_no_count():
+    scenes = [[obj("red", "cube"), obj("red", "cube", "large"), obj("grey", "cylinder")]]
+    assert object_mention_recall(["two red cubes and cylinders"], scenes) == {"object_recall": 2 / 3, "shape_recall": 1.0}
+    # one mention covers both red cubes: a word match, not a count match
+    assert object_mention_recall(["a red cube"], scenes)["object_recall"] == 2 / 3
+
+
+def test_object_recall_skips_images_without_a_layout():
+    assert object_mention_recall(["a dog", "a cat"], [None, None]) == {}
+    assert object_mention_recall([], []) == {}
+    mixed = object_mention_recall(["a dog", "a red cube"], [None, [obj("red", "cube")]])
+    assert mixed == {"object_recall": 1.0, "shape_recall": 1.0}
+    with pytest.raises(TokenforgeError, match="object_mention_recall"):
+        object_mention_recall(["a red cube"], [])

@@ -34,7 +34,7 @@ and, on the object `families.get(name, **kwargs)` builds for one job (the traine
                            item's prompt and target)
     classification:  targets(labels), restrict(outputs), loss(outputs, targets), correct(outputs, labels),
                      predict(outputs) (families/classification.py)
-    vqa, captioning: groups(records), items(records, groups), texts(records), score(predictions, items),
+    vqa, captioning: groups(records), items(records, groups), texts(records), score(predictions, items, records),
                      metric (the headline score), prompt_is_prefix (a caption prompt starts the decoder's text; a
                      question does not) (families/multimodal.py)
 

@@ -15,7 +15,9 @@ evaluation and memory:
   about balanced.
 
 The score of a task: VQA accuracy (the official score with ten answers, exact match otherwise); captioning CIDEr-D,
-with BLEU-4 beside it (tokenforge.report.text_metrics). A memory row carries its item's prompt and target as the
+with BLEU-4 beside it, and where the images' records have scene layouts (the `scenes` source) the shares of their
+objects the captions name, by colour and shape and by shape alone (object_recall, shape_recall;
+tokenforge.report.text_metrics). A memory row carries its item's prompt and target as the
 extra columns `prompt` and `target`, counted in the memory's bytes on disk.
 
 The stage hooks (families/__init__.py): `split` cuts the groups of the train token file's text into tasks and
@@ -132,7 +134,8 @@ class VQA(_Multimodal):
                     out.add(i, qa["question"], training_answer(qa["answers"]), list(qa["answers"]), group)
         return out
 
-    def score(self, predictions: list[str], items: Items) -> dict[str, float]:
+    def score(self, predictions: list[str], items: Items, records: list[dict] | None = None) -> dict[str, float]:
+        """VQA accuracy of the predicted answers; `records` (the evaluated records) is not needed."""
         from tokenforge.report.text_metrics import vqa_accuracy
 
         return {"vqa_accuracy": vqa_accuracy(predictions, items.references)}
@@ -189,7 +192,12 @@ class Captioning(_Multimodal):
                     out.add(i, self.caption_prompt, caption, captions, group)
         return out
 
-    def score(self, predictions: list[str], items: Items) -> dict[str, float]:
-        from tokenforge.report.text_metrics import caption_scores
+    def score(self, predictions: list[str], items: Items, records: list[dict] | None = None) -> dict[str, float]:
+        """CIDEr-D and BLEU-4; with `records` (those `items.image` indexes) that have scene layouts also
+        object_recall and shape_recall over their objects (text_metrics.object_mention_recall)."""
+        from tokenforge.report.text_metrics import caption_scores, object_mention_recall
 
-        return caption_scores(predictions, items.references)
+        scores = caption_scores(predictions, items.references)
+        if records is not None:
+            scores.update(object_mention_recall(predictions, [(records[i] or {}).get("scene") for i in items.image]))
+        return scores

@@ -1,5 +1,6 @@
 """One evaluation row of the text families (vqa, captioning): every task's test items, answered or captioned by
-BLIP's greedy decoding and scored by the family (VQA accuracy; CIDEr-D with BLEU-4), one row of each score matrix.
+BLIP's greedy decoding and scored by the family (VQA accuracy; CIDEr-D with BLEU-4, and object and shape recall where
+the images have scene layouts), one row of each score matrix. A score that only some tasks have is left out of the row.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def evaluate_row(family_class, args, tracker) -> tuple[dict, dict]:
     data = load_text_data(model.settings.input, args.tokens, args.shards, "test", patch)
     source = args.tokens if model.settings.input == "tokens" else args.shards
     tracker.log_dataset(f"{source.parent.name}/{source.name}", source, "evaluation", {"images": len(data.keys)})
-    scores: dict[str, list[float]] = {}
+    per_task: list[dict[str, float]] = []
     counts, examples = [], []
     for t in range(len(split["tasks"])):
         items = task_items(family, data.records, split, [t], evaluation=True)
@@ -57,11 +58,12 @@ def evaluate_row(family_class, args, tracker) -> tuple[dict, dict]:
         # the decoder's positions: bos, the caption prompt, then what is generated (the end token included)
         limit = model.settings.max_text_len - 1 - (texts.prompt.shape[1] if family.prompt_is_prefix else 0)
         predictions = generate(model, units, texts, tokenizer, args.batch_size, min(args.generate_tokens or limit, limit))
-        for name, value in family.score(predictions, items).items():
-            scores.setdefault(name, []).append(float(value))
+        per_task.append({k: float(v) for k, v in family.score(predictions, items, records=data.records).items()})
         counts.append(len(items))
         examples.append([{"prompt": items.prompt[i], "prediction": predictions[i], "references": items.references[i][:3]}
                          for i in range(min(3, len(items)))])  # fmt: skip
+    # a score some task lacks (object recall where a task's images have no scene layout) would shift its row: left out
+    scores = {k: [s[k] for s in per_task] for k in per_task[0] if all(k in s for s in per_task)}
     averages = {k: float(np.mean(v[: args.task + 1])) for k, v in scores.items()}
     primary = scores[family.metric]
     row = {"task": args.task, "family": args.family, "metric": family.metric, "accuracy": primary, "scores": scores,

@@ -39,6 +39,11 @@ tokenised the same way, so matches are unaffected.
   references of the evaluated set itself: log(number of images / number of images whose references hold
   the n-gram). So a CIDEr score depends on the whole set it is computed on (the same caption scores
   differently in a different set), and on a set of one image every weight is log(1/1) = 0, so CIDEr is 0.0.
+
+Whether a caption names what is in the image, for images with a scene layout (the `scenes` source's "scene"
+objects): `object_mention_recall` gives the share of objects whose colour and shape are named together
+("red cube", or "red cubes"), and of those whose shape is named at all; a word match on `caption_tokens`, not a
+count ("a red cube" mentions both red cubes of an image).
 """
 
 from __future__ import annotations
@@ -244,3 +249,29 @@ def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     return {"bleu4": float(bleu[3]), "cider": float(cider)}
+
+
+def object_mention_recall(predictions: Sequence[str], scenes: Sequence[Sequence[dict] | None]) -> dict[str, float]:
+    """Shares of the objects of the scene layouts named in the predicted captions: {"object_recall", "shape_recall"}.
+
+    `scenes[i]` is image i's layout (its objects, each with "color" and "shape"; the `scenes` source's record
+    "scene") or None for an image without one, which is skipped. Over every object of every layout:
+    object_recall = the share whose colour word followed by its shape word, singular or plural ("red cube",
+    "red cubes"), appears in that image's prediction; shape_recall = the share whose shape word (singular or
+    plural) appears in it. Words are compared after `caption_tokens` (lowercase, punctuation a space). A mention
+    is a word match, not a count match. {} when there is no object to count (no image has a layout).
+    """
+    if len(predictions) != len(scenes):
+        raise TokenforgeError(f"object_mention_recall: {len(predictions)} predictions but {len(scenes)} scene layouts")
+    objects = named = shapes = 0
+    for prediction, scene in zip(predictions, scenes):
+        words = caption_tokens(prediction).split()
+        pairs = set(zip(words, words[1:]))
+        for obj in scene or ():
+            color, shape = caption_tokens(obj["color"]), caption_tokens(obj["shape"])
+            objects += 1
+            named += (color, shape) in pairs or (color, shape + "s") in pairs
+            shapes += shape in words or shape + "s" in words
+    if not objects:
+        return {}
+    return {"object_recall": named / objects, "shape_recall": shapes / objects}
