@@ -30,18 +30,21 @@ from tokenforge.errors import TokenforgeError
 from tokenforge.report import HEADLINE_METRICS
 
 Matrix = Sequence[Sequence[float]] | np.ndarray
+# The largest score a matrix may hold: accuracies lie in [0, 1], captioning's CIDEr-D in [0, 10]. Each score's own
+# range is checked where the evaluations are read (report/inputs.py); here only what no score can be.
+MAX_SCORE = 10.0
 
 
 def as_matrix(R: Matrix, name: str = "accuracy_matrix") -> np.ndarray:
-    """R as a float64 N x N array; anything else (ragged, not square, outside [0, 1]) is an error."""
+    """R as a float64 N x N array; anything else (ragged, not square, outside [0, MAX_SCORE]) is an error."""
     try:
         arr = np.asarray(R, dtype=np.float64)
     except (ValueError, TypeError):
         raise TokenforgeError(f"{name}: expected an N x N matrix of numbers (rows of equal length)") from None
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] == 0:
         raise TokenforgeError(f"{name}: expected a square N x N matrix with N >= 1, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0:
-        raise TokenforgeError(f"{name}: accuracies must be finite numbers in [0, 1]")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > MAX_SCORE:
+        raise TokenforgeError(f"{name}: scores must be finite numbers in [0, 1] (accuracies) or [0, {MAX_SCORE:g}] (CIDEr-D)")
     return arr
 
 
