@@ -572,19 +572,28 @@ EXP_NUMBERS = [  # (key, header, format of a value)
 
 
 @table("coretokens-experiment", "coretokens-experiment.json")
-def coretokens_experiment(comp: dict) -> str:
+def coretokens_experiment(comp: dict, numbers: list | None = None) -> str:
+    """An experiment's comparison.json (`tokenforge compare`) as its group table, with `numbers` (EXP_NUMBERS)."""
+    numbers = numbers or EXP_NUMBERS
     keys = [a for a in comp["axes"] if a != "seed" and any(a in g["params"] for g in comp["groups"])]
-    head = [k.rsplit(".", 1)[-1] for k in keys] + ["n"] + [h for _, h, _ in EXP_NUMBERS]
+    head = [k.rsplit(".", 1)[-1] for k in keys] + ["n"] + [h for _, h, _ in numbers]
     body = []
     for g in comp["groups"]:
         n = str(g["n"]) if g["n"] == g["variants"] else f"{g['n']}/{g['variants']}"
         cells = [f"{fmt(g['mean'][k])} ± {fmt(g['std'][k])}" if g["mean"].get(k) is not None else "-"
-                 for k, _, fmt in EXP_NUMBERS]
+                 for k, _, fmt in numbers]
         body.append([str(g["params"].get(k, "-")) for k in keys] + [n] + cells)
     finished = sum(v["status"] == "finished" for v in comp["variants"])
     caption = (f"Experiment `{comp['experiment']}`: {len(comp['variants'])} variants, {finished} finished; mean ± std "
                "over seeds (n: finished seeds).")
-    return caption + "\n\n" + md_table(head, body, "l" * len(keys) + "r" * (1 + len(EXP_NUMBERS)))
+    return caption + "\n\n" + md_table(head, body, "l" * len(keys) + "r" * (1 + len(numbers)))
+
+
+# config/experiments/vqa_kept_tokens.yaml's comparison: the share of the kept tokens on the objects a question names
+KEPT_TOKEN_NUMBERS = [*EXP_NUMBERS[:4], ("named_object_share", "named-object share (%)", lambda v: f"{100 * v:.1f}"),
+                      ("named_object_area", "named-object area (%)", lambda v: f"{100 * v:.1f}")]
+TABLES["vqa-kept-tokens"] = Table(("vqa-kept-tokens-experiment.json",),
+                                  lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
 
 
 # --- replay baseline --------------------------------------------------------------------------------------------------
@@ -757,36 +766,47 @@ def vqa_sequence_table(data: dict) -> str:
 VQA_FAMILIES = ("color", "shape", "count", "exists", "position")
 
 
+VQA_LABELS = {"image": "image", "image-mtm": "image, MTM start", "blind": "blind"}
+
+
 @table("vqa-curves", "vqa-curves.json")
 def vqa_curves_table(data: dict) -> str:
     p, s, tok = data["preset"], data["summary"], data["tokenizer"]
+    names, seeing = list(s["final"]), list(s["gap"])
+    mtm = data.get("mtm")
+    start = (f"; the MTM start: `tokenforge pretrain --mode mtm --data tasks` on the training grids, {mtm['epochs']} epochs "
+             f"at the BLIP's size, masked codes predicted at {100 * mtm['final_accuracy']:.1f}% (the most frequent code: "
+             f"{100 * mtm['frequent_code_accuracy']:.1f}%)") if mtm else ""
     caption = (f"Scene VQA in joint training, {data['train_items']:,} training and {data['test_items']:,} test questions "
                f"({p['scenes']:,} scenes of {p['size']} px, {data['grid'][0]}x{data['grid'][1]} tokens of {tok['used_codes']} "
                f"codes, tokenizer PSNR {tok['psnr']:.1f} dB, colour kept for {100 * tok['scene_color_recovery']:.0f}% of "
                f"objects); BLIP width {p['width']}, depth {p['depth']}, {p['epochs']} epochs of batch {p['batch']}, lr "
-               f"{p['lr']:g}, seed {data['seed']}; accuracy after the last epoch, in %. Measured on {data['device']}.")
-    body = [[f, f"{100 * s['image'][f]:.1f}", f"{100 * s['blind'][f]:.1f}", f"{100 * s['gap'][f]:+.1f}"] for f in VQA_FAMILIES]
-    goal = "met" if s["goal_met"] else "not met"
-    return (caption + "\n\n" + md_table(["family", "image", "blind", "image − blind"], body, "lrrr")
-            + f"\n\nGoal (every family at least 20 points above blind, colour and shape at 80% or more): {goal}.")
+               f"{p['lr']:g}, seed {data['seed']}{start}. Accuracy after the last epoch, in %. Measured on {data['device']}.")
+    head = ["family", *(VQA_LABELS[n] for n in names), *(f"{VQA_LABELS[n]} − blind" for n in seeing)]
+    body = [[f, *(f"{100 * s['final'][n][f]:.1f}" for n in names), *(f"{100 * s['gap'][n][f]:+.1f}" for n in seeing)]
+            for f in VQA_FAMILIES]
+    goals = " ".join(f"{VQA_LABELS[n]}: {'met' if s['goal_met'][n] else 'not met'}." for n in seeing)
+    return (caption + "\n\n" + md_table(head, body, "l" + "r" * (len(head) - 1))
+            + f"\n\nGoal (every family at least 20 points above blind, colour and shape at 80% or more): {goals}")
 
 
 def plot_vqa_curves(data: dict) -> bytes:
-    """Test accuracy per question family after each epoch: the model that sees the scene (solid) and the blind one
-    (dashed), one colour per family."""
+    """Test accuracy per question family after each epoch, one colour per family, one line style per model."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    styles = {"image": "-", "image-mtm": "-.", "blind": ":"}
     for i, f in enumerate(VQA_FAMILIES):
         for run in data["runs"]:
             curve = run["curve"]
-            ax.plot([c["epoch"] for c in curve], [100 * c["accuracy"][f] for c in curve], "--" if run["blind"] else "-",
-                    marker="o", ms=2.5, color=plt.cm.tab10(i), alpha=0.9, label=f"{f}, {'blind' if run['blind'] else 'image'}")
+            ax.plot([c["epoch"] for c in curve], [100 * c["accuracy"][f] for c in curve], styles[run["name"]],
+                    marker="o", ms=2, color=plt.cm.tab10(i), alpha=0.9, label=f"{f}, {VQA_LABELS[run['name']]}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Scene VQA, joint training: with the image (solid) and blind (dashed)")
+    ax.set_title("Scene VQA, joint training: " + ", ".join(f"{VQA_LABELS[r['name']]} ({styles[r['name']]})" for r in data["runs"]),
+                 fontsize=9)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.legend(fontsize=6.5, ncol=1, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     return _png(fig)
 
@@ -987,8 +1007,9 @@ def machine_of(name: str, data: dict) -> str:
         return ", ".join(sorted({v["device"] for v in data.values()})) + " (an H100, as the file's name says)"
     if "device" in data:
         return str(data["device"])
-    if name == "coretokens-experiment.json":
-        return "not in the file (an x86_64 machine with 2 cores; its results/coretokens/comparison.json)"
+    if name.endswith("-experiment.json"):
+        run = data.get("experiment", "the run")
+        return f"not in the file (an x86_64 machine with 2 cores; its results/{run}/comparison.json)"
     m = meta.get("machine") or meta.get("device") or meta.get("platform")
     if isinstance(m, dict):
         m = ", ".join(str(m[k]) + (" cores" if k == "cores" else " GB" if k == "memory_gb" else "")
