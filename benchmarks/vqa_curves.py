@@ -1,7 +1,7 @@
 """Does the scene VQA model read the image? Learning curves of BLIP with and without the image, per question family.
 
-    .venv/bin/python benchmarks/vqa_curves.py                 # 3,500 scenes, 20 epochs each (about 15 min on 2 quiet cores)
-    .venv/bin/python benchmarks/vqa_curves.py --epochs 2      # a quick look
+    .venv/bin/python benchmarks/vqa_curves.py                 # 3,500 scenes, 3 runs of 40 epochs (about 45 min on 1 core)
+    .venv/bin/python benchmarks/vqa_curves.py --epochs 2 --runs image blind --out /tmp/look   # a quick look
 
 Issue 27's first goal: in joint training on all five question families of the `scenes` source (colour, shape,
 count, exists, position), the model that sees the scene should beat the blind control (the same BLIP given no
@@ -14,12 +14,15 @@ scene set than config/vqa.yaml's:
   reconstruction keeps, beside the same check on the original images) go into the JSON;
 - one BLIP (`tokenforge.models.blip.build_blip`, the settings `tokenforge train` builds from the preset) is
   trained on every family's training questions at once, with the same AdamW, warm-up + cosine schedule and
-  gradient clipping as `tokenforge train`, in one process (DeepSpeed adds nothing on one CPU process), then the
-  same again blind; after every epoch every test question is answered by greedy decoding and scored per family
-  (exact match, as the pipeline's evaluation).
+  gradient clipping as `tokenforge train`, in one process (DeepSpeed adds nothing on one CPU process); the runs
+  (--runs): `image` from scratch, `image-mtm` with its stem and vision encoder from an MTM pretraining on the
+  training grids (`tokenforge split` + `tokenforge pretrain --mode mtm --data tasks` at the BLIP's size, made once
+  in --work; the pipeline's pretrain stage), and `blind`. After every epoch every test question is answered by
+  greedy decoding and scored per family (exact match, as the pipeline's evaluation).
 
-The preset's learning rate (1e-3) was chosen from short probes on the colour family alone before this run:
-3e-4 learned more slowly and 3e-3 did not learn in 6 epochs. Nothing else was tuned on these curves.
+The preset's learning rate (1e-3) was chosen from short probes on the colour family alone before the first run:
+3e-4 learned more slowly and 3e-3 did not learn in 6 epochs. The first run had 20 epochs and its curves were still
+rising at the end, so the preset was doubled to 40; nothing was tuned on reaching the goal.
 Writes benchmarks/results/vqa-curves.json and .md (docs/benchmarks/vqa-sequence.md renders it from the JSON).
 """
 
