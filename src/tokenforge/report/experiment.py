@@ -30,6 +30,7 @@ from tokenforge.errors import TokenforgeError
 from tokenforge.io import atomic_file, read_json
 from tokenforge.report import HEADLINE_METRICS
 from tokenforge.report.html import STYLE, img, page, table
+from tokenforge.report.inputs import NAMED_OBJECT_STATS
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ LABELS = {"final_average_accuracy": "accuracy", "average_forgetting": "forgettin
 # CIDEr-D runs from 0 to 10 (tokenforge.report.inputs); every other score is a share.
 NOT_SHARES = ("cider",)
 # VQA on scenes: the share of the memory's kept tokens on the objects their questions name, and those objects' share
-# of the grid (what random tokens get); means over tasks in metrics.json's memory. Shown after the scores, as shares,
-# when a variant has them.
-MEMORY_SHARES = ("named_object_share", "named_object_area")
+# of the grid (what random tokens get); means over tasks in metrics.json's memory (report/inputs.py builds them).
+# Shown after the scores, as shares, when a variant has them.
+MEMORY_SHARES = NAMED_OBJECT_STATS
 
 
 # --- reading ----------------------------------------------------------------------------------
