@@ -75,23 +75,24 @@ def balanced(cand: Memory, rows: int) -> Memory:
 
 def test_a_fit_looks_past_a_step_of_zstds_tables(compressions):
     # zstd fits its window and tables to its input rounded up to a power of two: past 64 KiB of Arrow bytes these rows
-    # compress ~20% better, so 19 KB holds ~1950 rows though the last level below 64 KiB (~1900 rows) does not fit.
+    # compress ~20% better, so 22 KB holds ~2440 rows though the last level below 64 KiB (~2310 rows) does not fit
+    # (8 of 16 positions are stored as a 2-byte mask, not a list of 8 bytes: memory.py `positions_encoding`).
     cand = candidates()
-    memory, _ = fit_budget(cand, policy(19000), list(range(200)))
+    memory, _ = fit_budget(cand, policy(22000), list(range(200)))
     assert len(compressions) <= PER_FIT
-    assert nbytes(memory) <= 19000 and arrow_stream(memory, CODES, 16, 200).size > 1 << 16
+    assert nbytes(memory) <= 22000 and arrow_stream(memory, CODES, 16, 200).size > 1 << 16
     lo, hi = 0, len(memory)  # the most rows whose stream is at most 64 KiB
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if arrow_stream(balanced(cand, mid), CODES, 16, 200).size <= 1 << 16 else (lo, mid - 1)
-    assert 1800 < lo < len(memory) and nbytes(balanced(cand, lo)) > 19000
+    assert 2200 < lo < len(memory) and nbytes(balanced(cand, lo)) > 22000
 
 
 def test_refit_takes_a_handful_of_compressions_per_task(compressions):
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(100), 40)
     ids = rng.integers(0, CODES, (len(labels), 16))
-    pol, memory, seen, per_task = policy(20000, num_classes=100, method="coretokenset"), Memory.empty(), [], []
+    pol, memory, seen, per_task = policy(24000, num_classes=100, method="coretokenset"), Memory.empty(), [], []
     for task in range(10):
         members = np.flatnonzero((labels >= 10 * task) & (labels < 10 * task + 10))
         order = rng.permutation(len(members))
@@ -105,9 +106,9 @@ def test_refit_takes_a_handful_of_compressions_per_task(compressions):
         compressions.clear()
         memory, _ = refit(pol, memory, order, labels[members], rows, lambda idx: scattered(len(idx), 16, 8), task, seen)
         per_task.append(len(compressions))
-        assert nbytes(memory, 100) <= 20000
+        assert nbytes(memory, 100) <= 24000
     assert max(per_task) <= 2 * PER_FIT  # two fits per task: the bound on the rows to score, then the memory
-    assert len(memory) > 2000  # past 64 KiB of Arrow bytes (~1730 rows fit below it)
+    assert len(memory) > 2400  # past 64 KiB of Arrow bytes (~2300 rows fit below it)
 
 
 def test_no_budget_compresses_nothing(compressions):

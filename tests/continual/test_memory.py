@@ -1,10 +1,11 @@
 """The memory policy and storage: budgets in bytes on disk, class-balanced shrinking, the methods, the file."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from tokenforge.continual.memory import Memory, read_memory, serialize, write_memory
+from tokenforge.continual.memory import Memory, compress, positions_encoding, read_memory, serialize, write_memory
 from tokenforge.continual.policy import (
     Policy,
     _proxy,
@@ -255,3 +256,114 @@ def test_a_familys_extra_columns_survive_rows_concat_and_the_file(tmp_path):
         joined.concat(Memory(["d"], np.array([0]), np.zeros(1, np.int64), np.array([[0, 1]]), ids[:1]))
     plain = Memory(["d"], np.array([0]), np.zeros(1, np.int64), np.array([[0, 1]]), ids[:1])
     assert serialize(plain, 16, 4) == serialize(plain.rows(np.array([0])), 16, 4)  # no extra columns: bytes as before
+
+
+# --- the positions' two encodings: a list of small ints or a bitmask of the grid, whichever is smaller raw ---------
+
+
+def scattered_memory(rows=100, n=144, k=36, codes=64, seed=0, **extra) -> Memory:
+    """`rows` rows of k random ascending positions of n, with random ids below `codes`: a core tokenset's memory."""
+    rng = np.random.default_rng(seed)
+    positions = np.sort(np.argsort(rng.random((rows, n)), axis=1)[:, :k], axis=1).astype(np.int64)
+    ids = rng.integers(0, codes, (rows, k))
+    return Memory([f"train_{i:06d}" for i in range(rows)], rng.integers(0, 10, rows), rng.integers(0, 3, rows), positions, ids, extra)
+
+
+def stored(path) -> tuple[dict, pa.DataType]:
+    """The file's schema metadata and its positions column's type."""
+    with pa.input_stream(str(path), compression="zstd") as stream:
+        schema = pa.ipc.open_stream(stream).schema
+    return schema.metadata or {}, schema.field("positions").type
+
+
+def assert_same(back: Memory, mem: Memory):
+    assert back.keys == mem.keys and back.extra == mem.extra
+    for name in ("labels", "tasks", "positions", "ids"):
+        got, want = getattr(back, name), getattr(mem, name)
+        assert got.shape == want.shape and np.array_equal(got, want), name
+    assert back.ids.dtype == (np.uint8 if mem.ids.ndim == 3 else np.int64) and back.positions.dtype == np.int64
+
+
+@pytest.mark.parametrize("encoding", ["list", "mask", "auto"])
+def test_both_position_encodings_round_trip(tmp_path, encoding):
+    text = {"prompt": [f"what is {i}?" for i in range(100)], "target": [str(i) for i in range(100)]}
+    for mem in (scattered_memory(), scattered_memory(seed=1, **text)):  # classification; a text family's extra columns
+        write_memory(mem, tmp_path / "m", 64, 144, positions=encoding)
+        assert_same(read_memory(tmp_path / "m"), mem)
+        metadata, kind = stored(tmp_path / "m")
+        if encoding == "list":
+            assert b"positions" not in metadata and pa.types.is_fixed_size_list(kind)
+        else:  # auto: 36 of 144 positions take 18 mask bytes a row, not 36
+            assert metadata[b"positions"] == b"mask" and metadata[b"num_positions"] == b"144" and kind == pa.binary(18)
+    patches = np.random.default_rng(0).integers(0, 256, (3, 10, 12)).astype(np.uint8)  # pixel patches: (M, k, F)
+    mem = Memory(list("abc"), np.array([0, 1, 2]), np.zeros(3, np.int64), scattered_memory(3, 64, 10).positions, patches)
+    write_memory(mem, tmp_path / "p", 256, 64, positions=encoding)
+    assert_same(read_memory(tmp_path / "p"), mem)
+    metadata, _ = stored(tmp_path / "p")
+    assert metadata[b"unit_size"] == b"12"  # beside the mask's keys, not replaced by them
+    assert (metadata.get(b"positions") == b"mask") == (encoding != "list")
+
+
+def test_auto_picks_the_smaller_raw_encoding():
+    assert positions_encoding(scattered_memory(k=36), 144) == "mask"  # 18 bytes against 36
+    assert positions_encoding(scattered_memory(k=2), 144) == "list"  # 2 bytes against 18
+    assert positions_encoding(scattered_memory(k=18), 144) == "list"  # a tie: the list
+    assert positions_encoding(scattered_memory(k=144, n=576), 576) == "mask"  # uint16: 288 bytes against 72
+    assert positions_encoding(scattered_memory(k=36, n=576), 576) == "list"  # 72 against 72
+    assert positions_encoding(Memory.empty(), 144) == positions_encoding(Memory.empty(), 144, "mask") == "list"
+
+
+def test_the_mask_is_smaller_on_disk_for_a_quarter_of_the_grid(tmp_path):
+    mem = scattered_memory()
+    as_list = write_memory(mem, tmp_path / "list", 64, 144, positions="list")
+    as_mask = write_memory(mem, tmp_path / "mask", 64, 144, positions="mask")
+    print(f"100 rows of 36 of 144 positions: list {as_list} bytes, mask {as_mask} bytes")
+    assert as_mask < as_list and len(serialize(mem, 64, 144)) == as_mask  # auto: the mask
+
+
+def test_a_list_file_without_the_key_still_reads(tmp_path):
+    mem = scattered_memory()
+    path = tmp_path / "old.arrows.zst"
+    write_memory(mem, path, 64, 144, positions="list")  # the format of every file written before the mask
+    assert stored(path)[0] == {}
+    assert_same(read_memory(path), mem)
+
+
+def test_positions_a_mask_cannot_hold_are_written_as_a_list_or_refused(tmp_path):
+    rest = list(range(10, 44))
+    for row in ([3, 3] + rest, [5, 4] + rest, rest + [100, 144]):  # repeated, unsorted, past the grid
+        mem = scattered_memory(rows=2)
+        mem.positions[1] = row
+        write_memory(mem, tmp_path / "m", 64, 144)  # auto: falls back to the list
+        assert positions_encoding(mem, 144) == "list" and b"positions" not in stored(tmp_path / "m")[0]
+        assert_same(read_memory(tmp_path / "m"), mem)
+        with pytest.raises(TokenforgeError, match=r"positions encoding 'mask': a row's positions are not strictly ascending"):
+            serialize(mem, 64, 144, positions="mask")
+
+
+def test_an_empty_memory_round_trips_in_every_encoding(tmp_path):
+    for encoding in ("list", "mask", "auto"):
+        write_memory(Memory.empty(), tmp_path / "m", 32, 144, positions=encoding)
+        assert len(read_memory(tmp_path / "m")) == 0 and stored(tmp_path / "m")[0] == {}
+
+
+def test_a_bad_positions_encoding_is_one_clear_error(tmp_path):
+    with pytest.raises(TokenforgeError, match="unknown value 'bits'"):
+        write_memory(scattered_memory(), tmp_path / "m", 64, 144, positions="bits")
+    with pytest.raises(TokenforgeError, match="unknown value 'bits'"):
+        serialize(Memory.empty(), 64, 144, positions="bits")
+
+
+def test_a_mask_whose_rows_disagree_with_the_ids_names_the_file(tmp_path):
+    mem = scattered_memory(rows=3)
+    with pa.input_stream(pa.BufferReader(serialize(mem, 64, 144)), compression="zstd") as stream:
+        table = pa.ipc.open_stream(stream).read_all()
+    wider = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(3 * 37), pa.uint8()), 37)  # 37 ids a row, 36 positions
+    table = table.set_column(table.schema.get_field_index("ids"), "ids", wider)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    path = tmp_path / "bad.arrows.zst"
+    path.write_bytes(compress(sink.getvalue()))
+    with pytest.raises(TokenforgeError, match=r"bad.arrows.zst: memory file's position mask row 0 keeps 36 positions, its ids 37"):
+        read_memory(path)
