@@ -24,6 +24,8 @@ EXPECTED = {
     "trar_sequence_fashion": (6, 0),
     "vqa_sequence": (15, 0),
     "vqa_kept_tokens": (9, 0),
+    "vqa_memory": (42, 0),
+    "captioning_memory": (42, 0),
 }
 
 

@@ -77,8 +77,9 @@ def test_captioning_scores_object_recall_only_where_records_have_scene_layouts()
     items = cap.items(records, ["cube"], tasks=[["cube"]], evaluation=True)
     predictions = ["a large red cube and a small green sphere", "a cube"]
     with_records = cap.score(predictions, items, records=records)
-    assert set(with_records) == {"bleu4", "cider", "object_recall", "shape_recall"}
+    assert set(with_records) == {"bleu4", "cider", "object_recall", "shape_recall", "count_accuracy"}
     assert with_records["object_recall"] == 0.5 and with_records["shape_recall"] == 1.0
+    assert with_records["count_accuracy"] == 0.0  # the prediction states no total ("two objects")
     assert set(cap.score(predictions, items)) == {"bleu4", "cider"}
     plain = [{k: v for k, v in r.items() if k != "scene"} for r in records]
     assert set(cap.score(predictions, items, records=plain)) == {"bleu4", "cider"}

@@ -1,9 +1,11 @@
-"""VQA accuracy, BLEU-4, CIDEr-D and object mention recall on cases small enough to check by hand."""
+"""VQA accuracy, BLEU-4, CIDEr-D, object mention recall and count accuracy on cases small enough to check by hand."""
 
 import math
 
+import numpy as np
 import pytest
 
+from tokenforge.data.sources.scenes import scene_captions, scene_layout
 from tokenforge.errors import TokenforgeError
 from tokenforge.report.text_metrics import (
     caption_scores,
@@ -152,22 +154,25 @@ def obj(color, shape, size="small"):
 def test_object_recall_all_objects_named():
     scenes = [[obj("red", "cube", "large"), obj("blue", "sphere")], [obj("green", "cone")]]
     predictions = ["A large red cube and a small Blue Sphere.", "a small green cone"]
-    assert object_mention_recall(predictions, scenes) == {"object_recall": 1.0, "shape_recall": 1.0}
+    scores = object_mention_recall(predictions, scenes)
+    assert scores == {"object_recall": 1.0, "shape_recall": 1.0, "count_accuracy": 0.0}  # no caption states a total
 
 
 def test_object_recall_needs_colour_and_shape_together():
     scenes = [[obj("red", "cube"), obj("blue", "sphere")]]
     wrong_colours = object_mention_recall(["a small green cube and a small red sphere"], scenes)
-    assert wrong_colours == {"object_recall": 0.0, "shape_recall": 1.0}
+    assert wrong_colours == {"object_recall": 0.0, "shape_recall": 1.0, "count_accuracy": 0.0}
     # the right words apart ("red" before "small", not before "cube") are no mention of a red cube
     assert object_mention_recall(["a red small cube"], [[obj("red", "cube")]])["object_recall"] == 0.0
     # one of two objects named, the other's shape not at all
-    assert object_mention_recall(["a red cube"], scenes) == {"object_recall": 0.5, "shape_recall": 0.5}
+    half = object_mention_recall(["a red cube"], scenes)
+    assert half == {"object_recall": 0.5, "shape_recall": 0.5, "count_accuracy": 0.0}
 
 
 def test_object_recall_accepts_plurals_and_is_no_count():
     scenes = [[obj("red", "cube"), obj("red", "cube", "large"), obj("grey", "cylinder")]]
-    assert object_mention_recall(["two red cubes and cylinders"], scenes) == {"object_recall": 2 / 3, "shape_recall": 1.0}
+    scores = object_mention_recall(["two red cubes and cylinders"], scenes)
+    assert scores == {"object_recall": 2 / 3, "shape_recall": 1.0, "count_accuracy": 0.0}
     # one mention covers both red cubes: a word match, not a count match
     assert object_mention_recall(["a red cube"], scenes)["object_recall"] == 2 / 3
 
@@ -176,6 +181,63 @@ def test_object_recall_skips_images_without_a_layout():
     assert object_mention_recall(["a dog", "a cat"], [None, None]) == {}
     assert object_mention_recall([], []) == {}
     mixed = object_mention_recall(["a dog", "a red cube"], [None, [obj("red", "cube")]])
-    assert mixed == {"object_recall": 1.0, "shape_recall": 1.0}
+    assert mixed == {"object_recall": 1.0, "shape_recall": 1.0, "count_accuracy": 0.0}
+    # the image without a layout is not in count_accuracy's denominator either
+    counted = object_mention_recall(["one object", "one object: a red cube"], [None, [obj("red", "cube")]])
+    assert counted["count_accuracy"] == 1.0
     with pytest.raises(TokenforgeError, match="object_mention_recall"):
         object_mention_recall(["a red cube"], [])
+
+
+def count_accuracy(predictions, scenes):
+    return object_mention_recall(predictions, scenes)["count_accuracy"]
+
+
+THREE = [obj("red", "cube"), obj("blue", "cube"), obj("green", "sphere")]
+
+
+def test_count_accuracy_right_wrong_and_no_count():
+    assert count_accuracy(["Three objects: two cubes and a sphere."], [THREE]) == 1.0
+    assert count_accuracy(["two objects: two cubes"], [THREE]) == 0.0  # a wrong total
+    assert count_accuracy(["a red cube, a blue cube and a green sphere"], [THREE]) == 0.0  # no total stated
+    assert count_accuracy(["three objects", "three objects"], [THREE, THREE[:2]]) == 0.5
+
+
+def test_count_accuracy_needs_the_number_word_right_before_object():
+    # "three" counting something else, or apart from "objects", states no total
+    assert count_accuracy(["three cubes and spheres"], [THREE]) == 0.0
+    assert count_accuracy(["three red objects"], [THREE]) == 0.0
+    assert count_accuracy(["objects three"], [THREE]) == 0.0
+
+
+def test_count_accuracy_singular_one_object():
+    one = [[obj("red", "cube")]]
+    assert count_accuracy(["one object: a cube"], one) == 1.0
+    assert count_accuracy(["one objects"], one) == 1.0  # "object" or "objects", whatever the number
+    assert count_accuracy(["an object: a cube"], one) == 0.0  # only the number words count
+    assert count_accuracy(["two objects"], one) == 0.0
+
+
+def test_count_accuracy_several_totals_are_wrong():
+    # naming every total is no way to score: any wrong total stated makes the caption wrong
+    assert count_accuracy(["two objects three objects four objects"], [THREE]) == 0.0
+    assert count_accuracy(["three objects: three objects"], [THREE]) == 1.0  # the same total twice
+
+
+def test_count_accuracy_has_a_chance_level():
+    scenes = [THREE[:2], THREE, THREE, [*THREE, obj("grey", "cone")]]
+    assert count_accuracy(["three objects"] * 4, scenes) == 0.5  # the share of 3-object scenes
+
+
+def test_count_accuracy_reads_the_scenes_sources_count_caption():
+    """The source's count caption (its NUMBER_WORDS) states every layout's total; its listing caption none."""
+    rng = np.random.default_rng(0)
+    scenes = [scene_layout(rng, n, n) for n in range(1, 10)]
+    captions = [scene_captions(scene) for scene in scenes]
+    assert count_accuracy([count for _, count in captions], scenes) == 1.0
+    assert count_accuracy([listing for listing, _ in captions], scenes) == 0.0
+
+
+def test_count_accuracy_refuses_a_layout_beyond_the_number_words():
+    with pytest.raises(TokenforgeError, match="10 objects"):
+        object_mention_recall(["ten objects"], [[obj("red", "cube")] * 10])

@@ -16,9 +16,10 @@ evaluation and memory:
 
 The score of a task: VQA accuracy (the official score with ten answers, exact match otherwise); captioning CIDEr-D,
 with BLEU-4 beside it, and where the images' records have scene layouts (the `scenes` source) the shares of their
-objects the captions name, by colour and shape and by shape alone (object_recall, shape_recall;
-tokenforge.report.text_metrics). A memory row carries its item's prompt and target as the
-extra columns `prompt` and `target`, counted in the memory's bytes on disk.
+objects the captions name, by colour and shape and by shape alone (object_recall, shape_recall), and of their
+images whose caption states the right number of objects (count_accuracy; tokenforge.report.text_metrics). A
+memory row carries its item's prompt and target as the extra columns `prompt` and `target`, counted in the
+memory's bytes on disk.
 
 The stage hooks (families/__init__.py): `split` cuts the groups of the train token file's text into tasks and
 writes the text tokenizer (`text/`); `training_job` is BLIP's job (families/text_job.py); `evaluate` greedy-decodes
@@ -194,7 +195,8 @@ class Captioning(_Multimodal):
 
     def score(self, predictions: list[str], items: Items, records: list[dict] | None = None) -> dict[str, float]:
         """CIDEr-D and BLEU-4; with `records` (those `items.image` indexes) that have scene layouts also
-        object_recall and shape_recall over their objects (text_metrics.object_mention_recall)."""
+        object_recall and shape_recall over their objects and count_accuracy over their images
+        (text_metrics.object_mention_recall)."""
         from tokenforge.report.text_metrics import caption_scores, object_mention_recall
 
         scores = caption_scores(predictions, items.references)

@@ -43,7 +43,8 @@ tokenised the same way, so matches are unaffected.
 Whether a caption names what is in the image, for images with a scene layout (the `scenes` source's "scene"
 objects): `object_mention_recall` gives the share of objects whose colour and shape are named together
 ("red cube", or "red cubes"), and of those whose shape is named at all; a word match on `caption_tokens`, not a
-count ("a red cube" mentions both red cubes of an image).
+count ("a red cube" mentions both red cubes of an image). Its count_accuracy is the share of images whose caption
+states their total object count as the scenes' count caption does ("three objects"), and no other total.
 """
 
 from __future__ import annotations
@@ -251,22 +252,43 @@ def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     return {"bleu4": float(bleu[3]), "cider": float(cider)}
 
 
+def _states_total(pairs: set[tuple[str, str]], count: int, number_words: Sequence[str]) -> bool:
+    """Whether a caption's word pairs state a total of `count` objects ("three objects", "one object") and no other
+    total: every number word followed by "object" or "objects" is `count`'s, and there is one."""
+    if count >= len(number_words):
+        raise TokenforgeError(
+            f"object_mention_recall: a scene layout of {count} objects; the count words stop at {len(number_words) - 1}"
+        )
+    stated = {word for word, noun in pairs if noun in ("object", "objects") and word in number_words}
+    return stated == {number_words[count]}
+
+
 def object_mention_recall(predictions: Sequence[str], scenes: Sequence[Sequence[dict] | None]) -> dict[str, float]:
-    """Shares of the objects of the scene layouts named in the predicted captions: {"object_recall", "shape_recall"}.
+    """How well the predicted captions describe the scene layouts: {"object_recall", "shape_recall", "count_accuracy"}.
 
     `scenes[i]` is image i's layout (its objects, each with "color" and "shape"; the `scenes` source's record
     "scene") or None for an image without one, which is skipped. Over every object of every layout:
     object_recall = the share whose colour word followed by its shape word, singular or plural ("red cube",
     "red cubes"), appears in that image's prediction; shape_recall = the share whose shape word (singular or
     plural) appears in it. Words are compared after `caption_tokens` (lowercase, punctuation a space). A mention
-    is a word match, not a count match. {} when there is no object to count (no image has a layout).
+    is a word match, not a count match. Over every image with a layout: count_accuracy = the share whose
+    prediction states the layout's number of objects as the source's count caption does, its number word
+    (`scenes.NUMBER_WORDS`) right before "object" or "objects" ("three objects: two cubes and a sphere"); a
+    prediction stating no total, a wrong one, or several different ones is wrong, so a caption that always says
+    "three objects" scores the share of 3-object scenes. {} when there is no object to count (no image has a
+    layout).
     """
+    from tokenforge.data.sources.scenes import NUMBER_WORDS  # here, not on top: it loads numpy and PIL
+
     if len(predictions) != len(scenes):
         raise TokenforgeError(f"object_mention_recall: {len(predictions)} predictions but {len(scenes)} scene layouts")
-    objects = named = shapes = 0
+    objects = named = shapes = layouts = counted = 0
     for prediction, scene in zip(predictions, scenes):
         words = caption_tokens(prediction).split()
         pairs = set(zip(words, words[1:]))
+        if scene is not None:
+            layouts += 1
+            counted += _states_total(pairs, len(scene), NUMBER_WORDS)
         for obj in scene or ():
             color, shape = caption_tokens(obj["color"]), caption_tokens(obj["shape"])
             objects += 1
@@ -274,4 +296,4 @@ def object_mention_recall(predictions: Sequence[str], scenes: Sequence[Sequence[
             shapes += shape in words or shape + "s" in words
     if not objects:
         return {}
-    return {"object_recall": named / objects, "shape_recall": shapes / objects}
+    return {"object_recall": named / objects, "shape_recall": shapes / objects, "count_accuracy": counted / layouts}
