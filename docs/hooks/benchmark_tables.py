@@ -594,6 +594,8 @@ KEPT_TOKEN_NUMBERS = [*EXP_NUMBERS[:4], ("named_object_share", "named-object sha
                       ("named_object_area", "named-object area (%)", lambda v: f"{100 * v:.1f}")]
 TABLES["vqa-kept-tokens"] = Table(("vqa-kept-tokens-experiment.json",),
                                   lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
+# config/experiments/vqa_memory.yaml's comparison: every memory at three budgets, with the same columns
+TABLES["vqa-memory"] = Table(("vqa-memory-experiment.json",), lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
 
 
 # --- replay baseline --------------------------------------------------------------------------------------------------
@@ -788,6 +790,21 @@ def vqa_curves_table(data: dict) -> str:
     goals = " ".join(f"{VQA_LABELS[n]}: {'met' if s['goal_met'][n] else 'not met'}." for n in seeing)
     return (caption + "\n\n" + md_table(head, body, "l" + "r" * (len(head) - 1))
             + f"\n\nGoal (every family at least 20 points above blind, colour and shape at 80% or more): {goals}")
+
+
+# benchmarks/vqa_text_share.py's markdown(): a memory row's bytes on disk, split into text, tokens and the rest
+@table("vqa-text-share", "vqa-text-share.json")
+def vqa_text_share_table(data: dict) -> str:
+    head = ["family", "grid", "tokens kept", "positions", "bytes per row", "text", "tokens", "text share"]
+    body = [[r["family"], r["grid"], str(r["tokens_kept"]), r["positions"], f"{r['whole_bytes_per_row']:.1f}", f"{r['text_bytes_per_row']:.1f}",
+             f"{r['tokens_bytes_per_row']:.1f}", f"{100 * r['text_share']:.0f}%"] for r in data["rows"]]  # fmt: skip
+    rows = data["rows"][0]["rows"]
+    caption = (f"Bytes per memory row on disk, {rows} training items (seed 0) of {data['scenes']} scenes per size, "
+               f"tokenizer of {data['tokenizer_epochs']} epochs (config/vqa.yaml's), kept positions drawn at random; "
+               "text = the row's question and answer (VQA) or caption; tokens = its kept positions and code ids, the positions "
+               "stored as a list of small ints or as a bitmask of the grid. "
+               f"Measured on {data['machine']}, Python {data['python']}.")
+    return caption + "\n\n" + md_table(head, body, "llrl" + "r" * 4)
 
 
 def plot_vqa_curves(data: dict) -> bytes:

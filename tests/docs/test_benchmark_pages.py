@@ -306,6 +306,30 @@ def check_vqa_kept_tokens():
         assert row["accuracy (%)"] == f"{100 * m:.2f} ± {100 * s:.2f}"
 
 
+def check_vqa_memory():
+    comp = data("vqa-memory-experiment.json")
+    _, rows = only_table("vqa-memory")
+    assert len(rows) == len(comp["groups"]) == 14
+    for row, g in zip(rows, comp["groups"]):
+        assert row["method"] == g["params"]["memory.method"]
+        assert row["budget"] == str(g["params"].get("memory.budget", "-"))
+        m, s = g["mean"]["final_average_accuracy"], g["std"]["final_average_accuracy"]
+        assert row["accuracy (%)"] == f"{100 * m:.2f} ± {100 * s:.2f}"
+        if g["mean"].get("named_object_share") is not None:
+            assert row["named-object share (%)"].startswith(f"{100 * g['mean']['named_object_share']:.1f} ± ")
+
+
+def check_vqa_text_share():
+    d = data("vqa-text-share.json")
+    _, rows = only_table("vqa-text-share")
+    assert len(rows) == len(d["rows"]) and {r["grid"] for r in d["rows"]} >= {"12x12", "24x24"}
+    for row, r in zip(rows, d["rows"]):
+        assert (row["family"], row["grid"], row["tokens kept"], row["positions"]) == (r["family"], r["grid"], str(r["tokens_kept"]), r["positions"])
+        assert row["text share"] == f"{100 * r['text_share']:.0f}%"
+        parts = r["text_bytes_per_row"] + r["tokens_bytes_per_row"] + r["rest_bytes_per_row"]
+        assert abs(parts - r["whole_bytes_per_row"]) < 1e-6
+
+
 def check_replay_baseline():
     d = data("replay_baseline.json")
     tables = tables_of(bt.render_table("replay_baseline", RESULTS))
@@ -471,6 +495,8 @@ CHECKS = {
     "coretokens-fashion": check_coretokens_fashion,
     "coretokens-experiment": check_coretokens_experiment,
     "vqa-kept-tokens": check_vqa_kept_tokens,
+    "vqa-memory": check_vqa_memory,
+    "vqa-text-share": check_vqa_text_share,
     "replay_baseline": check_replay_baseline,
     "replay-comparison-digits": check_replay_comparison_digits,
     "replay-comparison-fashion": check_replay_comparison_fashion,
