@@ -16,6 +16,7 @@
 #   split/       one manifest per task                          (50_split.smk)
 #   pretrain/    optional start for task 0 / MTM fill model     (55_pretrain.smk; pretrain.mode != none)
 #   train/task-<t>/  model + replay memory after task t         (60_train.smk)
+#   control/blind/  VQA, captioning: the question-only control  (65_control.smk; multimodal.blind_control)
 #   evaluate/    row t of the accuracy matrix                   (70_evaluate.smk)
 #   package/     metrics, plots, report.html, final model; tokenforge-results.tar.gz (80_package.smk)
 #   mlflow.db, mlartifacts/, mlflow/parent.json: the MLflow store (mlflow/spool/: what jobs log in deferred mode,
@@ -77,6 +78,7 @@ include: "workflow/rules/40_synonyms.smk"
 include: "workflow/rules/50_split.smk"
 include: "workflow/rules/55_pretrain.smk"
 include: "workflow/rules/60_train.smk"
+include: "workflow/rules/65_control.smk"
 include: "workflow/rules/70_evaluate.smk"
 include: "workflow/rules/80_package.smk"
 

@@ -596,6 +596,15 @@ TABLES["vqa-kept-tokens"] = Table(("vqa-kept-tokens-experiment.json",),
                                   lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
 # config/experiments/vqa_memory.yaml's comparison: every memory at three budgets, with the same columns
 TABLES["vqa-memory"] = Table(("vqa-memory-experiment.json",), lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
+# config/experiments/captioning_memory.yaml's comparison: CIDEr-D (not a fraction) and whether the captions name the
+# scene's objects, each as its final average over the tasks
+CAPTION_NUMBERS = [("cider", "CIDEr-D", lambda v: f"{v:.3f}"), ("bleu4", "BLEU-4 (%)", lambda v: f"{100 * v:.1f}"),
+                   ("object_recall", "object recall (%)", lambda v: f"{100 * v:.1f}"),
+                   ("shape_recall", "shape recall (%)", lambda v: f"{100 * v:.1f}"),
+                   ("count_accuracy", "count accuracy (%)", lambda v: f"{100 * v:.1f}"),
+                   ("average_forgetting", "CIDEr-D forgetting", lambda v: f"{v:.3f}"), EXP_NUMBERS[3]]
+TABLES["captioning-memory"] = Table(("captioning-memory-experiment.json",),
+                                    lambda comp: coretokens_experiment(comp, CAPTION_NUMBERS))
 
 
 # --- replay baseline --------------------------------------------------------------------------------------------------

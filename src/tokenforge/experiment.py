@@ -54,7 +54,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 # Settings inside those that a stage does not read: pretrain.init says whether task 0 starts from the pretraining
 # (train reads it), so a fill-only start shares the pretraining of the same settings; the split reads only the
 # multimodal settings that group and tokenize the text.
-NOT_READ = {"pretrain": ("init",), "multimodal": ("blind", "generate_tokens", "text_max_len", "pretrained")}
+NOT_READ = {"pretrain": ("init",), "multimodal": ("blind", "blind_control", "generate_tokens", "text_max_len", "pretrained")}
 GROUPS = (*STAGE_KEYS, "run")
 
 _MISSING = object()

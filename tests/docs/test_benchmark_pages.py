@@ -319,6 +319,19 @@ def check_vqa_memory():
             assert row["named-object share (%)"].startswith(f"{100 * g['mean']['named_object_share']:.1f} ± ")
 
 
+def check_captioning_memory():
+    comp = data("captioning-memory-experiment.json")
+    _, rows = only_table("captioning-memory")
+    assert len(rows) == len(comp["groups"]) == 14
+    for row, g in zip(rows, comp["groups"]):
+        assert row["method"] == g["params"]["memory.method"]
+        assert row["budget"] == str(g["params"].get("memory.budget", "-"))
+        assert row["CIDEr-D"] == f"{g['mean']['cider']:.3f} ± {g['std']['cider']:.3f}"
+        assert g["mean"]["cider"] == g["mean"]["final_average_accuracy"]  # captioning's headline score
+        for key, column in (("object_recall", "object recall (%)"), ("count_accuracy", "count accuracy (%)")):
+            assert row[column] == f"{100 * g['mean'][key]:.1f} ± {100 * g['std'][key]:.1f}"
+
+
 def check_vqa_text_share():
     d = data("vqa-text-share.json")
     _, rows = only_table("vqa-text-share")
@@ -496,6 +509,7 @@ CHECKS = {
     "coretokens-experiment": check_coretokens_experiment,
     "vqa-kept-tokens": check_vqa_kept_tokens,
     "vqa-memory": check_vqa_memory,
+    "captioning-memory": check_captioning_memory,
     "vqa-text-share": check_vqa_text_share,
     "replay_baseline": check_replay_baseline,
     "replay-comparison-digits": check_replay_comparison_digits,

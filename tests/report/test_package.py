@@ -445,3 +445,59 @@ def test_unit_errors_name_the_file(tmp_path):
     bad = _write(tmp_path / "e.json", ["not", "an", "object"])
     with pytest.raises(TokenforgeError, match="e.json: expected a JSON object"):
         package.load_accuracy_matrix([bad])
+
+
+def vqa_inputs(root: Path) -> dict:
+    """A VQA run's inputs (evaluations with scores and groups) and its blind control's evaluation."""
+    inputs = make_inputs(root)
+    for t, path in enumerate(inputs["evaluations"]):
+        data = json.loads(path.read_text())
+        _write(path, {**data, "metric": "vqa_accuracy", "scores": {"vqa_accuracy": R[t]}, "groups": [["color"], ["shape"], ["count"]]})
+    blind = {"task": 2, "accuracy": [0.1, 0.3, 0.6], "metric": "vqa_accuracy", "scores": {"vqa_accuracy": [0.1, 0.3, 0.6]}}
+    return {**inputs, "blind": _write(root / "control/blind/evaluate.json", blind)}
+
+
+def test_controls_are_shown_beside_the_run(tmp_path, tokenforge, capsys):
+    """--controls blind=FILE: the blind control's scores in metrics.json, the report and the summary, per task
+    beside the run's just after learning it (R[j][j]) and after the last task (R[N-1][j])."""
+    inputs = vqa_inputs(tmp_path / "in")
+    out = tmp_path / "package"
+    assert tokenforge(argv(inputs, out, tmp_path / "r.tar.gz") + ["--controls", f"blind={inputs['blind']}"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["controls"]["blind"]["scores"] == {"vqa_accuracy": [0.1, 0.3, 0.6]}
+    assert m["controls"]["blind"]["average_scores"]["vqa_accuracy"] == pytest.approx(1 / 3)
+    page = (out / "report.html").read_text()
+    assert "vqa_accuracy against the blind control" in page and "<td>0 (color)</td><td>0.9000</td><td>0.5000</td><td>0.1000</td><td>+0.8000</td>" in page
+    assert tokenforge(["summary", str(tmp_path)]) == 0  # the summary reads <results>/package/metrics.json
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "vqa_accuracy against the blind control" in line)
+    assert lines[at + 2].split() == ["0", "(color)", "0.900", "0.500", "0.100", "+0.800"]
+    assert lines[at + 4].split() == ["2", "(count)", "0.900", "0.900", "0.600", "+0.300"]
+    assert lines[at + 5].split() == ["average", "0.867", "0.667", "0.333", "+0.533"]
+
+
+def test_controls_are_logged(tmp_path):
+    inputs = vqa_inputs(tmp_path / "in")
+    args = argparse.Namespace(
+        evaluations=inputs["evaluations"], stats=inputs["stats"], model=inputs["model"], config=inputs["config"],
+        out=tmp_path / "out", archive=tmp_path / "a.tar.gz", title="t", images=[], controls=[f"blind={inputs['blind']}"],
+    )
+    tracker = Recorder()
+    package_cli.run(args, tracker)
+    logged = {k: v for metrics, _ in tracker.metrics for k, v in metrics.items()}
+    assert logged["control_blind_vqa_accuracy"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda blind: {**blind, "accuracy": [0.1, 0.3], "scores": {"vqa_accuracy": [0.1, 0.3]}}, "scores 2 tasks; the run has 3"),
+    (lambda blind: {**blind, "metric": "cider"}, "its metric is 'cider'; the run's is 'vqa_accuracy'"),
+    (lambda blind: {**blind, "accuracy": [0.1, 0.3, 1.5]}, "'accuracy' must be a list of vqa_accuracy in [0, 1]"),
+])
+def test_bad_controls_are_refused(tmp_path, tokenforge, capsys, edit, message):
+    inputs = vqa_inputs(tmp_path / "in")
+    _write(inputs["blind"], edit(json.loads(inputs["blind"].read_text())))
+    out = tmp_path / "out"
+    assert tokenforge(argv(inputs, out, tmp_path / "a.tar.gz") + ["--controls", f"blind={inputs['blind']}"]) == 2
+    assert not out.exists() and not (tmp_path / "a.tar.gz").exists()
+    error = _error(capsys)
+    assert "control/blind/evaluate.json" in error and message in error

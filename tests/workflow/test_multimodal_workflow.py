@@ -22,8 +22,15 @@ def test_example_configs_run_every_stage_of_their_family(workdir, family, tasks)
     evaluate = [line for line in lines if " evaluate --model " in line]
     assert len(shard) == 1 and "--source scenes" in shard[0]
     assert len(split) == 1 and f"--family {family} --tokens results/{family}/tokens/train.parquet" in split[0]
-    assert len(train) == len(evaluate) == tasks
+    # the blind control (multimodal.blind_control): one job that trains and evaluates beside the task sequence
+    control = [line for line in train if f"--out results/{family}/control/blind " in line]
+    assert len(train) == len(evaluate) == tasks + 1 and len(control) == 1
     assert all(f"--family {family}" in line for line in train + evaluate)
+    assert f"--task {tasks - 1} " in control[0] and "--previous" not in control[0]
+    assert "--blind" in control[0] and "--memory-method joint" in control[0] and f"evaluate --model results/{family}/control/blind" in control[0]
+    assert sum("--blind" in line for line in train) == 1
+    package = [line for line in lines if " package --evaluations " in line]
+    assert len(package) == 1 and f"--controls blind=results/{family}/control/blind/evaluate.json" in package[0]
 
 
 def test_vqa_runs_in_several_processes_from_the_pretrain_stage(workdir):
@@ -32,7 +39,7 @@ def test_vqa_runs_in_several_processes_from_the_pretrain_stage(workdir):
     cfg = write_config(workdir, "train: {processes: 2}\npretrain: {mode: mtm, data: tasks}\n")
     lines = snakemake(workdir, "-n", "-p", "--configfile", str(workdir / "config" / "vqa.yaml"), cfg).stdout.splitlines()
     pretrain = [line for line in lines if " pretrain --mode mtm" in line]
-    train = [line for line in lines if " train --tokens " in line]
+    train = [line for line in lines if " train --tokens " in line and "/control/blind " not in line]
     assert len(pretrain) == 1 and "--data tasks" in pretrain[0]
     assert len(train) == 5 and all("--nproc_per_node=2" in line and "--family vqa" in line for line in train)
     assert [("--init results/vqa/pretrain" in line) for line in train] == [True] + [False] * 4
@@ -61,6 +68,7 @@ def test_classification_commands_carry_no_family_flags(workdir):
         ("family: captioning\ntokenadapt: {enabled: true}", "family"),
         ("family: vqa\nmultimodal: {pretrained: /blip}\npretrain: {mode: mtm, data: tasks}", "multimodal.pretrained"),
         ("family: vqa\nmultimodal: {blind: true}\nmemory: {method: coretokenset}", "multimodal.blind"),  # no image tokens
+        ("family: vqa\nmultimodal: {blind: true, blind_control: true}\nmemory: {method: joint}", "multimodal.blind_control"),
         ("family: chat", "family"),
     ],
 )
@@ -94,6 +102,9 @@ def test_small_vqa_sequence_end_to_end(workdir):
     summary = subprocess.run([str(BIN / "tokenforge"), "summary", str(run)], capture_output=True, text=True, check=True,
                              env=pipeline_env(PATH=str(BIN)), cwd=REPO).stdout  # fmt: skip
     assert "vqa_accuracy matrix" in summary and "after task 1:" in summary
+    # the blind control (config/vqa.yaml's multimodal.blind_control): trained once on both tasks, shown beside
+    assert "vqa_accuracy against the blind control" in summary and len(metrics["controls"]["blind"]["scores"]["vqa_accuracy"]) == 2
+    assert json.loads((run / "control" / "blind" / "stats.json").read_text())["train_items"] > stats["train_items"]
     from tokenforge.models.blip import BlipModel
 
     assert BlipModel.load(run / "package").settings.task == "vqa"  # the bundled final model loads on its own
@@ -110,6 +121,7 @@ def test_small_vqa_sequence_in_two_processes_from_an_mtm_pretrain(workdir):
     """The pretrain stage (MTM on the sequence's own token grids) starts task 0's BLIP vision encoder, and every task
     trains in two torchrun processes (gloo) whose memories agree; the run goes through to the package."""
     extra = SMALL.replace("num_heads: 2}", "num_heads: 2, processes: 2}") + "pretrain: {mode: mtm, data: tasks, epochs: 1}\n"
+    extra += "multimodal: {blind_control: false}\n"  # the control is the first test's
     snakemake(workdir, "--configfile", str(workdir / "config" / "vqa.yaml"), write_config(workdir, extra))
     run = workdir / "results" / "small"
     assert json.loads((run / "pretrain" / "stats.json").read_text())["mode"] == "mtm"

@@ -18,6 +18,7 @@ rule package:
         config=lambda w: f"{RESULTS}/{w.run}/config.resolved.yaml",
         title=lambda w: f"tokenforge run '{BASE['run']}'" + (f", variant '{V('run', w).name}'" if GRID else ""),
         images=lambda w, input: f"--images reconstructions={input.images}" if input.images else "",
+        controls=lambda w, input: f"--controls blind={input.controls}" if input.controls else "",
         track=track("run"),
         registered=BASE["mlflow"]["registered_model"],
     threads: 1
@@ -29,7 +30,7 @@ rule package:
     shell:
         "{params.tokenforge} package --evaluations {input.evaluations} --stats {params.stats} --model {input.model}"
         " --config {params.config} --out {params.outdir} --archive {output.archive} --title {params.title:q}"
-        " {params.images} --registered-model {params.registered:q}"
+        " {params.images} {params.controls} --registered-model {params.registered:q}"
         " {params.track} > {log} 2>&1"
 
 

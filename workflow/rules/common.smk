@@ -284,6 +284,8 @@ def check_multimodal(c):
                 "(use tasks, the sequence's own images, for mtm, or a source)")
     if mm.get("blind") and c["memory"]["method"] in ("coretokens", "coretokenset"):
         return "config key multimodal.blind: a blind model has no image tokens to keep; use memory.method none, coreset or joint"
+    if mm.get("blind") and mm.get("blind_control"):
+        return "config key multimodal.blind_control: the run's model is blind itself; set one of blind, blind_control"
     if mm.get("pretrained") and pretrain_mode(c) != "none" and pretrain.get("init", True):
         return "config key multimodal.pretrained: task 0 starts from it or from the pretrain stage, not both (pretrain.init false)"
     return None

@@ -67,6 +67,20 @@ def train_args(wildcards):
     return f"{' '.join(flags)} {settings}"
 
 
+def blind_control(c):
+    return MULTIMODAL and bool((c.get("multimodal") or {}).get("blind_control"))
+
+
+def control_args(wildcards):
+    """The blind control's `tokenforge train` flags (65_control.smk): the run's train settings and text model given
+    no image units (--blind), trained on every task's data at once (joint at the last task, no previous model); no
+    pretrained vision start and no prompts, as it reads no image."""
+    c = V("run", wildcards).config
+    c = {**c, "memory": {**c["memory"], "method": "joint"}, "multimodal": {**c["multimodal"], "blind": True},
+         "train": {k: v for k, v in c["train"].items() if k != "prompts"}}  # fmt: skip
+    return f"{family_train_flags(c)} {train_settings(c, f'{RESULTS}/{wildcards.run}/checkpoints/control/blind')}"
+
+
 def stage_stats(v):
     """name -> stats file of every stage behind a variant (its shared stages' and its own)."""
     c, roots, n = v.config, {g: f"{RESULTS}/{r}" for g, r in v.roots.items()}, v.config["split"]["tasks"]
@@ -89,6 +103,7 @@ def package_inputs(wildcards):
         synonyms=f"{RESULTS}/{v.roots[SYNONYMS_AT[0]]}/{SYNONYMS_AT[1]}",
         model=f"{root}/train/task-{last}/model.safetensors",
         images=[] if SEIT else f"{RESULTS}/{v.roots['tokens']}/tokenizer/reconstructions.png",
+        controls=[f"{root}/control/blind/evaluate.json"] if blind_control(v.config) else [],
     )
 
 

@@ -9,6 +9,9 @@ tokens vs the replay memory) and the wall time per stage, and writes into --out:
     accuracy_matrix.png     R as a heatmap; average_accuracy.png: the learning curve
     report.html             one self-contained page (plots embedded) to read or mail
     model.safetensors (+ model.json beside it), config.yaml, versions.json, stats.json
+    controls (metrics.json) each --controls NAME=FILE: a model trained on every task at once (the
+                            blind control of a VQA or captioning run), its scores beside the run's
+                            in report.html and `tokenforge summary`
     NAME.png                each --images NAME=FILE (e.g. the tokenizer's reconstruction grid), also shown
                             in report.html with NAME as its caption
 
@@ -68,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MLflow model registry, alias 'latest-run' (default: not registered)",
     )
     parser.add_argument(
+        "--controls",
+        nargs="+",
+        default=[],
+        metavar="NAME=FILE",
+        help="evaluation JSON of a control model trained on every task at once, shown beside the run's scores in "
+        "metrics.json, the report and `tokenforge summary`, e.g. blind=results/vqa/control/blind/evaluate.json "
+        "(the question-only control of multimodal.blind_control)",
+    )
+    parser.add_argument(
         "--images",
         nargs="+",
         default=[],
@@ -81,12 +93,14 @@ def run(args: argparse.Namespace, tracker) -> None:
     from tokenforge.report.package import (
         archive_root,
         build_metrics,
+        control_metrics,
         load_accuracy_matrix,
         load_stats,
         log_to_tracker,
         multimodal_metrics,
         package_versions,
         parse_images_args,
+        parse_named,
         parse_stats_args,
         register_final_model,
         write_archive,
@@ -101,6 +115,8 @@ def run(args: argparse.Namespace, tracker) -> None:
     images = parse_images_args(args.images)
     result = build_metrics(R, stats)
     result.update(multimodal_metrics([Path(p) for p in args.evaluations]))
+    controls = parse_named(getattr(args, "controls", []), "--controls", "blind=results/vqa/control/blind/evaluate.json")
+    result.update(control_metrics(controls, result["num_tasks"], result.get("metric")))
     versions = package_versions()
     out, archive = Path(args.out), Path(args.archive)
     if out.resolve() in archive.resolve().parents:

@@ -48,11 +48,12 @@ def previous_model(args):
 
 def initial_model(args, tok: dict, tokenizer):
     """Task t-1's BLIP for t > 0; for task 0 a seeded small BLIP (from --init's vision weights, or a local pretrained
-    one with --pretrained) on the tokenizer's grid."""
+    one with --pretrained) on the tokenizer's grid. Joint training (memory method joint) without --previous starts
+    that fresh BLIP at any task, trained on every task so far at once (the blind control: 65_control.smk)."""
     from tokenforge.families.text import special_ids
     from tokenforge.models.blip import BlipModel, BlipSettings, build_blip
 
-    if args.task > 0:
+    if args.task > 0 and (args.previous is not None or args.memory_method != "joint"):
         return previous_model(args)
     if args.init is not None and args.pretrained is not None:
         raise TokenforgeError("--init and --pretrained: task 0 starts from one of them (pretrain.mode or multimodal.pretrained)")

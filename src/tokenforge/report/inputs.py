@@ -92,18 +92,41 @@ def multimodal_metrics(paths: list[Path]) -> dict:
             "groups": last.get("groups"), "examples": last.get("examples")}  # fmt: skip
 
 
-def parse_stats_args(items: list[str]) -> dict[str, Path]:
-    """`NAME=FILE` strings as {name: path}, in the order given."""
+def control_metrics(named: dict[str, Path], num_tasks: int, metric: str | None) -> dict:
+    """Control models beside the run (--controls NAME=FILE), e.g. the blind control of a VQA or captioning run: each
+    FILE is the evaluation of one model trained on every task at once, scored on every task with the run's metric.
+    {"controls": {name: {"scores": {score: per task}, "average_scores": {score: mean}}}}; {} without controls."""
+    controls = {}
+    for name, path in named.items():
+        _, accuracy = _read_evaluation(path)
+        data = read_json(path)
+        if len(accuracy) != num_tasks:
+            raise TokenforgeError(f"{path}: scores {len(accuracy)} tasks; the run has {num_tasks}")
+        if data.get("metric") != metric:
+            raise TokenforgeError(f"{path}: its metric is {data.get('metric')!r}; the run's is {metric!r}")
+        scores = data.get("scores") or {"accuracy": accuracy}
+        controls[name] = {"scores": scores, "average_scores": {k: float(np.mean(v)) for k, v in scores.items()}}
+    return {"controls": controls} if controls else {}
+
+
+def parse_named(items: list[str], flag: str, example: str) -> dict[str, Path]:
+    """`NAME=FILE` strings of a flag as {name: path}, in the order given."""
     named: dict[str, Path] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise TokenforgeError(f"--stats {item!r}: expected NAME=FILE, e.g. shard=results/shard/stats.json")
+            raise TokenforgeError(f"{flag} {item!r}: expected NAME=FILE, e.g. {example}")
         if name in named:
-            raise TokenforgeError(f"--stats {name}: given twice")
-        if name == "total":
-            raise TokenforgeError("--stats total: 'total' is reserved for the sum of the wall times")
+            raise TokenforgeError(f"{flag} {name}: given twice")
         named[name] = Path(path)
+    return named
+
+
+def parse_stats_args(items: list[str]) -> dict[str, Path]:
+    """`NAME=FILE` strings as {name: path}, in the order given."""
+    named = parse_named(items, "--stats", "shard=results/shard/stats.json")
+    if "total" in named:
+        raise TokenforgeError("--stats total: 'total' is reserved for the sum of the wall times")
     return named
 
 

@@ -140,3 +140,22 @@ def headline_metrics(result: dict) -> dict[str, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             numbers[headline.name] = value
     return numbers
+
+
+def control_rows(result: dict) -> list[tuple[str, str, list[tuple[str, float, float, float]]]]:
+    """Each control beside the run (metrics.json "controls", e.g. the blind control of a VQA run): (control, score,
+    rows), a row per task j: (task label, the run's score just after learning j (R[j][j]), after the last task
+    (R[N-1][j]), the control's), then their means over tasks as a row labelled "average". The score is the run's
+    headline one (metrics.json "metric")."""
+    metric = result.get("metric") or "accuracy"
+    R = np.asarray(((result.get("score_matrices") or {}).get(metric) or {}).get("accuracy_matrix") or result["accuracy_matrix"])
+    groups = result.get("groups") or []
+    out = []
+    for name, control in (result.get("controls") or {}).items():
+        values = control["scores"].get(metric)
+        if values is None:
+            continue
+        labels = [f"{j}" + (f" ({'+'.join(groups[j])})" if j < len(groups) else "") for j in range(len(values))]
+        rows = [(labels[j], float(R[j, j]), float(R[-1, j]), float(v)) for j, v in enumerate(values)]
+        out.append((name, metric, [*rows, ("average", *(float(np.mean([r[k] for r in rows])) for k in (1, 2, 3)))]))
+    return out

@@ -33,11 +33,13 @@ from tokenforge.report.html import render_report
 from tokenforge.report.inputs import (
     PACKAGES,
     build_metrics,
+    control_metrics,
     load_accuracy_matrix,
     load_stats,
     multimodal_metrics,
     package_versions,
     parse_images_args,
+    parse_named,
     parse_stats_args,
     storage_bytes,
     tokenizer_numbers,
@@ -46,8 +48,8 @@ from tokenforge.report.inputs import (
 from tokenforge.report.plots import learned
 
 __all__ = [
-    "PACKAGES", "archive_root", "build_metrics", "learned", "load_accuracy_matrix", "load_stats", "log_to_tracker",
-    "multimodal_metrics", "package_versions", "parse_images_args", "parse_stats_args", "plot_accuracy_matrix",
+    "PACKAGES", "archive_root", "build_metrics", "control_metrics", "learned", "load_accuracy_matrix", "load_stats", "log_to_tracker",
+    "multimodal_metrics", "package_versions", "parse_images_args", "parse_named", "parse_stats_args", "plot_accuracy_matrix",
     "plot_average_accuracy", "register_final_model", "render_report", "storage_bytes", "tokenizer_numbers",
     "wall_times", "write_archive", "write_bundle", "write_matrix_csv",
 ]  # fmt: skip
@@ -163,6 +165,8 @@ def log_to_tracker(tracker, result: dict, out: Path, images: dict[str, Path] | N
     tracker.log_metrics(metrics.headline_metrics(result))
     for t, value in enumerate(result["average_accuracy"]):
         tracker.log_metrics({"average_accuracy": value}, step=t)
+    for name, control in (result.get("controls") or {}).items():  # e.g. control_blind_vqa_accuracy
+        tracker.log_metrics({f"control_{name}_{score}": value for score, value in control["average_scores"].items()})
     for name in ("metrics.json", "accuracy_matrix.csv", "accuracy_matrix.png", "average_accuracy.png", "report.html"):
         tracker.log_artifact(out / name)
     for name in images or {}:

@@ -11,6 +11,7 @@ from pathlib import Path
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 from tokenforge.report import ACCURACY_HEADLINES
+from tokenforge.report.metrics import control_rows
 from tokenforge.report.experiment import FILES, status_line, text_table
 
 ARCHIVE = "tokenforge-results.tar.gz"
@@ -88,6 +89,19 @@ def score_lines(result: dict) -> list[str]:
     return lines
 
 
+def control_lines(result: dict) -> list[str]:
+    """The run's score per task beside each control's (e.g. the blind control: the same model given no image,
+    trained on every task at once): a task the run scores no better on is answered from the question alone."""
+    lines = []
+    for name, metric, rows in control_rows(result):
+        lines.append(f"  {metric} against the {name} control (trained on every task at once)")
+        width = max(len(r[0]) for r in rows) + 5
+        lines.append(f"    {'task':<{width}}{'just learned':>13}{'after last':>12}{name:>9}{'learned - ' + name:>{11 + len(name)}}")
+        for label, learned, final, control in rows:
+            lines.append(f"    {label:<{width}}{learned:13.3f}{final:12.3f}{control:9.3f}{learned - control:+{11 + len(name)}.3f}")
+    return lines
+
+
 def mlflow_lines(parent: dict | None) -> list[str]:
     """Where the runs are tracked and how to look at them."""
     if parent is None:
@@ -116,6 +130,7 @@ def summary_lines(results: Path, result: dict, parent: dict | None) -> list[str]
         *(f"  {name.replace('_', ' ') + ':':<{LABEL_WIDTH}}{_headline(result, name)}" for name in ACCURACY_HEADLINES),
     ]
     lines += score_lines(result)
+    lines += control_lines(result)
     lines += memory_lines(result["bytes"], result.get("memory"))
     lines += [
         f"  report:                 {results / 'package' / 'report.html'}",
