@@ -106,3 +106,22 @@ def test_memory_line_names_the_method_and_budget():
     line = summary.memory_lines(b, {"method": "coretokenset", "budget_bytes": 1868, "samples": 103, "tokens_per_sample": 8})[0]
     assert line.endswith("1,863 bytes after the last task (coretokenset: 103 samples x 8 tokens, budget 1,868)")
     assert summary.memory_lines(b)[0].endswith("bytes after the last task")  # older metrics.json: no memory entry
+
+
+def test_control_lines_show_the_headline_per_task_and_the_other_scores():
+    """A captioning run beside its blind control: CIDEr-D per task (just learned, after the last, blind), then each
+    other score's final average against the control's (count accuracy, which a blind model cannot get)."""
+    cider = [[0.1, 0.0], [0.4, 0.5]]
+    count = [[0.0, 0.0], [0.2, 0.3]]
+    result = {**METRICS, "num_tasks": 2, "accuracy_matrix": cider, "metric": "cider", "groups": [["cube"], ["cone"]],
+              "score_matrices": {"cider": {"accuracy_matrix": cider, "final_average_accuracy": 0.45},
+                                 "count_accuracy": {"accuracy_matrix": count, "final_average_accuracy": 0.25}},
+              "controls": {"blind": {"scores": {"cider": [0.3, 0.2], "count_accuracy": [0.0, 0.0]},
+                                     "average_scores": {"cider": 0.25, "count_accuracy": 0.0}}}}  # fmt: skip
+    lines = summary.control_lines(result)
+    assert lines[0] == "  cider against the blind control (trained on every task at once)"
+    assert lines[2].split() == ["0", "(cube)", "0.100", "0.400", "0.300", "-0.200"]
+    assert lines[3].split() == ["1", "(cone)", "0.500", "0.500", "0.200", "+0.300"]
+    assert lines[4].split() == ["average", "0.300", "0.450", "0.250", "+0.050"]
+    assert lines[5].split() == ["count_accuracy:", "final", "average", "0.250,", "blind", "0.000"]
+    assert summary.control_lines(METRICS) == []  # a run without controls

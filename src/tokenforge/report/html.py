@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenforge.report import ACCURACY_HEADLINES
-from tokenforge.report.metrics import control_rows
+from tokenforge.report.metrics import control_other_scores, control_rows
 
 
 def _pct(value: float | None) -> str:
@@ -101,7 +101,9 @@ def _score_sections(result: dict) -> list[str]:
     for name, metric, rows in control_rows(result):
         head = f"<h2>{html.escape(metric)} against the {html.escape(name)} control (trained on every task at once)</h2>"
         cells = [[label, f"{a:.4f}", f"{b:.4f}", f"{c:.4f}", f"{a - c:+.4f}"] for label, a, b, c in rows]
-        out.append(head + table(["task", "just learned", "after the last task", name, f"just learned − {name}"], cells))
+        others = [[score, f"{final:.4f}", f"{value:.4f}"] for score, final, value in control_other_scores(result, name)]
+        extra = table(["score", "final average", name], others) if others else ""
+        out.append(head + table(["task", "just learned", "after the last task", name, f"just learned − {name}"], cells) + extra)
     for t, examples in enumerate(result.get("examples") or []):
         rows = [[e["prompt"], e["prediction"], " | ".join(e["references"])] for e in examples]
         out.append(f"<h3>Task {t}: examples after the last task</h3>" + table(["prompt", "prediction", "references"], rows))

@@ -159,3 +159,13 @@ def control_rows(result: dict) -> list[tuple[str, str, list[tuple[str, float, fl
         rows = [(labels[j], float(R[j, j]), float(R[-1, j]), float(v)) for j, v in enumerate(values)]
         out.append((name, metric, [*rows, ("average", *(float(np.mean([r[k] for r in rows])) for k in (1, 2, 3)))]))
     return out
+
+
+def control_other_scores(result: dict, name: str) -> list[tuple[str, float, float]]:
+    """The run's other scores beside control `name`'s (e.g. captioning's count accuracy, which the blind control
+    cannot have): (score, the run's final average, the control's average over the tasks)."""
+    control, metric = result["controls"][name], result.get("metric")
+    matrices = result.get("score_matrices") or {}
+    return [(score, matrices[score]["final_average_accuracy"], value)
+            for score, value in control["average_scores"].items() if score != metric and score in matrices]  # fmt: skip
+

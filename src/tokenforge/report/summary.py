@@ -11,7 +11,7 @@ from pathlib import Path
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 from tokenforge.report import ACCURACY_HEADLINES
-from tokenforge.report.metrics import control_rows
+from tokenforge.report.metrics import control_other_scores, control_rows
 from tokenforge.report.experiment import FILES, status_line, text_table
 
 ARCHIVE = "tokenforge-results.tar.gz"
@@ -99,6 +99,9 @@ def control_lines(result: dict) -> list[str]:
         lines.append(f"    {'task':<{width}}{'just learned':>13}{'after last':>12}{name:>9}{'learned - ' + name:>{11 + len(name)}}")
         for label, learned, final, control in rows:
             lines.append(f"    {label:<{width}}{learned:13.3f}{final:12.3f}{control:9.3f}{learned - control:+{11 + len(name)}.3f}")
+        others = control_other_scores(result, name)  # final averages: the run's, the control's
+        pad = max([width] + [len(score) + 2 for score, _, _ in others])
+        lines += [f"    {score + ':':<{pad}}final average {final:.3f}, {name} {value:.3f}" for score, final, value in others]
     return lines
 
 
