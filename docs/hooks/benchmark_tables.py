@@ -607,6 +607,17 @@ TABLES["captioning-memory"] = Table(("captioning-memory-experiment.json",),
                                     lambda comp: coretokens_experiment(comp, CAPTION_NUMBERS))
 
 
+@table("caption-object-share", "caption-object-share.json")
+def caption_object_share(data: dict) -> str:
+    """benchmarks/caption_object_share.py: the share of the captioning memories' kept tokens on their scenes' objects."""
+    head = ["memory", "seeds", "kept tokens on the objects (%)", "objects' area (%)"]
+    body = [[r["group"], str(len(r["seeds"])), f"{100 * r['share_mean']:.1f} ± {100 * r['share_std']:.1f}",
+             f"{100 * r['area_mean']:.1f}"] for r in data["rows"]]  # fmt: skip
+    caption = (f"Experiment `{data['experiment']}`: per task, the rows it added to its memory; means over the tasks, "
+               "then mean ± std over seeds.")
+    return caption + "\n\n" + md_table(head, body, "lrrr")
+
+
 # --- replay baseline --------------------------------------------------------------------------------------------------
 # benchmarks/replay_baseline.py's table(), and the comparison at equal bytes with tokenforge's memories
 

@@ -332,6 +332,16 @@ def check_captioning_memory():
             assert row[column] == f"{100 * g['mean'][key]:.1f} ± {100 * g['std'][key]:.1f}"
 
 
+def check_caption_object_share():
+    d = data("caption-object-share.json")
+    _, rows = only_table("caption-object-share")
+    assert [row["memory"] for row in rows] == [r["group"] for r in d["rows"]] and len(rows) == 12  # no none, no joint
+    for row, r in zip(rows, d["rows"]):
+        assert row["kept tokens on the objects (%)"] == f"{100 * r['share_mean']:.1f} ± {100 * r['share_std']:.1f}"
+        if r["group"].startswith("coreset"):  # whole grids: every cell kept, so the share is the area
+            assert abs(r["share_mean"] - r["area_mean"]) < 1e-9
+
+
 def check_vqa_text_share():
     d = data("vqa-text-share.json")
     _, rows = only_table("vqa-text-share")
@@ -510,6 +520,7 @@ CHECKS = {
     "vqa-kept-tokens": check_vqa_kept_tokens,
     "vqa-memory": check_vqa_memory,
     "captioning-memory": check_captioning_memory,
+    "caption-object-share": check_caption_object_share,
     "vqa-text-share": check_vqa_text_share,
     "replay_baseline": check_replay_baseline,
     "replay-comparison-digits": check_replay_comparison_digits,

@@ -117,6 +117,23 @@ def test_captioning_chain_and_its_scores(captions, tmp_path):
     assert set(row["scores"]) == {"bleu4", "cider", "object_recall", "shape_recall", "count_accuracy"}
     memory = read_memory(tmp_path / "task-1" / "memory.arrows.zst")
     assert set(memory.extra["prompt"]) == {"a picture of"}
+    # a scene's captions name all of its objects: the kept tokens' share on them against their area
+    stats = json.loads((tmp_path / "task-1" / "stats.json").read_text())
+    assert 0 <= stats["named_object_share"] <= 1 and 0 < stats["named_object_area"] < 1
+    assert stats["named_object_rows"] == int((memory.tasks == 1).sum())
+
+
+def test_joint_without_a_previous_model_trains_a_fresh_one_on_every_task_so_far(vqa, tmp_path):
+    """The blind control's training (workflow/rules/65_control.smk): at the last task, joint and blind, no --previous."""
+    assert train(vqa, "vqa", tmp_path / "task-0", 0, "--memory-method", "joint") == 0
+    flags = _flags(vqa, "vqa", tmp_path / "control", 1, "--memory-method", "joint", "--blind")
+    flags = flags[: flags.index("--previous")] + flags[flags.index("--previous") + 2 :]
+    assert main(flags + ["-q"]) == 0
+    both = json.loads((tmp_path / "control" / "stats.json").read_text())["train_items"]
+    assert both > json.loads((tmp_path / "task-0" / "stats.json").read_text())["train_items"]
+    from tokenforge.models.blip import BlipModel
+
+    assert BlipModel.load(tmp_path / "control").settings.blind
 
 
 def test_bad_input_is_one_line(vqa, tmp_path, capsys):

@@ -3,8 +3,8 @@ tokens of their image and their text as the extra columns `prompt` and `target`;
 question family, a dataset, an object), so the buffer policy balances groups as it balances classes.
 
 On scenes (records with a "scene" whose qa entries list the objects they name), the memory builder also reports
-where this task's kept tokens fall (`named_object_stats`): the share on the objects their question names, and the
-share of the grid those objects cover (what randomly kept tokens get in expectation).
+where this task's kept tokens fall (`named_object_stats`): the share on the objects their question names (a
+caption: all of its scene's), and the share of the grid those objects cover (what randomly kept tokens get in expectation).
 
 What is shared with classification (continual/): the method and its token count (`Policy`), the selection order
 (`rank_samples`: random or class_balanced; herding and gradient need the ViT's features), the scorer
@@ -91,7 +91,7 @@ def named_object_stats(memory: Memory, items: Items, data: TextData, task: int) 
     least one object of a scene: named_object_share, the mean share of a row's kept positions on the cells its named
     objects cover (data.sources.scenes.object_positions, on the units' grid); named_object_area, the mean share of
     the grid those cells are (what randomly kept tokens get in expectation; a coreset's share equals it); and
-    named_object_rows, how many rows were counted. {} when none is (no scene layouts, e.g. VQA v2; captions)."""
+    named_object_rows, how many rows were counted. {} when none is (no scene layouts, e.g. VQA v2 or COCO)."""
     from tokenforge.data.sources.scenes import object_positions
 
     grid = tuple(int(n) for n in data.units.shape[1:3])
@@ -112,7 +112,8 @@ def named_object_stats(memory: Memory, items: Items, data: TextData, task: int) 
 def named_objects(key: str, prompt: str, items: Items, data: TextData) -> list[dict]:
     """The scene objects that the question of a memory row (key "<image key>#<item>", `item_rows`) names: its qa
     entry is the one of its record whose question is the row's prompt (a scene record asks one question per family,
-    so the text is unique; an ambiguous or missing match, or a record without "scene", names none)."""
+    so the text is unique; an ambiguous or missing match, or a record without "scene", names none). A caption row's
+    objects are all of its scene's: the scenes' captions name every object."""
     image_key, _, item = key.rpartition("#")
     image = int(items.image[int(item)])
     if data.keys[image] != image_key or items.prompt[int(item)] != prompt:
@@ -120,6 +121,8 @@ def named_objects(key: str, prompt: str, items: Items, data: TextData) -> list[d
     record = data.records[image] or {}
     scene = record.get("scene")
     asked = [qa for qa in record.get("qa", []) if qa.get("question") == prompt]
+    if scene and not asked and items.target[int(item)] in record.get("captions", []):
+        return list(scene)  # a caption of a scene names every object in it (data/sources/scenes.py)
     if not scene or len(asked) != 1:
         return []
     return [scene[k] for k in asked[0].get("objects", [])]
