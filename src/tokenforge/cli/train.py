@@ -74,7 +74,8 @@ def _data(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (codebook and token grid)")
     data.add_argument("--split", type=Path, required=True, help="directory of task manifests from `tokenforge split`")
     data.add_argument("--task", type=int, required=True, help="index of the task to train (0-based)")
-    data.add_argument("--previous", type=Path, default=None, help="task t-1's output directory (model + memory); required for t > 0 (VQA and captioning with "
+    data.add_argument("--previous", type=Path, default=None,
+                      help="task t-1's output directory (model + memory); required for t > 0 (VQA and captioning with "
                       "--memory-method joint: without it a fresh model trains on every task so far at once)")
     data.add_argument("--out", type=Path, required=True, help="output directory: model, memory.arrows.zst, stats.json")
     data.add_argument(

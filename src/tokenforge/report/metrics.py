@@ -168,4 +168,3 @@ def control_other_scores(result: dict, name: str) -> list[tuple[str, float, floa
     matrices = result.get("score_matrices") or {}
     return [(score, matrices[score]["final_average_accuracy"], value)
             for score, value in control["average_scores"].items() if score != metric and score in matrices]  # fmt: skip
-

@@ -11,8 +11,8 @@ from pathlib import Path
 from tokenforge.errors import TokenforgeError
 from tokenforge.io import read_json
 from tokenforge.report import ACCURACY_HEADLINES
-from tokenforge.report.metrics import control_other_scores, control_rows
 from tokenforge.report.experiment import FILES, status_line, text_table
+from tokenforge.report.metrics import control_other_scores, control_rows
 
 ARCHIVE = "tokenforge-results.tar.gz"
 # Every summary line starts with its label padded to this width (the fixed lines below are aligned by hand).
