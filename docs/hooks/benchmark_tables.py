@@ -607,6 +607,18 @@ TABLES["captioning-memory"] = Table(("captioning-memory-experiment.json",),
                                     lambda comp: coretokens_experiment(comp, CAPTION_NUMBERS))
 
 
+@table("scene-shape-recovery", "scene-shape-recovery.json")
+def scene_shape_recovery(data: dict) -> str:
+    """benchmarks/scene_shape_recovery.py: what a probe reads of each object from pixels, reconstructions and tokens."""
+    head = ["scene", "grid", "window (cells)", "reads", "pixels", "reconstruction", "tokens", "majority"]
+    body = [[f"{r['size']} px", r["grid"], str(r["window"]), r["target"]]
+            + [f"{100 * r[k]:.1f}%" for k in ("pixels", "reconstruction", "tokens", "floor")] for r in data["rows"]]  # fmt: skip
+    r = data["rows"][0]
+    caption = (f"{data['scenes']} scenes per size, {r['train_objects']:,} train and {r['test_objects']:,} test objects; "
+               f"test accuracy of one seeded MLP probe per cell (seed {data['seed']}).")
+    return caption + "\n\n" + md_table(head, body, "llrlrrrr")
+
+
 @table("caption-object-share", "caption-object-share.json")
 def caption_object_share(data: dict) -> str:
     """benchmarks/caption_object_share.py: the share of the captioning memories' kept tokens on their scenes' objects."""

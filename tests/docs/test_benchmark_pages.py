@@ -342,6 +342,17 @@ def check_caption_object_share():
             assert abs(r["share_mean"] - r["area_mean"]) < 1e-9
 
 
+def check_scene_shape_recovery():
+    d = data("scene-shape-recovery.json")
+    _, rows = only_table("scene-shape-recovery")
+    assert len(rows) == len(d["rows"]) and {r["grid"] for r in d["rows"]} == {"12x12", "24x24"}
+    for row, r in zip(rows, d["rows"]):
+        assert (row["grid"], row["reads"]) == (r["grid"], r["target"])
+        for key in ("pixels", "reconstruction", "tokens"):
+            assert row[key] == f"{100 * r[key]:.1f}%" and r[key] >= r["floor"]  # every probe reads more than the floor
+        assert row["majority"] == f"{100 * r['floor']:.1f}%"
+
+
 def check_vqa_text_share():
     d = data("vqa-text-share.json")
     _, rows = only_table("vqa-text-share")
@@ -521,6 +532,7 @@ CHECKS = {
     "vqa-memory": check_vqa_memory,
     "captioning-memory": check_captioning_memory,
     "caption-object-share": check_caption_object_share,
+    "scene-shape-recovery": check_scene_shape_recovery,
     "vqa-text-share": check_vqa_text_share,
     "replay_baseline": check_replay_baseline,
     "replay-comparison-digits": check_replay_comparison_digits,
