@@ -578,7 +578,7 @@ def coretokens_experiment(comp: dict, numbers: list | None = None) -> str:
     keys = [a for a in comp["axes"] if a != "seed" and any(a in g["params"] for g in comp["groups"])]
     head = [k.rsplit(".", 1)[-1] for k in keys] + ["n"] + [h for _, h, _ in numbers]
     body = []
-    for g in comp["groups"]:
+    for g in (g for g in comp["groups"] if g["n"]):  # a group none of whose variants ran has no numbers to show
         n = str(g["n"]) if g["n"] == g["variants"] else f"{g['n']}/{g['variants']}"
         cells = [f"{fmt(g['mean'][k])} ± {fmt(g['std'][k])}" if g["mean"].get(k) is not None else "-"
                  for k, _, fmt in numbers]
@@ -596,6 +596,10 @@ TABLES["vqa-kept-tokens"] = Table(("vqa-kept-tokens-experiment.json",),
                                   lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
 # config/experiments/vqa_memory.yaml's comparison: every memory at three budgets, with the same columns
 TABLES["vqa-memory"] = Table(("vqa-memory-experiment.json",), lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
+# its rerun with the kept positions as a bitmask (--config run=vqa_memory_mask): the memories only (none and joint keep
+# no memory, so they were not rerun)
+TABLES["vqa-memory-mask"] = Table(("vqa-memory-mask-experiment.json",),
+                                  lambda comp: coretokens_experiment(comp, KEPT_TOKEN_NUMBERS))
 # config/experiments/captioning_memory.yaml's comparison: CIDEr-D (not a fraction) and whether the captions name the
 # scene's objects, each as its final average over the tasks
 CAPTION_NUMBERS = [("cider", "CIDEr-D", lambda v: f"{v:.3f}"), ("bleu4", "BLEU-4 (%)", lambda v: f"{100 * v:.1f}"),

@@ -319,6 +319,17 @@ def check_vqa_memory():
             assert row["named-object share (%)"].startswith(f"{100 * g['mean']['named_object_share']:.1f} ± ")
 
 
+def check_vqa_memory_mask():
+    comp = data("vqa-memory-mask-experiment.json")
+    _, rows = only_table("vqa-memory-mask")
+    ran = [g for g in comp["groups"] if g["n"]]
+    assert len(rows) == len(ran) == 12 and {g["params"]["memory.method"] for g in ran} == {"coreset", "coretokenset"}
+    for row, g in zip(rows, ran):
+        assert (row["method"], row["budget"], row["n"]) == (g["params"]["memory.method"], g["params"]["memory.budget"], "3")
+        m, s = g["mean"]["final_average_accuracy"], g["std"]["final_average_accuracy"]
+        assert row["accuracy (%)"] == f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
 def check_captioning_memory():
     comp = data("captioning-memory-experiment.json")
     _, rows = only_table("captioning-memory")
@@ -530,6 +541,7 @@ CHECKS = {
     "coretokens-experiment": check_coretokens_experiment,
     "vqa-kept-tokens": check_vqa_kept_tokens,
     "vqa-memory": check_vqa_memory,
+    "vqa-memory-mask": check_vqa_memory_mask,
     "captioning-memory": check_captioning_memory,
     "caption-object-share": check_caption_object_share,
     "scene-shape-recovery": check_scene_shape_recovery,
