@@ -144,8 +144,8 @@ def headline_metrics(result: dict) -> dict[str, float]:
 
 def control_rows(result: dict) -> list[tuple[str, str, list[tuple[str, float, float, float]]]]:
     """Each control beside the run (metrics.json "controls", e.g. the blind control of a VQA run): (control, score,
-    rows), a row per task j: (task label, the run's score just after learning j (R[j][j]), after the last task
-    (R[N-1][j]), the control's), then their means over tasks as a row labelled "average". The score is the run's
+    rows), a row per task j: (task label, the run's score just after learning j (`R[j][j]`), after the last task
+    (`R[N-1][j]`), the control's), then their means over tasks as a row labelled "average". The score is the run's
     headline one (metrics.json "metric")."""
     metric = result.get("metric") or "accuracy"
     R = np.asarray(((result.get("score_matrices") or {}).get(metric) or {}).get("accuracy_matrix") or result["accuracy_matrix"])
