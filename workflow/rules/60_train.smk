@@ -36,12 +36,7 @@ rule train:
         track=track("run", "--tag task={task}"),
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=TRAIN_GPUS,
-        nodes=TRAIN_NODES,
-        # several nodes: one SLURM task per node, and the job's shell calls srun itself (the plugin does not wrap it)
-        **({"tasks": TRAIN_NODES, "mpi": "srun"} if TRAIN_NODES > 1 else {}),
+        **TRAIN_RESOURCES,
     conda:
         "../../envs/tokenforge.yaml"
     shell:

@@ -35,11 +35,7 @@ rule control:
         track=track("run", "--tag control=blind"),
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=TRAIN_GPUS,
-        nodes=TRAIN_NODES,
-        **({"tasks": TRAIN_NODES, "mpi": "srun"} if TRAIN_NODES > 1 else {}),
+        **TRAIN_RESOURCES,
     conda:
         "../../envs/tokenforge.yaml"
     shell:

@@ -111,6 +111,10 @@ THREADS = BASE["threads"]
 LAUNCH_KEYS = ("gpus", "nodes", "processes", "launcher")
 TRAIN_GPUS = BASE["train"]["gpus"]
 TRAIN_NODES = BASE["train"]["nodes"]
+# A training job's resources (train, and the blind control's 65_control.smk): several nodes take one SLURM task per
+# node, and the job's shell calls srun itself (the plugin does not wrap it)
+TRAIN_RESOURCES = dict(mem_mb=8000, runtime=240, gpu=TRAIN_GPUS, nodes=TRAIN_NODES,
+                       **({"tasks": TRAIN_NODES, "mpi": "srun"} if TRAIN_NODES > 1 else {}))  # fmt: skip
 # The task family (families/): classification trains the ViT on class labels; vqa and captioning train BLIP on the
 # text that a text source (scenes, vqa2:, clevr:, coco-captions:) carries beside its images. Same stages, same files,
 # the same launch (train.processes, gpus, nodes); the pretrain stage starts BLIP's vision encoder (families/text_start.py).

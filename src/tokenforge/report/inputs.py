@@ -57,8 +57,9 @@ def load_accuracy_matrix(paths: list[Path]) -> np.ndarray:
     return metrics.as_matrix([rows[t] for t in range(len(paths))])
 
 
-def _read_evaluation(path: Path) -> tuple[int, list[float]]:
-    data = read_json(path)
+def _read_evaluation(path: Path, data: Any = None) -> tuple[int, list[float]]:
+    """(task, accuracies) of an evaluation file, checked; `data`: its JSON when already read."""
+    data = read_json(path) if data is None else data
     if not isinstance(data, dict):
         raise TokenforgeError(f"{path}: expected a JSON object with 'task' and 'accuracy'")
     task, accuracy = data.get("task"), data.get("accuracy")
@@ -98,8 +99,8 @@ def control_metrics(named: dict[str, Path], num_tasks: int, metric: str | None) 
     {"controls": {name: {"scores": {score: per task}, "average_scores": {score: mean}}}}; {} without controls."""
     controls = {}
     for name, path in named.items():
-        _, accuracy = _read_evaluation(path)
         data = read_json(path)
+        _, accuracy = _read_evaluation(path, data)
         if len(accuracy) != num_tasks:
             raise TokenforgeError(f"{path}: scores {len(accuracy)} tasks; the run has {num_tasks}")
         if data.get("metric") != metric:
